@@ -1,0 +1,37 @@
+"""lightning_clr: cyclical learning rates for PyTorch Lightning, with an automatic LR range test
+and Optuna tuning of the cycle length.
+
+Example:
+    >>> import lightning_clr
+    >>> callback = lightning_clr.CyclicLearningRate()  # bounds from the range test at fit start
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lightning_clr.callback import CyclicLearningRate
+from lightning_clr.range_test import RangeTestConfig
+from lightning_clr.schedule import cyclic_lr, cyclic_momentum
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CyclicLearningRate",
+    "RangeTestConfig",
+    "__version__",
+    "cyclic_lr",
+    "cyclic_momentum",
+]
+
+# Names whose modules import optional extras (optuna, matplotlib): imported on first use.
+_LAZY: dict[str, str] = {}
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _LAZY.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'lightning_clr' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module_name), name)

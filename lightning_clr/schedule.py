@@ -1,0 +1,224 @@
+"""Cyclical learning-rate math: the value at optimizer step ``t`` is a pure function of ``t``.
+
+This module imports neither Lightning nor torch, so it can be tested (and reused) on its own.
+The formulas are exactly those of :class:`torch.optim.lr_scheduler.CyclicLR` (Smith, 2015,
+arXiv:1506.01186): ``cyclic_lr(t, ...)`` equals the learning rate that ``CyclicLR`` holds after
+``t`` calls of ``scheduler.step()``. Because the caller passes the step count, there is no
+``last_epoch`` to keep in sync, and resuming a run only needs that count.
+
+Example:
+    >>> from lightning_clr import cyclic_lr
+    >>> [round(cyclic_lr(t, base_lr=0.1, max_lr=0.5, step_size_up=2), 3) for t in range(5)]
+    [0.1, 0.3, 0.5, 0.3, 0.1]
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from typing import Callable, Literal, Optional
+
+__all__ = [
+    "MODES",
+    "amplitude",
+    "cycle_position",
+    "cyclic_lr",
+    "cyclic_momentum",
+    "import_scale_fn",
+    "scale_fn_path",
+    "validate_schedule_args",
+]
+
+Mode = Literal["triangular", "triangular2", "exp_range"]
+ScaleMode = Literal["cycle", "iterations"]
+MODES: tuple[str, ...] = ("triangular", "triangular2", "exp_range")
+SCALE_MODES: tuple[str, ...] = ("cycle", "iterations")
+
+
+def _triangular(x: float) -> float:
+    return 1.0
+
+
+def _triangular2(x: float) -> float:
+    return 1 / (2.0 ** (x - 1))
+
+
+def cycle_position(step: int, step_size_up: float, step_size_down: Optional[float] = None) -> tuple[int, float]:
+    """Return ``(cycle, scale_factor)`` at ``step``: the 1-based cycle number and the position
+    inside the cycle, 0 at the bottom and 1 at the top of the triangle."""
+    up = float(step_size_up)
+    down = float(step_size_down) if step_size_down is not None else up
+    total_size = up + down
+    step_ratio = up / total_size
+    cycle = math.floor(1 + step / total_size)
+    x = 1.0 + step / total_size - cycle
+    if x <= step_ratio:
+        scale_factor = x / step_ratio
+    else:
+        scale_factor = (x - 1) / (step_ratio - 1)
+    return cycle, scale_factor
+
+
+def amplitude(
+    step: int,
+    cycle: int,
+    *,
+    mode: str = "triangular",
+    gamma: float = 1.0,
+    scale_fn: Optional[Callable[[float], float]] = None,
+    scale_mode: str = "cycle",
+) -> float:
+    """The amplitude multiplier that ``mode`` (or ``scale_fn``) applies at ``step``."""
+    if scale_fn is None:
+        if mode == "triangular":
+            return _triangular(cycle)
+        if mode == "triangular2":
+            return _triangular2(cycle)
+        return gamma**step  # exp_range: gamma applies per iteration, as in torch
+    return scale_fn(cycle) if scale_mode == "cycle" else scale_fn(step)
+
+
+def cyclic_lr(
+    step: int,
+    *,
+    base_lr: float,
+    max_lr: float,
+    step_size_up: float,
+    step_size_down: Optional[float] = None,
+    mode: Mode = "triangular",
+    gamma: float = 1.0,
+    scale_fn: Optional[Callable[[float], float]] = None,
+    scale_mode: ScaleMode = "cycle",
+) -> float:
+    """The cyclical learning rate after ``step`` optimizer steps.
+
+    Args:
+        step: Number of optimizer steps taken so far (0 for the first step).
+        base_lr: Lower bound of the cycle.
+        max_lr: Upper bound of the cycle (its amplitude is scaled by the mode).
+        step_size_up: Optimizer steps in the rising half of a cycle.
+        step_size_down: Optimizer steps in the falling half; ``None`` means ``step_size_up``.
+        mode: ``"triangular"`` (constant amplitude), ``"triangular2"`` (amplitude halves every
+            cycle) or ``"exp_range"`` (amplitude times ``gamma ** step``). Ignored when
+            ``scale_fn`` is given.
+        gamma: Per-step decay for ``"exp_range"``. Smith used 0.99994.
+        scale_fn: Custom amplitude function of the cycle number or the step.
+        scale_mode: What ``scale_fn`` receives: ``"cycle"`` or ``"iterations"``.
+
+    Example:
+        >>> cyclic_lr(2000, base_lr=1e-3, max_lr=6e-3, step_size_up=2000)
+        0.006
+    """
+    cycle, scale_factor = cycle_position(step, step_size_up, step_size_down)
+    base_height = (max_lr - base_lr) * scale_factor
+    return base_lr + base_height * amplitude(step, cycle, mode=mode, gamma=gamma, scale_fn=scale_fn, scale_mode=scale_mode)
+
+
+def cyclic_momentum(
+    step: int,
+    *,
+    base_momentum: float,
+    max_momentum: float,
+    step_size_up: float,
+    step_size_down: Optional[float] = None,
+    mode: Mode = "triangular",
+    gamma: float = 1.0,
+    scale_fn: Optional[Callable[[float], float]] = None,
+    scale_mode: ScaleMode = "cycle",
+) -> float:
+    """The momentum that runs inversely to :func:`cyclic_lr`: ``max_momentum`` when the LR is at
+    its base, ``base_momentum`` when it peaks. Same formula as torch's ``CyclicLR``.
+
+    Example:
+        >>> cyclic_momentum(4, base_momentum=0.85, max_momentum=0.95, step_size_up=4)
+        0.85
+    """
+    cycle, scale_factor = cycle_position(step, step_size_up, step_size_down)
+    base_height = (max_momentum - base_momentum) * scale_factor
+    return max_momentum - base_height * amplitude(step, cycle, mode=mode, gamma=gamma, scale_fn=scale_fn, scale_mode=scale_mode)
+
+
+def _finite_positive(name: str, value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"`{name}` must be a number, got {value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"`{name}` must be a finite number > 0, got {value!r}")
+
+
+def validate_schedule_args(
+    *,
+    base_lr: Optional[float] = None,
+    max_lr: Optional[float] = None,
+    step_size_up: Optional[float] = None,
+    step_size_down: Optional[float] = None,
+    mode: str = "triangular",
+    gamma: float = 1.0,
+    scale_mode: str = "cycle",
+    base_momentum: Optional[float] = None,
+    max_momentum: Optional[float] = None,
+    scale_fn: object = None,
+) -> None:
+    """Raise ``ValueError``/``TypeError`` naming the first bad argument and its value.
+
+    ``None`` means "not given yet" (resolved later) and passes.
+    """
+    if base_lr is not None:
+        _finite_positive("base_lr", base_lr)
+    if max_lr is not None:
+        _finite_positive("max_lr", max_lr)
+    if base_lr is not None and max_lr is not None and max_lr < base_lr:
+        raise ValueError(f"`max_lr` ({max_lr!r}) must be >= `base_lr` ({base_lr!r})")
+    for name, value in (("step_size_up", step_size_up), ("step_size_down", step_size_down)):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"`{name}` must be a whole number of optimizer steps >= 1, got {value!r}")
+        if value < 1:
+            raise ValueError(f"`{name}` must be >= 1 optimizer step, got {value!r}")
+    if scale_fn is None and mode not in MODES:
+        raise ValueError(f"`mode` must be one of {', '.join(map(repr, MODES))}, got {mode!r}")
+    if scale_mode not in SCALE_MODES:
+        raise ValueError(f"`scale_mode` must be 'cycle' or 'iterations', got {scale_mode!r}")
+    if mode == "exp_range" and scale_fn is None:
+        if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not (0 < gamma <= 1):
+            raise ValueError(f"`gamma` must be in (0, 1] with mode='exp_range', got {gamma!r}")
+    for name, value in (("base_momentum", base_momentum), ("max_momentum", max_momentum)):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 <= value < 1):
+            raise ValueError(f"`{name}` must be in [0, 1), got {value!r}")
+    if base_momentum is not None and max_momentum is not None and base_momentum > max_momentum:
+        raise ValueError(
+            f"`base_momentum` ({base_momentum!r}) must be <= `max_momentum` ({max_momentum!r}):"
+            " momentum runs inversely to the LR, from max_momentum at base_lr down to base_momentum at max_lr"
+        )
+
+
+def scale_fn_path(fn: Callable[[float], float]) -> Optional[str]:
+    """``"module:qualname"`` for an importable function, ``None`` for a lambda or a local function."""
+    module = getattr(fn, "__module__", None)
+    qualname = getattr(fn, "__qualname__", None)
+    if not module or not qualname or "<" in qualname:
+        return None
+    try:
+        if import_scale_fn(f"{module}:{qualname}") is not fn:
+            return None
+    except (ImportError, AttributeError, ValueError):
+        return None
+    return f"{module}:{qualname}"
+
+
+def import_scale_fn(path: str) -> Callable[[float], float]:
+    """Import a scale function from ``"package.module:function"`` (or ``"package.module.function"``)."""
+    if ":" in path:
+        module_name, _, attr = path.partition(":")
+    else:
+        module_name, _, attr = path.rpartition(".")
+    if not module_name or not attr:
+        raise ValueError(f"`scale_fn` must be an import path like 'mypkg.schedules:my_scale', got {path!r}")
+    obj: object = importlib.import_module(module_name)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise ValueError(f"`scale_fn` {path!r} does not name a callable")
+    return obj  # type: ignore[return-value]

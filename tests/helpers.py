@@ -1,0 +1,92 @@
+"""Small real models and data shared by the tests (no mocks, no downloads)."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+
+def regression_data(n: int = 64, dim: int = 8, seed: int = 0) -> TensorDataset:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, dim, generator=g)
+    w = torch.randn(dim, 1, generator=g)
+    y = x @ w + 0.1 * torch.randn(n, 1, generator=g)
+    return TensorDataset(x, y)
+
+
+def loader(n: int = 64, batch_size: int = 8, shuffle: bool = False, seed: int = 0) -> DataLoader:
+    return DataLoader(regression_data(n, seed=seed), batch_size=batch_size, shuffle=shuffle)
+
+
+class TinyModel(pl.LightningModule):
+    """A linear regressor whose optimizer is chosen by name."""
+
+    def __init__(self, optimizer: str = "sgd", lr: float = 0.01, momentum: float = 0.0, dim: int = 8,
+                 param_groups: int = 1, log_loss: bool = True) -> None:
+        super().__init__()
+        self.optimizer_name = optimizer
+        self.lr = lr
+        self.momentum = momentum
+        self.param_groups = param_groups
+        self.log_loss = log_loss
+        self.layer = nn.Linear(dim, 4)
+        self.head = nn.Linear(4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.layer(x)))
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        loss = nn.functional.mse_loss(self(x), y)
+        if self.log_loss:
+            self.log("train_loss", loss)
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        x, y = batch
+        self.log("val_loss", nn.functional.mse_loss(self(x), y))
+
+    def configure_optimizers(self) -> Any:
+        if self.param_groups == 2:
+            params: Any = [{"params": self.layer.parameters()}, {"params": self.head.parameters()}]
+        else:
+            params = self.parameters()
+        if self.optimizer_name == "sgd":
+            return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum)
+        if self.optimizer_name == "adam":
+            return torch.optim.Adam(params, lr=self.lr)
+        if self.optimizer_name == "adagrad":
+            return torch.optim.Adagrad(params, lr=self.lr)
+        if self.optimizer_name == "rmsprop":
+            return torch.optim.RMSprop(params, lr=self.lr)
+        raise ValueError(self.optimizer_name)
+
+
+class LRRecorder(Callback):
+    """Records, for every optimizer step, the LR (and momentum) each param group steps with."""
+
+    def __init__(self) -> None:
+        self.lrs: list[list[float]] = []
+        self.momenta: list[list[Optional[float]]] = []
+        self.global_steps: list[int] = []
+
+    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
+        self.lrs.append([g["lr"] for g in optimizer.param_groups])
+        self.momenta.append(
+            [g["betas"][0] if "betas" in g else g.get("momentum") for g in optimizer.param_groups]
+        )
+        self.global_steps.append(trainer.global_step)
+
+
+def trainer(**kwargs: Any) -> pl.Trainer:
+    defaults: dict[str, Any] = dict(
+        accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, max_epochs=1,
+    )
+    defaults.update(kwargs)
+    return pl.Trainer(**defaults)
