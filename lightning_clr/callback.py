@@ -235,7 +235,9 @@ class CyclicLearningRate(Callback):
         for i in range(len(self._optimizers)):
             self._apply(i)
 
-    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Optimizer) -> None:
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Optimizer
+    ) -> None:
         i = self._opt_index.get(id(optimizer))
         if i is None or not self._applied:
             return
@@ -390,7 +392,9 @@ class CyclicLearningRate(Callback):
             base = [h / FALLBACK_BASE_DIVISOR for h in high]
         base = base or [found_base]
         high = high or [found_max]
-        rank_zero_info(f"CyclicLearningRate: range test chose base_lr={_fmt(base)}, max_lr={_fmt(high)} ({result.rule!r} rule).")
+        rank_zero_info(
+            f"CyclicLearningRate: range test chose base_lr={_fmt(base)}, max_lr={_fmt(high)} ({result.rule!r} rule)."
+        )
         return base, high
 
     def _resolve_cycle_length(self, trainer: pl.Trainer) -> None:
@@ -422,7 +426,9 @@ class CyclicLearningRate(Callback):
         """Set LR (and momentum) of optimizer ``i``'s param groups for its current step count."""
         step = self._steps[i]
         cycle, scale_factor = cycle_position(step, self.step_size_up, self.step_size_down)  # type: ignore[arg-type]
-        amp = amplitude(step, cycle, mode=self.mode, gamma=self.gamma, scale_fn=self.scale_fn, scale_mode=self.scale_mode)
+        amp = amplitude(
+            step, cycle, mode=self.mode, gamma=self.gamma, scale_fn=self.scale_fn, scale_mode=self.scale_mode
+        )
         groups = self._optimizers[i].param_groups
         for k, group in zip(self._group_slices[i], groups):
             low, high = self._base[k], self._max[k]

@@ -111,7 +111,8 @@ def cyclic_lr(
     """
     cycle, scale_factor = cycle_position(step, step_size_up, step_size_down)
     base_height = (max_lr - base_lr) * scale_factor
-    return base_lr + base_height * amplitude(step, cycle, mode=mode, gamma=gamma, scale_fn=scale_fn, scale_mode=scale_mode)
+    amp = amplitude(step, cycle, mode=mode, gamma=gamma, scale_fn=scale_fn, scale_mode=scale_mode)
+    return base_lr + base_height * amp
 
 
 def cyclic_momentum(
@@ -135,7 +136,8 @@ def cyclic_momentum(
     """
     cycle, scale_factor = cycle_position(step, step_size_up, step_size_down)
     base_height = (max_momentum - base_momentum) * scale_factor
-    return max_momentum - base_height * amplitude(step, cycle, mode=mode, gamma=gamma, scale_fn=scale_fn, scale_mode=scale_mode)
+    amp = amplitude(step, cycle, mode=mode, gamma=gamma, scale_fn=scale_fn, scale_mode=scale_mode)
+    return max_momentum - base_height * amp
 
 
 def _finite_positive(name: str, value: float) -> None:
