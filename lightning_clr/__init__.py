@@ -17,15 +17,20 @@ from lightning_clr.schedule import cyclic_lr, cyclic_momentum
 __version__ = "0.1.0"
 
 __all__ = [
+    "CycleTuningResult",
     "CyclicLearningRate",
     "RangeTestConfig",
     "__version__",
     "cyclic_lr",
     "cyclic_momentum",
+    "tune_cycle_length",
 ]
 
 # Names whose modules import optional extras (optuna, matplotlib): imported on first use.
-_LAZY: dict[str, str] = {}
+_LAZY: dict[str, str] = {
+    "CycleTuningResult": "lightning_clr.tuning",
+    "tune_cycle_length": "lightning_clr.tuning",
+}
 
 
 def __getattr__(name: str) -> Any:
