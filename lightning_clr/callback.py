@@ -49,8 +49,9 @@ class CyclicLearningRate(Callback):
         step_size_down: Optimizer steps in the falling half-cycle. ``None``: same as ``step_size_up``.
         half_cycle_epochs: Half-cycle length in epochs when ``step_size_up`` is ``None``. Smith advises 2-10.
         fit_whole_cycles: When ``step_size_up`` is derived and the run's length is known
-            (``max_epochs``/``max_steps``), adjust the half-cycle so that the run ends at a cycle end,
-            where the LR is back at ``base_lr``.
+            (``max_epochs``/``max_steps``), round the cycle so that a whole number of cycles fills the run and
+            it ends at a cycle end, where the LR is back at ``base_lr`` (the falling half may then be up to
+            one step per cycle longer than the rising half).
         mode: ``"triangular"``, ``"triangular2"`` or ``"exp_range"``.
         gamma: Per-step amplitude decay for ``"exp_range"``, in (0, 1].
         scale_fn: A custom amplitude function, or its import path ``"pkg.module:function"``. A function is
@@ -171,6 +172,7 @@ class CyclicLearningRate(Callback):
         self._pending: list[bool] = []
         self._scale_before: Optional[float] = None
         self._scaler: Any = None
+        self._warned_scale_fn = False
 
     # ------------------------------------------------------------------ properties
     @property
@@ -255,6 +257,13 @@ class CyclicLearningRate(Callback):
     def state_dict(self) -> dict[str, Any]:
         self._settle()
         path = scale_fn_path(self.scale_fn) if self.scale_fn is not None else None
+        if self.scale_fn is not None and path is None and not self._warned_scale_fn:
+            self._warned_scale_fn = True
+            rank_zero_warn(
+                f"CyclicLearningRate: the custom `scale_fn` {self.scale_fn!r} is not saved in the checkpoint (a lambda"
+                " or local function cannot be imported back). Pass it again when resuming, or use a module-level"
+                " function or its import path 'pkg.module:function', which is saved."
+            )
         result = self.range_test_result
         return {
             "version": 1,
@@ -410,13 +419,17 @@ class CyclicLearningRate(Callback):
                 "CyclicLearningRate cannot derive `step_size_up` because the train dataloader has no length"
                 " (an IterableDataset?): pass `step_size_up` in optimizer steps."
             )
-        half = max(1, round(self.half_cycle_epochs * self.steps_per_epoch))
+        up = max(1, round(self.half_cycle_epochs * self.steps_per_epoch))
+        down = self._user_step_size_down or up
         total = trainer.estimated_stepping_batches
         if self.fit_whole_cycles and math.isfinite(total) and total > 0 and self._user_step_size_down is None:
-            cycles = max(1, round(total / (2 * half)))
-            half = max(1, int(total) // (2 * cycles))
-        self.step_size_up = half
-        self.step_size_down = self._user_step_size_down or half
+            # A whole number of cycles, the last one ending (back at base_lr) within fewer than `cycles` steps
+            # of the run's end: the falling half takes up the rounding.
+            cycles = max(1, round(total / (up + down)))
+            up = max(1, int(total) // (2 * cycles))
+            down = max(1, int(total) // cycles - up)
+        self.step_size_up = up
+        self.step_size_down = down
         rank_zero_info(
             f"CyclicLearningRate: step_size_up={self.step_size_up} optimizer steps"
             f" ({self.step_size_up / self.steps_per_epoch:.3g} epochs of {self.steps_per_epoch} steps per rank)."

@@ -1,0 +1,351 @@
+"""CyclicLearningRate with a real Trainer: LR traces against torch's CyclicLR, accumulation, manual
+optimization, momentum rules, resume, precision and every bad input."""
+
+from __future__ import annotations
+
+import math
+import pickle
+import warnings
+from typing import Any
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from helpers import LRRecorder, TinyModel, loader, trainer
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.plugins import MixedPrecision
+
+from lightning_clr import CyclicLearningRate, cyclic_lr, cyclic_momentum
+
+
+def half_scale(cycle: float) -> float:
+    return 0.5**cycle
+
+
+def torch_lrs(n_steps: int, groups: int = 1, momentum: float = 0.9, **kwargs: Any) -> list[list[float]]:
+    params = [torch.nn.Parameter(torch.zeros(1)) for _ in range(groups)]
+    opt = torch.optim.SGD([{"params": [p]} for p in params], lr=0.1, momentum=momentum)
+    scheduler = torch.optim.lr_scheduler.CyclicLR(opt, cycle_momentum=False, **kwargs)
+    out = []
+    for _ in range(n_steps):
+        out.append([g["lr"] for g in opt.param_groups])
+        opt.step()
+        scheduler.step()
+    return out
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(base_lr=0.01, max_lr=0.1, step_size_up=3, mode="triangular"),
+        dict(base_lr=[0.01, 0.001], max_lr=[0.1, 0.05], step_size_up=2, step_size_down=5, mode="triangular2"),
+        dict(base_lr=0.01, max_lr=0.1, step_size_up=4, mode="exp_range", gamma=0.97),
+        dict(base_lr=0.01, max_lr=0.1, step_size_up=2, scale_fn=half_scale, scale_mode="cycle"),
+    ],
+)
+def test_lr_trace_equals_torch_cycliclr_per_optimizer_step(kwargs):
+    rec = LRRecorder()
+    t = trainer(callbacks=[CyclicLearningRate(cycle_momentum=False, **kwargs), rec], max_epochs=3)
+    t.fit(TinyModel(param_groups=2), loader(n=64, batch_size=8))
+    assert len(rec.lrs) == t.global_step == 24
+    torch_kwargs = {k: v for k, v in kwargs.items()}
+    assert rec.lrs == torch_lrs(24, groups=2, **torch_kwargs)  # bitwise, every group, every step
+
+
+def test_accumulation_steps_once_per_optimizer_step_including_short_window():
+    rec = LRRecorder()
+    clr = CyclicLearningRate(base_lr=0.01, max_lr=0.1, step_size_up=3, cycle_momentum=False)
+    t = trainer(callbacks=[clr, rec], max_epochs=2, accumulate_grad_batches=3)
+    t.fit(TinyModel(), loader(n=80, batch_size=8))  # 10 batches -> 3 + 3 + 3 + 1: 4 optimizer steps per epoch
+    assert t.global_step == 8 and clr.steps == [8]
+    expected = [cyclic_lr(k, base_lr=0.01, max_lr=0.1, step_size_up=3) for k in range(8)]
+    assert [lrs[0] for lrs in rec.lrs] == expected
+
+
+def test_derived_cycle_length_uses_optimizer_steps_per_epoch():
+    clr = CyclicLearningRate(base_lr=0.01, max_lr=0.1, half_cycle_epochs=2.0, fit_whole_cycles=False)
+    t = trainer(callbacks=[clr], max_epochs=1, accumulate_grad_batches=3)
+    t.fit(TinyModel(), loader(n=80, batch_size=8))
+    assert clr.steps_per_epoch == 4 and clr.step_size_up == 8 and clr.step_size_down == 8
+    assert clr.resolved_half_cycle_epochs == 2.0
+
+
+def test_fit_whole_cycles_ends_the_run_at_a_cycle_end():
+    rec = LRRecorder()
+    clr = CyclicLearningRate(base_lr=0.01, max_lr=0.1, half_cycle_epochs=2.0, cycle_momentum=False)
+    t = trainer(callbacks=[clr, rec], max_epochs=10)
+    t.fit(TinyModel(), loader(n=40, batch_size=8))  # 5 steps/epoch, 50 steps: 2 cycles of 12 up + 13 down
+    assert (clr.step_size_up, clr.step_size_down) == (12, 13)
+    kwargs = dict(base_lr=0.01, max_lr=0.1, step_size_up=12, step_size_down=13)
+    assert [lr[0] for lr in rec.lrs] == [cyclic_lr(k, **kwargs) for k in range(50)]
+    assert cyclic_lr(t.global_step, **kwargs) == 0.01  # the run ends exactly at a cycle end
+    assert max(lr[0] for lr in rec.lrs[-12:]) < max(lr[0] for lr in rec.lrs)
+
+
+class ManualModel(TinyModel):
+    def __init__(self, steps_per_batch: int = 1, two_optimizers: bool = False) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.steps_per_batch = steps_per_batch
+        self.two_optimizers = two_optimizers
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        opts = self.optimizers()
+        opts = opts if isinstance(opts, list) else [opts]
+        x, y = batch
+        for _ in range(self.steps_per_batch):
+            for opt in opts:
+                loss = torch.nn.functional.mse_loss(self(x), y)
+                opt.zero_grad()
+                self.manual_backward(loss)
+                opt.step()
+        self.log("train_loss", loss)
+        return loss
+
+    def configure_optimizers(self) -> Any:
+        if self.two_optimizers:
+            return [torch.optim.SGD(self.layer.parameters(), lr=0.1), torch.optim.Adam(self.head.parameters())]
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_manual_optimization_steps_once_per_optimizer_step():
+    rec = LRRecorder()
+    clr = CyclicLearningRate(base_lr=0.01, max_lr=0.1, step_size_up=3)
+    t = trainer(callbacks=[clr, rec], max_epochs=1)
+    t.fit(ManualModel(steps_per_batch=2), loader(n=40, batch_size=8))
+    assert clr.steps == [10] and len(rec.lrs) == 10
+    assert [lrs[0] for lrs in rec.lrs] == [cyclic_lr(k, base_lr=0.01, max_lr=0.1, step_size_up=3) for k in range(10)]
+
+
+def test_several_optimizers_each_follow_the_schedule_with_their_own_bounds():
+    rec = LRRecorder()
+    clr = CyclicLearningRate(base_lr=[0.01, 0.001], max_lr=[0.1, 0.004], step_size_up=2)
+    t = trainer(callbacks=[clr, rec], max_epochs=1)
+    t.fit(ManualModel(two_optimizers=True), loader(n=32, batch_size=8))
+    assert clr.steps == [4, 4]
+    sgd = [lrs[0] for lrs in rec.lrs[0::2]]
+    adam = [lrs[0] for lrs in rec.lrs[1::2]]
+    assert sgd == [cyclic_lr(k, base_lr=0.01, max_lr=0.1, step_size_up=2) for k in range(4)]
+    assert adam == [cyclic_lr(k, base_lr=0.001, max_lr=0.004, step_size_up=2) for k in range(4)]
+
+
+@pytest.mark.parametrize(
+    "optimizer, momentum, cycled",
+    [("sgd", 0.0, False), ("sgd", 0.9, True), ("adam", 0.0, True), ("adagrad", 0.0, False), ("rmsprop", 0.0, False)],
+)
+def test_momentum_cycles_only_where_it_was_already_used(optimizer, momentum, cycled):
+    rec = LRRecorder()
+    clr = CyclicLearningRate(base_lr=0.01, max_lr=0.1, step_size_up=2)
+    t = trainer(callbacks=[clr, rec], max_epochs=1)
+    model = TinyModel(optimizer=optimizer, momentum=momentum)
+    t.fit(model, loader(n=40, batch_size=8))
+    seen = [m[0] for m in rec.momenta]
+    if cycled:
+        expected = [cyclic_momentum(k, base_momentum=0.85, max_momentum=0.95, step_size_up=2) for k in range(5)]
+        assert seen == expected
+    elif optimizer in ("sgd", "rmsprop"):
+        assert seen == [0.0] * 5  # never switched on (torch's CyclicLR switches it on)
+        assert t.optimizers[0].param_groups[0]["momentum"] == 0.0
+    else:
+        assert seen == [None] * 5  # Adagrad: no momentum, not an error
+
+
+def test_scheduler_from_configure_optimizers_is_replaced_with_a_warning():
+    class WithCyclicLR(TinyModel):
+        def configure_optimizers(self) -> Any:
+            opt = torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.0)
+            # the classic mistake: per-epoch stepping, and CyclicLR switches momentum on
+            return [opt], [torch.optim.lr_scheduler.CyclicLR(opt, base_lr=0.001, max_lr=0.006, step_size_up=2)]
+
+    rec = LRRecorder()
+    clr = CyclicLearningRate(base_lr=0.01, max_lr=0.1, step_size_up=2)
+    t = trainer(callbacks=[clr, rec], max_epochs=2)
+    with pytest.warns(UserWarning, match=r"replaces the CyclicLR scheduler \(interval='epoch'\)"):
+        t.fit(WithCyclicLR(), loader(n=24, batch_size=8))
+    assert t.lr_scheduler_configs == []
+    assert [lrs[0] for lrs in rec.lrs] == [cyclic_lr(k, base_lr=0.01, max_lr=0.1, step_size_up=2) for k in range(6)]
+    assert {m[0] for m in rec.momenta} == {0}  # CyclicLR's momentum switch-on was undone
+
+
+def _fit(tmp_path, max_steps: int, ckpt_path: Any = None, every: int = 0, shuffle: bool = True) -> tuple:
+    pl.seed_everything(7)
+    rec = LRRecorder()
+    callbacks: list[Any] = [
+        CyclicLearningRate(base_lr=0.001, max_lr=0.01, step_size_up=3, mode="triangular2"), rec
+    ]
+    if every:
+        callbacks.append(ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=every, save_top_k=-1))
+    t = trainer(callbacks=callbacks, max_steps=max_steps, max_epochs=-1, enable_checkpointing=bool(every))
+    model = TinyModel(optimizer="adam")
+    t.fit(model, loader(n=40, batch_size=8, shuffle=shuffle), ckpt_path=ckpt_path)
+    return rec, t, model
+
+
+@pytest.mark.parametrize("stop_at", [7, 10])  # mid-epoch, and at an epoch end (5 batches per epoch)
+def test_resume_continues_the_lr_sequence_bitwise(tmp_path, stop_at):
+    full, _, full_model = _fit(tmp_path / "a", max_steps=17, shuffle=False)
+    first, _, _ = _fit(tmp_path / "b", max_steps=stop_at, every=stop_at, shuffle=False)
+    ckpt = next((tmp_path / "b").glob(f"*step={stop_at}.ckpt"))
+    state = torch.load(ckpt, weights_only=False)["callbacks"]["CyclicLearningRate"]
+    assert state["steps"] == [stop_at] and state["step_size_up"] == 3
+    pickle.dumps(state)
+    second, t2, resumed_model = _fit(tmp_path / "c", max_steps=17, ckpt_path=ckpt, shuffle=False)
+    assert t2.global_step == 17
+    assert first.lrs + second.lrs == full.lrs
+    assert first.momenta + second.momenta == full.momenta
+    if stop_at == 10:  # Lightning replays a half-finished epoch from its first batch, so weights match only here
+        for p, q in zip(full_model.parameters(), resumed_model.parameters()):
+            assert torch.equal(p, q)
+
+
+def test_scale_fn_is_saved_by_import_path_and_a_lambda_is_not(tmp_path):
+    clr = CyclicLearningRate(base_lr=0.01, max_lr=0.1, step_size_up=2, scale_fn=f"{__name__}:half_scale")
+    assert clr.scale_fn is half_scale
+    trainer(callbacks=[clr], max_epochs=1).fit(TinyModel(), loader(n=16))
+    state = clr.state_dict()
+    assert state["scale_fn"] == f"{__name__}:half_scale"
+    fresh = CyclicLearningRate()
+    fresh.load_state_dict(pickle.loads(pickle.dumps(state)))
+    assert fresh.scale_fn is half_scale and fresh.step_size_up == 2
+    clr = CyclicLearningRate(base_lr=0.01, max_lr=0.1, step_size_up=2, scale_fn=lambda c: 1.0)
+    trainer(callbacks=[clr], max_epochs=1).fit(TinyModel(), loader(n=16))
+    with pytest.warns(UserWarning, match="not saved in the checkpoint"):
+        state = clr.state_dict()
+    assert state["scale_fn"] is None
+    pickle.dumps(state)
+
+
+def test_amp_steps_skipped_by_the_grad_scaler_do_not_advance_the_schedule():
+    class InfOnce(TinyModel):
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            loss = super().training_step(batch, batch_idx)
+            if batch_idx == 4:
+                loss = loss * float("inf")
+            return loss
+
+    rec = LRRecorder()
+    clr = CyclicLearningRate(base_lr=0.01, max_lr=0.1, step_size_up=3, cycle_momentum=False)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    plugin = MixedPrecision("16-mixed", "cpu", scaler=scaler)
+    t = trainer(callbacks=[clr, rec], max_epochs=1, plugins=[plugin])
+    t.fit(InfOnce(momentum=0.9), loader(n=64, batch_size=8))
+    skipped = round(math.log2(2.0**10 / scaler.get_scale()))
+    assert skipped >= 1  # the forced inf step at least
+    assert t.global_step == 8  # Lightning counts the skipped step ...
+    assert clr.steps == [8 - skipped]  # ... the schedule does not
+    lrs = [lrs[0] for lrs in rec.lrs]
+    assert lrs[5] == lrs[4]  # the step after the skipped one repeats its LR
+    assert sorted(set(lrs)) == sorted({cyclic_lr(k, base_lr=0.01, max_lr=0.1, step_size_up=3) for k in range(8 - skipped)})
+
+
+def test_works_with_bf16_validation_limits_and_lr_monitor(tmp_path):
+    clr = CyclicLearningRate(base_lr=0.01, max_lr=0.1, step_size_up=2)
+    logger = CSVLogger(tmp_path, name="run")
+    t = pl.Trainer(
+        accelerator="cpu", precision="bf16-mixed", max_epochs=2, limit_train_batches=4, limit_val_batches=2,
+        val_check_interval=2, logger=logger, log_every_n_steps=1, enable_progress_bar=False,
+        callbacks=[clr, LearningRateMonitor(logging_interval="step")], enable_checkpointing=False,
+    )
+    t.fit(TinyModel(momentum=0.9), loader(n=64), loader(n=32))
+    assert t.global_step == 8 and clr.steps == [8]
+    rows = (tmp_path / "run" / "version_0" / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    col = next(i for i, name in enumerate(header) if name.startswith("lr-SGD"))
+    logged = [float(r.split(",")[col]) for r in rows[1:] if r.split(",")[col]]
+    expected = [cyclic_lr(k, base_lr=0.01, max_lr=0.1, step_size_up=2) for k in range(8)]
+    assert logged == pytest.approx(expected, rel=1e-12)  # the monitor sees the LR change every step
+
+
+def test_fast_dev_run_and_max_steps():
+    clr = CyclicLearningRate(base_lr=0.01, max_lr=0.1)
+    t = trainer(callbacks=[clr], fast_dev_run=True)
+    t.fit(TinyModel(), loader(n=64))
+    assert clr.steps == [1]
+    clr = CyclicLearningRate(base_lr=0.01, max_lr=0.1, step_size_up=2)
+    t = trainer(callbacks=[clr], max_steps=5, max_epochs=-1)
+    t.fit(TinyModel(), loader(n=16))
+    assert clr.steps == [5]
+
+
+def test_fast_dev_run_without_bounds_uses_explicit_fallback_bounds(caplog):
+    clr = CyclicLearningRate()
+    t = trainer(callbacks=[clr], fast_dev_run=2)
+    with caplog.at_level("INFO"):
+        t.fit(TinyModel(lr=0.02), loader(n=64))
+    assert clr.max_lr == 0.02 and clr.base_lr == 0.005
+    assert "fast_dev_run` skips the range test" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(base_lr=0.0), r"`base_lr`.*got 0\.0"),
+        (dict(base_lr=-0.1), r"`base_lr`.*-0\.1"),
+        (dict(max_lr=float("nan")), r"`max_lr`.*nan"),
+        (dict(base_lr=float("inf")), r"`base_lr`.*inf"),
+        (dict(base_lr=0.1, max_lr=0.01), r"`max_lr` \(0\.01\) must be >= `base_lr` \(0\.1\)"),
+        (dict(base_lr=[0.1, 0.1], max_lr=[0.2, 0.01]), r"`max_lr` \(\[0\.2, 0\.01\]\)"),
+        (dict(step_size_up=0), r"`step_size_up` must be >= 1.*got 0"),
+        (dict(step_size_down=-3), r"`step_size_down`.*-3"),
+        (dict(step_size_up=2.5), r"`step_size_up` must be an int.*2\.5"),
+        (dict(mode="foo"), r"`mode` must be one of .*'foo'"),
+        (dict(mode="exp_range", gamma=0.0), r"`gamma`.*0\.0"),
+        (dict(mode="exp_range", gamma=1.01), r"`gamma`.*1\.01"),
+        (dict(base_momentum=0.95, max_momentum=0.85), r"`base_momentum` \(0\.95\) must be <= `max_momentum`"),
+        (dict(max_momentum=1.0), r"`max_momentum` must be in \[0, 1\), got 1\.0"),
+        (dict(base_momentum=-0.5), r"`base_momentum`.*-0\.5"),
+        (dict(half_cycle_epochs=0), r"`half_cycle_epochs`.*got 0"),
+        (dict(scale_fn="not_a_module_xyz:f"), r"not_a_module_xyz"),
+    ],
+)
+def test_bad_arguments_raise_in_init_naming_argument_and_value(kwargs, match):
+    with pytest.raises((ValueError, ImportError), match=match):
+        CyclicLearningRate(**kwargs)
+
+
+class CountingModel(TinyModel):
+    calls = 0
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        CountingModel.calls += 1
+        return super().training_step(batch, batch_idx)
+
+
+class NoOptimizer(CountingModel):
+    def configure_optimizers(self) -> Any:
+        return None
+
+
+class GroupWithoutLR(CountingModel):
+    def configure_optimizers(self) -> Any:
+        opt = torch.optim.SGD(self.parameters(), lr=0.1)
+        del opt.param_groups[0]["lr"]
+        return opt
+
+
+@pytest.mark.parametrize(
+    "model, kwargs, match",
+    [
+        (NoOptimizer(), {}, "needs an optimizer"),
+        (GroupWithoutLR(), {}, r"param group 0 of optimizer 0 \(SGD\) has no 'lr'"),
+        (CountingModel(), dict(base_lr=[0.01, 0.02, 0.03], max_lr=0.1), r"`base_lr` has 3 values.*1 param groups"),
+    ],
+)
+def test_bad_setup_raises_before_any_training_step(model, kwargs, match):
+    CountingModel.calls = 0
+    kwargs = {"base_lr": 0.01, "max_lr": 0.1, "step_size_up": 2, **kwargs}
+    t = trainer(callbacks=[CyclicLearningRate(**kwargs)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(ValueError, match=match):
+            t.fit(model, loader(n=16))
+    assert CountingModel.calls == 0
+
+
+def test_state_after_fit_holds_resolved_values():
+    clr = CyclicLearningRate(base_lr=0.01, max_lr=[0.1, 0.2], half_cycle_epochs=1.0, fit_whole_cycles=False)
+    trainer(callbacks=[clr], max_epochs=1).fit(TinyModel(param_groups=2), loader(n=40))
+    assert clr.base_lr == 0.01 and clr.max_lr == [0.1, 0.2] and clr.step_size_up == 5
+    state = clr.state_dict()
+    assert state["base_lr"] == [0.01, 0.01] and state["max_lr"] == [0.1, 0.2] and state["steps"] == [5]
