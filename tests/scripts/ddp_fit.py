@@ -1,0 +1,105 @@
+"""One CyclicLearningRate fit on N CPU ranks (gloo); every rank writes ``OUT/rank{r}.json``.
+
+Launched by tests/test_ddp.py through ``subprocess`` in one of these ways (the script is the same):
+
+    python ddp_fit.py --out DIR --strategy ddp --devices 2          # Lightning re-runs this script per rank
+    python ddp_fit.py --out DIR --strategy ddp_spawn --devices 2
+    python ddp_fit.py --out DIR --strategy ddp_fork --devices 2
+    python -m torch.distributed.run --nproc-per-node 2 ddp_fit.py --out DIR --devices 2
+    SLURM_NTASKS=2 SLURM_PROCID=r ... python ddp_fit.py --out DIR --devices 2   # once per rank, as srun would
+
+A fit that raises (the sharded-strategy refusal) writes ``rank{r}.json`` with the error and exits with 3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import traceback
+import warnings
+from pathlib import Path
+from typing import Any, Optional
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # ddp_common, also in spawned children
+
+import lightning.pytorch as pl  # noqa: E402
+import torch  # noqa: E402
+from ddp_common import CollectiveCounter, DDPModel, RankReport, rank_from_env, write_json  # noqa: E402
+
+from lightning_clr import CyclicLearningRate, RangeTestConfig  # noqa: E402
+
+EXPLICIT_BASE_LR = 0.01
+EXPLICIT_MAX_LR = 0.08
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, help="directory for rank{r}.json")
+    p.add_argument("--strategy", default="ddp", help="ddp, ddp_spawn, ddp_fork, fsdp, auto, ...")
+    p.add_argument("--devices", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=8, help="per-rank batch size")
+    p.add_argument("--max-epochs", type=int, default=2)
+    p.add_argument("--bounds", choices=("explicit", "auto"), default="explicit")
+    p.add_argument("--range-steps", type=int, default=20, help="range test num_steps")
+    p.add_argument("--range-max-lr", type=float, default=10.0)
+    p.add_argument("--half-cycle-epochs", type=float, default=1.0)
+    p.add_argument("--no-clr", action="store_true", help="the same fit without the callback (a baseline)")
+    p.add_argument("--nan-rank", type=int, default=-1, help="this rank's loss is NaN above --nan-above-lr")
+    p.add_argument("--nan-above-lr", type=float, default=math.inf)
+    return p.parse_args(argv)
+
+
+def build(opts: argparse.Namespace) -> tuple[pl.Trainer, DDPModel, list[Any]]:
+    pl.seed_everything(0, workers=True)
+    model = DDPModel(batch_size=opts.batch_size, nan_rank=opts.nan_rank, nan_above_lr=opts.nan_above_lr)
+    callbacks: list[Any] = []
+    if not opts.no_clr:
+        if opts.bounds == "explicit":
+            clr = CyclicLearningRate(base_lr=EXPLICIT_BASE_LR, max_lr=EXPLICIT_MAX_LR,
+                                     half_cycle_epochs=opts.half_cycle_epochs)
+        else:
+            config = RangeTestConfig(min_lr=1e-5, max_lr=opts.range_max_lr, num_steps=opts.range_steps,
+                                     save=False, progress_bar=False)
+            clr = CyclicLearningRate(half_cycle_epochs=opts.half_cycle_epochs, range_test=config)
+        callbacks.append(clr)
+    counter = CollectiveCounter()  # after the CLR callback: see its docstring
+    callbacks += [counter, RankReport(opts.out, counter)]
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=opts.devices,
+        strategy=opts.strategy,
+        max_epochs=opts.max_epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        deterministic=True,
+        callbacks=callbacks,
+    )
+    return trainer, model, callbacks
+
+
+def run(opts: argparse.Namespace) -> int:
+    Path(opts.out).mkdir(parents=True, exist_ok=True)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    torch.set_num_threads(1)  # 2 ranks on a shared 2-core machine
+    model: Optional[DDPModel] = None
+    try:
+        trainer, model, _ = build(opts)
+        trainer.fit(model)
+    except Exception as err:  # noqa: BLE001 - reported to the test, which asserts on it
+        rank = rank_from_env()
+        write_json(opts.out, rank, {
+            "global_rank": rank,
+            "error_type": type(err).__name__,
+            "error": str(err),
+            "traceback": traceback.format_exc(),
+            "training_step_calls": model.training_step_calls if model is not None else None,
+        })
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(parse_args()))
