@@ -14,11 +14,18 @@ Example:
 
 from __future__ import annotations
 
+import copy
+import os
+import time
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any, Callable, Literal, Optional, Union
 
 import lightning.pytorch as pl
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from lightning_clr._tuning_args import _heuristic_half_cycles, _is_global_zero, _search_space, _spawns, _validate
+from lightning_clr.callback import CyclicLearningRate
 from lightning_clr.range_test import RangeTestConfig
 
 __all__ = ["CycleTuningResult", "tune_cycle_length"]
@@ -64,6 +71,97 @@ class CycleTuningResult:
     direction: str
     epochs_trained: int = 0
     plots: list[str] = field(default_factory=list)
+
+    def trials(self) -> list[dict[str, Any]]:
+        """One row per trial: number, state, half-cycle (epochs and steps), mode, max_lr, epochs run, value."""
+        rows = []
+        for t in self.study.get_trials(deepcopy=False) if self.study is not None else []:
+            h = t.params.get("half_cycle_epochs")
+            spe = t.user_attrs.get("steps_per_epoch")
+            history = t.user_attrs.get("history", {})
+            rows.append(
+                {
+                    "number": t.number,
+                    "state": t.state.name,
+                    "half_cycle_epochs": h,
+                    "step_size_up": h * spe if h is not None and spe else None,
+                    "mode": t.user_attrs.get("mode"),
+                    "max_lr": t.user_attrs.get("max_lr"),
+                    "epochs": max((int(k) for k in history), default=0),
+                    "value": t.value if t.value is not None else (list(t.intermediate_values.values()) or [None])[-1],
+                    "pruned_at_epoch": t.user_attrs.get("pruned_at_epoch"),
+                    "error": t.user_attrs.get("error"),
+                }
+            )
+        return rows
+
+    def summary(self) -> str:
+        """A plain-text table of the trials and the best cycle length."""
+        lines = [f"{'trial':>5} {'state':>8} {'half-cycle':>10} {'steps':>6} {'mode':>11} {'max_lr':>9}"
+                 f" {'epochs':>6} {self.monitor:>12}"]
+        for r in self.trials():
+            value = "" if r["value"] is None else f"{r['value']:.4g}"
+            max_lr = "" if r["max_lr"] is None else f"{r['max_lr']:.3g}"
+            lines.append(
+                f"{r['number']:>5} {r['state']:>8} {_s(r['half_cycle_epochs']):>10} {_s(r['step_size_up']):>6}"
+                f" {_s(r['mode']):>11} {max_lr:>9} {r['epochs']:>6} {value:>12}"
+                + (f"  pruned at epoch {r['pruned_at_epoch']}" if r["pruned_at_epoch"] else "")
+                + (f"  error: {r['error'][:60]}" if r["error"] else "")
+            )
+        if self.best_half_cycle_epochs is None:
+            lines.append("No trial completed.")
+        else:
+            lines.append(
+                f"Best: half-cycle {self.best_half_cycle_epochs} epochs = {_s(self.best_step_size_up)} optimizer steps"
+                f" per rank ({_s(self.steps_per_epoch)} steps/epoch), mode {self.best_mode!r},"
+                f" {self.monitor} = {self.best_value:.4g}; {self.epochs_trained} epochs trained here."
+            )
+        return "\n".join(lines)
+
+    def callback(self, **kwargs: Any) -> CyclicLearningRate:
+        """A :class:`CyclicLearningRate` with the best half-cycle, mode and bounds; ``kwargs`` override them."""
+        if self.best_half_cycle_epochs is None:
+            raise ValueError("tune_cycle_length found no completed trial, so there is no best cycle length")
+        args: dict[str, Any] = dict(
+            base_lr=self.base_lr, max_lr=self.best_max_lr, half_cycle_epochs=self.best_half_cycle_epochs,
+            mode=self.best_mode or "triangular",
+        )
+        args.update(kwargs)
+        return CyclicLearningRate(**args)
+
+    def save_plots(self, output_dir: str) -> list[str]:
+        """Save ``optimization_history.png`` and ``cycle_length.png`` under ``output_dir``; return their paths."""
+        plt = _import_pyplot()
+        rows = [r for r in self.trials() if r["value"] is not None and r["state"] in ("COMPLETE", "PRUNED")]
+        os.makedirs(output_dir, exist_ok=True)
+        paths = [os.path.join(output_dir, "optimization_history.png"), os.path.join(output_dir, "cycle_length.png")]
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for state, marker in (("COMPLETE", "o"), ("PRUNED", "x")):
+            pts = [(r["number"], r["value"]) for r in rows if r["state"] == state]
+            if pts:
+                ax.scatter(*zip(*pts), marker=marker, label=state.lower())
+        done = sorted((r["number"], r["value"]) for r in rows if r["state"] == "COMPLETE")
+        if done:
+            pick = min if self.direction == "minimize" else max
+            best = [pick(v for _, v in done[: k + 1]) for k in range(len(done))]
+            ax.step([n for n, _ in done], best, where="post", color="red", label="best so far")
+        ax.set(xlabel="trial", ylabel=self.monitor, title="Optimization history")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(paths[0], dpi=100)
+        plt.close(fig)
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for state, marker in (("COMPLETE", "o"), ("PRUNED", "x")):
+            pts = [(r["half_cycle_epochs"], r["value"]) for r in rows if r["state"] == state]
+            if pts:
+                label = state.lower() + (" (at pruning)" if state == "PRUNED" else "")
+                ax.scatter(*zip(*pts), marker=marker, label=label)
+        ax.set(xlabel="half-cycle length (epochs)", ylabel=self.monitor, title="Cycle length against the metric")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(paths[1], dpi=100)
+        plt.close(fig)
+        return paths
 
 
 def tune_cycle_length(
@@ -159,4 +257,157 @@ def tune_cycle_length(
         ...                            trainer_kwargs={"limit_val_batches": 20}, n_trials=8,
         ...                            storage="tune.journal", study_name="clr")  # doctest: +SKIP
     """
-    raise NotImplementedError
+    args = _validate(**dict(locals()))
+    optuna = _import_optuna()
+    from lightning_clr import _storage
+    from lightning_clr._pruning import CycleEndMedianPruner, find_bounds, run_trial
+
+    trainer_kwargs = dict(trainer_kwargs or {})
+    user_max_epochs = trainer_kwargs.pop("max_epochs", None)
+    budget = max_epochs if max_epochs is not None else int(user_max_epochs or 20)
+    if _spawns(trainer_kwargs.get("strategy")) and storage is None:
+        args.storage = os.path.join(output_dir, "study.journal")
+        rank_zero_info(
+            f"tune_cycle_length: strategy={trainer_kwargs.get('strategy')!r} trains in child processes, which cannot"
+            f" reach an in-memory study; using the journal file {args.storage!r}."
+        )
+    study = None
+    if _is_global_zero():
+        os.makedirs(output_dir, exist_ok=True)
+        if sampler == "tpe":
+            sampler_obj = optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup_trials)
+        else:
+            sampler_obj = optuna.samplers.RandomSampler(seed=seed)
+        study = optuna.create_study(
+            storage=_storage.make_storage(args.storage),
+            study_name=study_name,
+            direction=direction,
+            sampler=sampler_obj,
+            pruner=CycleEndMedianPruner(n_startup_trials) if pruner == "cycle_median" else optuna.pruners.NopPruner(),
+            load_if_exists=True,
+        )
+        args.study_name = study.study_name
+    user_callbacks = [c for c in trainer_kwargs.pop("callbacks", None) or [] if not isinstance(c, CyclicLearningRate)]
+    trainer_kwargs.pop("logger", None)
+    defaults = dict(enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+
+    def make_trainer(callbacks: list[Any], max_epochs: int, version: str = "", logger: bool = logger) -> pl.Trainer:
+        log: Any = False
+        if logger:
+            from lightning.pytorch.loggers import CSVLogger
+
+            log = CSVLogger(save_dir=output_dir, name="trials", version=version)
+        kwargs = {**defaults, **trainer_kwargs}
+        callbacks = copy.deepcopy(user_callbacks) + callbacks  # fresh EarlyStopping etc. in every trial
+        return pl.Trainer(**kwargs, callbacks=callbacks, max_epochs=max_epochs, logger=log)
+
+    def build() -> tuple[pl.LightningModule, Optional[pl.LightningDataModule]]:
+        m = model(**(model_kwargs or {}))
+        dm = datamodule(**(datamodule_kwargs or {})) if datamodule is not None else None
+        return m, dm
+
+    space = _search_space(optuna, args)
+    bounds: tuple = (base_lr, max_lr)
+    if range_test_per_trial:
+        bounds = (None, None)
+    elif base_lr is None or max_lr is None:
+        bounds = find_bounds(study, args, make_trainer, build)
+    if study is not None and warm_start:
+        for h in _heuristic_half_cycles(min_half_cycle_epochs, max_half_cycle_epochs, half_cycle_step):
+            params: dict[str, Any] = {"half_cycle_epochs": h}
+            if "mode" in space:
+                params["mode"] = args.modes[0]
+            if "max_lr_scale" in space:
+                params["max_lr_scale"] = min(max(1.0, min_max_lr_scale), max_max_lr_scale)
+            study.enqueue_trial(params, skip_if_exists=True)
+
+    grace = grace_period if grace_period is not None else 4 * heartbeat_interval
+    start, epochs_trained = time.monotonic(), 0
+    bar = _progress(n_trials, progress_bar and study is not None)
+    for i in range(n_trials):
+        if timeout is not None and time.monotonic() - start > timeout:
+            rank_zero_info(f"tune_cycle_length: timeout of {timeout:g} s reached after {i} trials.")
+            break
+        if study is not None and args.storage is not None:
+            stale = _storage.fail_stale_trials(study, grace)
+            if stale:
+                rank_zero_warn(f"tune_cycle_length: marked stale RUNNING trials {stale} as FAIL (no heartbeat).")
+        epochs_trained += run_trial(study, space, i, bounds, args, budget, make_trainer, build)
+        bar.update(1)
+    bar.close()
+    result = _result(study, monitor, direction, epochs_trained, bounds)
+    if study is not None:
+        text = result.summary()
+        rank_zero_info(text)
+        with open(os.path.join(output_dir, "summary.txt"), "w") as f:
+            f.write(text + "\n")
+        if plot:
+            result.plots = result.save_plots(output_dir)
+    return result
+
+
+def _s(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+def _import_optuna() -> Any:
+    try:
+        import optuna
+    except ImportError as err:
+        raise ImportError(
+            "tune_cycle_length needs optuna, an optional dependency: `pip install lightning-clr[tune]`"
+        ) from err
+    return optuna
+
+
+def _import_pyplot() -> Any:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+    except ImportError as err:
+        raise ImportError(
+            "Saving the tuning plots needs matplotlib: `pip install lightning-clr[plot]` (or pass plot=False)"
+        ) from err
+    return plt
+
+
+
+
+
+
+def _progress(total: int, enabled: bool) -> Any:
+    if enabled:
+        try:
+            from tqdm.auto import tqdm
+
+            return tqdm(total=total, desc="tune_cycle_length trials", unit="trial")
+        except ImportError:
+            pass
+    return SimpleNamespace(update=lambda n: None, close=lambda: None)
+
+
+
+def _result(study: Any, monitor: str, direction: str, epochs: int, bounds: tuple) -> CycleTuningResult:
+    from optuna.trial import TrialState
+
+    empty = CycleTuningResult(study, None, None, None, None, None, bounds[0], None, monitor, direction, epochs)
+    if study is None or not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        return empty
+    best = study.best_trial
+    h = int(best.params["half_cycle_epochs"])
+    spe = best.user_attrs.get("steps_per_epoch")
+    return CycleTuningResult(
+        study=study,
+        best_half_cycle_epochs=h,
+        best_step_size_up=h * spe if spe else None,
+        steps_per_epoch=spe,
+        best_mode=best.user_attrs.get("mode"),
+        best_max_lr=best.user_attrs.get("max_lr"),
+        base_lr=best.user_attrs.get("base_lr"),
+        best_value=best.value,
+        monitor=monitor,
+        direction=direction,
+        epochs_trained=epochs,
+    )
