@@ -194,6 +194,23 @@ class CyclicLearningRate(Callback):
             # A new fit starts at step 0; load_state_dict (called after setup on resume) overrides this.
             self._restored = False
             self._steps = []
+            self._refuse_sharded_range_test(trainer)
+
+    def _refuse_sharded_range_test(self, trainer: pl.Trainer) -> None:
+        """Before the model is sharded: the range test snapshots the full parameters on every rank."""
+        if trainer.fast_dev_run or self._base or (self._user_base_lr is not None and self._user_max_lr is not None):
+            return
+        from lightning_clr._sweep import SHARDED_STRATEGIES
+
+        strategy = type(trainer.strategy)
+        sharded = [c.__name__ for c in strategy.__mro__ if c.__name__ in SHARDED_STRATEGIES]
+        if sharded:
+            kind = strategy.__name__ if strategy.__name__ == sharded[0] else f"{strategy.__name__} (a {sharded[0]})"
+            raise ValueError(
+                f"CyclicLearningRate: the LR range test cannot run under the sharded strategy {kind}, and"
+                f" base_lr={self._user_base_lr!r}, max_lr={self._user_max_lr!r} leave it to find a bound. Give both"
+                " `base_lr` and `max_lr` (for example from a range test run once with strategy='ddp')."
+            )
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         optimizers = [opt for opt in trainer.optimizers if type(opt).__name__ != "_MockOptimizer"]
