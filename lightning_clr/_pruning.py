@@ -152,13 +152,17 @@ class TrialCallback(Callback):
                     f"tune_cycle_length: the monitored metric {self.monitor!r} was not logged by epoch {epoch};"
                     f" logged: {sorted(trainer.callback_metrics)}"
                 )
-            trial.report(float(value), step=epoch)
             trial.set_user_attr("history", {str(k): v for k, v in self.history.items()})
             trial.set_user_attr("steps_per_epoch", self.clr.steps_per_epoch)
-            prune = epoch < trainer.fit_loop.max_epochs and trial.should_prune()
-            if prune:
-                trial.set_user_attr("pruned_at_epoch", epoch)
-        if trainer.strategy.broadcast(prune, src=0):
+            if math.isnan(float(value)):  # diverged: a failed trial, not a pruned one
+                trial.set_user_attr("error", f"the monitored metric {self.monitor!r} is NaN at epoch {epoch}")
+                prune = True
+            else:
+                trial.report(float(value), step=epoch)
+                prune = epoch < trainer.fit_loop.max_epochs and trial.should_prune()
+                if prune:
+                    trial.set_user_attr("pruned_at_epoch", epoch)
+        if trainer.strategy.broadcast(prune, src=0):  # every rank stops together
             self.pruned_at = epoch
             trainer.should_stop = True
 
@@ -219,8 +223,8 @@ def find_bounds(study: Any, args: Any, make_trainer: Callable[..., pl.Trainer], 
     clr = CyclicLearningRate(base_lr=args.base_lr, max_lr=args.max_lr, range_test=args.range_test)
     cb = BoundsCallback(clr, known, study, args.storage, args.study_name)
     pl.seed_everything(args.seed, verbose=False)
-    trainer = make_trainer([clr, cb], max_epochs=1, logger=False)
     model, dm = build()
+    trainer = make_trainer([clr, cb], max_epochs=1, logger=False)
     trainer.fit(model, datamodule=dm)
     if study is None:
         return (None, None)
@@ -264,11 +268,11 @@ def run_trial(
         for key in ("mode", "base_lr", "max_lr", "epochs", "seed"):
             trial.set_user_attr(key, payload[key])
     pl.seed_everything(seed, verbose=False)
+    model, dm = build()  # right after seeding: trial n's initial weights depend on seed + n only
     clr = CyclicLearningRate(base_lr=1.0, max_lr=1.0, range_test=args.range_test)  # re-initialized in setup
     cb = TrialCallback(clr, payload, trial, args.monitor, args.storage, args.study_name)
     version = f"trial_{payload['number']}" if payload else f"trial_rank_{index}"
     trainer = make_trainer([clr, cb], max_epochs=payload["epochs"] if payload else budget, version=version)
-    model, dm = build()
     try:
         if trial is not None and args.storage is not None:
             with Heartbeat(study._storage, trial._trial_id, args.heartbeat_interval):
@@ -292,8 +296,9 @@ def run_trial(
         return epochs
     values = frozen.intermediate_values
     value = values[max(values)] if values else None
-    if value is None or math.isnan(value):
-        trial.set_user_attr("error", f"the monitored metric {args.monitor!r} was {value} at the end of the trial")
+    if "error" in frozen.user_attrs or value is None or math.isnan(value):
+        if "error" not in frozen.user_attrs:
+            trial.set_user_attr("error", f"the monitored metric {args.monitor!r} was {value} at the end of the trial")
         study.tell(trial, state=TrialState.FAIL)
     else:
         study.tell(trial, value)

@@ -289,7 +289,9 @@ def tune_cycle_length(
         args.study_name = study.study_name
     user_callbacks = [c for c in trainer_kwargs.pop("callbacks", None) or [] if not isinstance(c, CyclicLearningRate)]
     trainer_kwargs.pop("logger", None)
-    defaults = dict(enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    defaults = dict(
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=output_dir
+    )
 
     def make_trainer(callbacks: list[Any], max_epochs: int, version: str = "", logger: bool = logger) -> pl.Trainer:
         log: Any = False

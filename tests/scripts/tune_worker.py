@@ -1,0 +1,198 @@
+"""A standalone tuning worker, run through ``subprocess`` by tests/test_tuning.py.
+
+Modes:
+- ``ours`` (default): ``tune_cycle_length`` with the given storage/strategy. Every rank appends one JSON
+  line per trial fit to ``OUT/rank{global_rank}.jsonl`` from ``on_fit_end`` (with ddp_spawn only the parent
+  returns from ``fit``): the cycle length it trained with, the epochs it ran, the bounds.
+- ``naive``: the optuna-integration pattern that breaks under DDP: a callback in which EVERY rank calls
+  ``study.ask()`` on the shared study and trains with its own suggestion.
+
+Example:
+    python tests/scripts/tune_worker.py --out /tmp/o --n-trials 2 --strategy ddp --devices 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_clr import CyclicLearningRate, tune_cycle_length
+
+
+def data(n: int, seed: int) -> TensorDataset:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 8, generator=g)
+    y = x @ torch.randn(8, 1, generator=torch.Generator().manual_seed(0)) + 0.1 * torch.randn(n, 1, generator=g)
+    return TensorDataset(x, y)
+
+
+class DataModule(pl.LightningDataModule):
+    def __init__(self, n: int = 64, batch_size: int = 8) -> None:
+        super().__init__()
+        self.n, self.batch_size = n, batch_size
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(data(self.n, 0), batch_size=self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(data(32, 1), batch_size=32)
+
+
+class Model(pl.LightningModule):
+    def __init__(self, sleep: float = 0.0, bad_from_fit: int = -1) -> None:
+        super().__init__()
+        self.sleep = sleep
+        self.bad = bad_from_fit >= 0 and Model.fits >= bad_from_fit  # this trial's model scores badly
+        Model.fits += 1
+        self.net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))
+
+    fits = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        if self.sleep:
+            time.sleep(self.sleep)
+        x, y = batch
+        return nn.functional.mse_loss(self(x), y)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        x, y = batch
+        loss = nn.functional.mse_loss(self(x), y) * (100.0 if self.bad else 1.0)  # plainly worse
+        self.log("val_loss", loss, sync_dist=True)
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+class Record(Callback):
+    """Every rank writes what it trained with, from a hook (works in spawned children too)."""
+
+    def __init__(self, out: str) -> None:
+        self.out = out
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        clr = next((c for c in trainer.callbacks if isinstance(c, CyclicLearningRate)), None)
+        row = {
+            "rank": trainer.global_rank,
+            "world_size": trainer.world_size,
+            "step_size_up": clr.step_size_up if clr else None,
+            "half_cycle_epochs": clr.half_cycle_epochs if clr else None,
+            "base_lr": clr.base_lr if clr else None,
+            "max_lr": clr.max_lr if clr else None,
+            "epochs": trainer.current_epoch,
+            "max_epochs": trainer.fit_loop.max_epochs,
+            "first_weight": float(pl_module.net[0].weight.detach().flatten()[0]),
+        }
+        with open(Path(self.out) / f"rank{trainer.global_rank}.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+class NaiveTrialCallback(Callback):
+    """The broken pattern: every rank asks the shared study for its own trial at setup."""
+
+    def __init__(self, storage: str, study_name: str, clr: CyclicLearningRate) -> None:
+        self.storage, self.study_name, self.clr = storage, study_name, clr
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        import optuna
+
+        study = optuna.load_study(
+            study_name=self.study_name,
+            storage=optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(self.storage)),
+        )
+        trial = study.ask({"half_cycle_epochs": optuna.distributions.IntDistribution(1, 8)})
+        self.clr.half_cycle_epochs = float(trial.params["half_cycle_epochs"])
+
+
+def naive(args: argparse.Namespace) -> None:
+    import optuna
+
+    storage = os.path.join(args.out, "naive.journal")
+    if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+        study = optuna.create_study(
+            study_name="naive", load_if_exists=True,
+            storage=optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(storage)),
+        )
+        for h in (2, 4):  # what a warm start enqueues: rank 0 takes the first, rank 1 the second
+            study.enqueue_trial({"half_cycle_epochs": h})
+    clr = CyclicLearningRate(base_lr=0.01, max_lr=0.05, fit_whole_cycles=False)
+    trainer = pl.Trainer(
+        accelerator="cpu", devices=args.devices, strategy=args.strategy, max_epochs=2, logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        callbacks=[NaiveTrialCallback(storage, "naive", clr), clr, Record(args.out)],
+    )
+    trainer.fit(Model(), datamodule=DataModule())
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", required=True)
+    p.add_argument("--mode", default="ours", choices=["ours", "naive"])
+    p.add_argument("--storage", default=None)
+    p.add_argument("--study-name", default=None)
+    p.add_argument("--n-trials", type=int, default=2)
+    p.add_argument("--strategy", default="auto")
+    p.add_argument("--devices", type=int, default=1)
+    p.add_argument("--max-epochs", type=int, default=4)
+    p.add_argument("--max-half", type=int, default=2)
+    p.add_argument("--sleep", type=float, default=0.0)
+    p.add_argument("--bad-from-fit", type=int, default=-1)
+    p.add_argument("--heartbeat", type=float, default=10.0)
+    p.add_argument("--grace", type=float, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-startup-trials", type=int, default=2)
+    p.add_argument("--no-warm-start", action="store_true")
+    args = p.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    if args.mode == "naive":
+        return naive(args)
+    result = tune_cycle_length(
+        Model,
+        DataModule,
+        model_kwargs={"sleep": args.sleep, "bad_from_fit": args.bad_from_fit},
+        trainer_kwargs={
+            "accelerator": "cpu", "devices": args.devices, "strategy": args.strategy,
+            "callbacks": [Record(args.out)],
+        },
+        n_trials=args.n_trials,
+        max_epochs=args.max_epochs,
+        min_half_cycle_epochs=1,
+        max_half_cycle_epochs=args.max_half,
+        base_lr=0.01,
+        max_lr=0.05,
+        storage=args.storage,
+        study_name=args.study_name,
+        n_startup_trials=args.n_startup_trials,
+        warm_start=not args.no_warm_start,
+        seed=args.seed,
+        heartbeat_interval=args.heartbeat,
+        grace_period=args.grace,
+        output_dir=os.path.join(args.out, "tuning"),
+        logger=False,
+        plot=False,
+        progress_bar=False,
+    )
+    if result.study is not None:  # global rank 0 of this worker
+        trials = [
+            {"number": t.number, "state": t.state.name, "params": t.params, "user_attrs": t.user_attrs,
+             "intermediate": {str(k): v for k, v in t.intermediate_values.items()}}
+            for t in result.study.get_trials(deepcopy=False)
+        ]
+        with open(Path(args.out) / f"result_{os.getpid()}.json", "w") as f:
+            json.dump({"trials": trials, "best": result.best_half_cycle_epochs}, f)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,507 @@
+"""tune_cycle_length: real Lightning trials, cycle-end pruning, DDP-safe trials, storages, faults, output.
+
+Multi-process cases (DDP, two workers, SIGKILL) run tests/scripts/tune_worker.py through ``subprocess``,
+each with its own MASTER_PORT. PostgreSQL cases use the real server at 127.0.0.1:5432 and skip only when
+no server answers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_clr import CyclicLearningRate, RangeTestConfig, tune_cycle_length
+from lightning_clr._pruning import CycleEndMedianPruner
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKER = ROOT / "tests" / "scripts" / "tune_worker.py"
+PG_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
+_LAUNCH_ENV_PREFIXES = ("SLURM_", "TORCHELASTIC_", "PL_", "LSB_", "OMPI_", "PMI_")
+_LAUNCH_ENV_KEYS = ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE",
+                    "GROUP_RANK", "NODE_RANK")
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def _data(n: int, seed: int) -> TensorDataset:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 8, generator=g)
+    y = x @ torch.randn(8, 1, generator=torch.Generator().manual_seed(0)) + 0.1 * torch.randn(n, 1, generator=g)
+    return TensorDataset(x, y)
+
+
+class DM(pl.LightningDataModule):
+    def __init__(self, n: int = 64, batch_size: int = 16) -> None:
+        super().__init__()
+        self.n, self.batch_size = n, batch_size
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(_data(self.n, 0), batch_size=self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(_data(32, 1), batch_size=32)
+
+
+class Net(pl.LightningModule):
+    """Tiny MLP; ``fail`` makes its training step raise, ``nan`` its validation loss NaN; ``val_scale``
+    multiplies the logged validation loss (a model that is plainly worse)."""
+
+    built: list[Net] = []
+
+    def __init__(self, fail: bool = False, nan: bool = False, val_scale: float = 1.0) -> None:
+        super().__init__()
+        self.fail, self.nan, self.val_scale = fail, nan, val_scale
+        self.net = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 1))
+        self.initial = [p.detach().clone() for p in self.parameters()]
+        Net.built.append(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        if self.fail:
+            raise RuntimeError("a bug in the user's training_step")
+        x, y = batch
+        loss = nn.functional.mse_loss(self(x), y)
+        self.log("train_loss", loss)
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        x, y = batch
+        loss = nn.functional.mse_loss(self(x), y) * self.val_scale
+        self.log("val_loss", loss * float("nan") if self.nan else loss)
+        self.log("val_score", -loss)
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def tune(tmp_path: Path, **kwargs: Any) -> Any:
+    args: dict[str, Any] = dict(
+        n_trials=3, max_epochs=4, min_half_cycle_epochs=1, max_half_cycle_epochs=2, base_lr=0.01, max_lr=0.05,
+        output_dir=str(tmp_path / "tuning"), plot=False, progress_bar=False, logger=False,
+        trainer_kwargs={"accelerator": "cpu"},
+    )
+    args.update(kwargs)
+    model = args.pop("model", Net)
+    return tune_cycle_length(model, args.pop("datamodule", DM), **args)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def clean_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in _LAUNCH_ENV_KEYS and not k.startswith(_LAUNCH_ENV_PREFIXES)}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env.update(OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+    return env
+
+
+def worker(out: Path, *args: str, torchrun: bool = False, wait: bool = True, timeout: int = 240) -> Any:
+    cmd = [sys.executable, str(WORKER), "--out", str(out), *args]
+    if torchrun:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+               f"--master_port={free_port()}", str(WORKER), "--out", str(out), *args]
+    if not wait:
+        return subprocess.Popen(cmd, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.run(cmd, env=clean_env(), capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-6000:]
+    return proc
+
+
+def rank_rows(out: Path) -> dict[int, list[dict[str, Any]]]:
+    return {int(p.stem[4:]): [json.loads(line) for line in p.read_text().splitlines()]
+            for p in sorted(out.glob("rank*.jsonl"))}
+
+
+def worker_results(out: Path) -> list[dict[str, Any]]:
+    return [json.loads(p.read_text()) for p in sorted(out.glob("result_*.json"))]
+
+
+def postgres_up() -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", 5432), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+needs_pg = pytest.mark.skipif(not postgres_up(), reason="no PostgreSQL server answers at 127.0.0.1:5432")
+
+
+@pytest.fixture
+def pg_study_name() -> Any:
+    name = f"lightning_clr_test_{uuid.uuid4().hex[:12]}"
+    yield name
+    try:
+        optuna.delete_study(study_name=name, storage=PG_URL)
+    except KeyError:
+        pass
+
+
+# ---------------------------------------------------------------------------------------------- API
+def test_optuna_missing_names_the_extra(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setitem(sys.modules, "optuna", None)  # what `import optuna` sees when it is not installed
+    with pytest.raises(ImportError, match=r"pip install lightning-clr\[tune\]"):
+        tune(tmp_path)
+
+
+def test_package_import_does_not_import_optuna() -> None:
+    code = "import sys, lightning_clr; assert 'optuna' not in sys.modules; print(lightning_clr.tune_cycle_length)"
+    proc = subprocess.run([sys.executable, "-c", code], env=clean_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "tune_cycle_length" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"n_trials": 0}, "n_trials"),
+        ({"min_half_cycle_epochs": 3, "max_half_cycle_epochs": 2}, "max_half_cycle_epochs"),
+        ({"min_half_cycle_epochs": 1, "max_half_cycle_epochs": 4, "half_cycle_step": 2}, "half_cycle_step"),
+        ({"modes": ["zigzag"]}, "modes"),
+        ({"base_lr": 0.1, "max_lr": 0.01}, "max_lr"),
+        ({"direction": "down"}, "direction"),
+        ({"min_max_lr_scale": 0.0}, "min_max_lr_scale"),
+        ({"heartbeat_interval": 2.0, "grace_period": 1.0}, "grace_period"),
+        ({"timeout": 5.0, "trainer_kwargs": {"devices": 2}}, "timeout"),
+        ({"model": "Net"}, "model"),
+    ],
+)
+def test_bad_arguments_fail_before_training(tmp_path: Path, kwargs: dict[str, Any], name: str) -> None:
+    Net.built.clear()
+    with pytest.raises(ValueError, match=rf"`{name}`.*got"):
+        tune(tmp_path, **kwargs)
+    assert Net.built == []  # no model was built, so no training step ran
+
+
+# ---------------------------------------------------------------------------------------------- trials
+def test_trials_are_real_fits_with_fresh_models_seeds_and_logger_versions(tmp_path: Path) -> None:
+    Net.built.clear()
+    result = tune(tmp_path, n_trials=3, logger=True, seed=7, pruner="none")
+    trials = result.study.get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+    assert len(Net.built) == 3 and len({id(m) for m in Net.built}) == 3
+    for trial, model in zip(trials, Net.built):
+        assert trial.user_attrs["seed"] == 7 + trial.number
+        torch.manual_seed(7 + trial.number)
+        expected = Net.__new__(Net)
+        nn.Module.__init__(expected)
+        expected.net = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 1))
+        assert all(torch.equal(a, b) for a, b in zip(model.initial, expected.net.parameters()))
+        assert not torch.equal(model.initial[0], dict(model.named_parameters())["net.0.weight"])  # it trained
+        metrics = tmp_path / "tuning" / "trials" / f"trial_{trial.number}" / "metrics.csv"
+        assert metrics.exists(), metrics
+    # the objective is the monitored metric at the trial's last validation, a cycle end
+    for t in trials:
+        assert t.value == t.intermediate_values[max(t.intermediate_values)]
+
+
+def test_search_space_and_warm_start_within_range(tmp_path: Path) -> None:
+    result = tune(tmp_path, n_trials=5, max_epochs=6, min_half_cycle_epochs=3, max_half_cycle_epochs=6,
+                  modes=["triangular", "triangular2"], min_max_lr_scale=0.5, max_max_lr_scale=2.0, pruner="none")
+    trials = result.study.get_trials()
+    # Smith's 2, 4 and 8 epochs, clipped into [3, 6]: 3, 4, 6 come first
+    assert [t.params["half_cycle_epochs"] for t in trials[:3]] == [3, 4, 6]
+    for t in trials:
+        assert 3 <= t.params["half_cycle_epochs"] <= 6
+        assert t.params["mode"] in ("triangular", "triangular2")
+        assert 0.5 <= t.params["max_lr_scale"] <= 2.0
+        assert t.user_attrs["base_lr"] == 0.01 < t.user_attrs["max_lr"]  # base < max by construction
+        h = t.params["half_cycle_epochs"]
+        assert t.user_attrs["epochs"] % (2 * h) == 0  # a whole number of cycles
+
+
+def test_direction_and_monitor_are_configurable(tmp_path: Path) -> None:
+    result = tune(tmp_path, monitor="val_score", direction="maximize", n_trials=3, pruner="none")
+    values = [t.value for t in result.study.get_trials()]
+    assert all(v < 0 for v in values)  # val_score = -loss
+    assert result.best_value == max(values)
+
+
+def test_reports_only_at_cycle_ends_but_records_every_validation(tmp_path: Path) -> None:
+    result = tune(tmp_path, n_trials=2, max_epochs=8, min_half_cycle_epochs=1, max_half_cycle_epochs=4,
+                  warm_start=True, pruner="none")
+    by_h = {t.params["half_cycle_epochs"]: t for t in result.study.get_trials()}
+    assert set(by_h) == {2, 4}
+    assert sorted(by_h[2].intermediate_values) == [4, 8]  # cycle ends of a 4-epoch cycle
+    assert sorted(by_h[4].intermediate_values) == [8]
+    assert sorted(int(k) for k in by_h[4].user_attrs["history"]) == list(range(1, 9))  # every validation
+
+
+def test_pruner_compares_only_cycle_end_values_up_to_the_same_epoch() -> None:
+    study = optuna.create_study(pruner=CycleEndMedianPruner(n_startup_trials=1))
+    dist = {"half_cycle_epochs": optuna.distributions.IntDistribution(1, 8)}
+    # A short-cycle trial: good at its cycle ends 2, 4, 6, 8.
+    study.add_trial(optuna.trial.create_trial(params={"half_cycle_epochs": 1}, distributions=dist, value=0.2,
+                                              intermediate_values={2: 0.9, 4: 0.5, 6: 0.3, 8: 0.2}))
+    trial = study.ask(dist)
+    trial.report(0.6, step=4)  # a long cycle's first cycle end: worse than 0.5 at epoch <= 4: pruned
+    assert trial.should_prune()
+    trial2 = study.ask(dist)
+    trial2.report(0.45, step=4)  # better than every value at epoch <= 4 (0.8 at epoch 8 is ignored)
+    assert not trial2.should_prune()
+    trial3 = study.ask(dist)
+    trial3.report(0.7, step=2)  # at epoch 2 only the other trial's 0.9 counts
+    assert not trial3.should_prune()
+
+
+def test_pruned_trial_stops_at_a_cycle_end(tmp_path: Path) -> None:
+    made = []
+
+    def factory() -> Net:  # the third trial's model is badly off: it must be pruned at its first cycle end
+        made.append(1)
+        return Net(val_scale=100.0 if len(made) == 3 else 1.0)
+
+    result = tune(tmp_path, model=factory, n_trials=3, max_epochs=8, min_half_cycle_epochs=1,
+                  max_half_cycle_epochs=1, n_startup_trials=2)
+    trials = result.study.get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.PRUNED]
+    assert trials[2].user_attrs["pruned_at_epoch"] == 2
+    assert list(trials[2].intermediate_values) == [2]
+    assert result.epochs_trained == 8 + 8 + 2
+
+
+# ---------------------------------------------------------------------------------------------- bounds
+def test_range_test_runs_once_and_bounds_are_reused(tmp_path: Path) -> None:
+    calls = []
+    import lightning_clr.range_test as rt
+
+    original = rt.run_range_test
+
+    def counting(*args: Any, **kwargs: Any) -> Any:  # the real test, counted
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    rt.run_range_test = counting
+    try:
+        storage = str(tmp_path / "s.journal")
+        config = RangeTestConfig(num_steps=12, save=False, progress_bar=False)
+        kwargs = dict(base_lr=None, max_lr=None, range_test=config, storage=storage, study_name="b", pruner="none")
+        result = tune(tmp_path, n_trials=2, **kwargs)
+        assert len(calls) == 1
+        attrs = result.study.user_attrs
+        assert 0 < attrs["clr_base_lr"] < attrs["clr_max_lr"]
+        for t in result.study.get_trials():
+            assert (t.user_attrs["base_lr"], t.user_attrs["max_lr"]) == (attrs["clr_base_lr"], attrs["clr_max_lr"])
+        # a second worker on the same study reuses the stored bounds: no second range test
+        tune(tmp_path, n_trials=1, **kwargs)
+        assert len(calls) == 1
+    finally:
+        rt.run_range_test = original
+
+
+# ---------------------------------------------------------------------------------------------- faults
+def test_failing_trials_are_recorded_and_the_study_goes_on(tmp_path: Path) -> None:
+    made = []
+
+    def factory() -> Net:
+        made.append(1)
+        return Net(fail=len(made) == 1, nan=len(made) == 2)
+
+    result = tune(tmp_path, model=factory, n_trials=3, max_epochs=8)
+    t0, t1, t2 = result.study.get_trials()
+    assert t0.state == TrialState.FAIL and "RuntimeError: a bug in the user's training_step" in t0.user_attrs["error"]
+    assert t1.state == TrialState.FAIL and "is NaN at epoch" in t1.user_attrs["error"]
+    assert len(t1.user_attrs["history"]) < t1.user_attrs["epochs"]  # stopped at its first cycle end
+    assert t2.state == TrialState.COMPLETE
+    assert result.best_half_cycle_epochs == t2.params["half_cycle_epochs"]
+
+
+def test_missing_monitor_fails_the_trial_with_a_clear_error(tmp_path: Path) -> None:
+    result = tune(tmp_path, monitor="val_acc", n_trials=1)
+    (t,) = result.study.get_trials()
+    assert t.state == TrialState.FAIL and "'val_acc'" in t.user_attrs["error"] and "val_loss" in t.user_attrs["error"]
+    assert result.best_half_cycle_epochs is None
+
+
+# ---------------------------------------------------------------------------------------------- output
+def test_result_summary_plots_and_callback(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    result = tune(tmp_path, n_trials=2, plot=True, pruner="none")
+    best = result.study.best_trial
+    assert result.best_half_cycle_epochs == best.params["half_cycle_epochs"]
+    assert result.steps_per_epoch == 4  # 64 samples / batch 16
+    assert result.best_step_size_up == result.best_half_cycle_epochs * 4
+    summary = (tmp_path / "tuning" / "summary.txt").read_text()
+    assert "COMPLETE" in summary and f"half-cycle {result.best_half_cycle_epochs} epochs" in summary
+    for path in result.plots:
+        assert Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert {Path(p).name for p in result.plots} == {"optimization_history.png", "cycle_length.png"}
+    clr = result.callback()
+    assert isinstance(clr, CyclicLearningRate)
+    assert clr.half_cycle_epochs == result.best_half_cycle_epochs and clr.max_lr == result.best_max_lr
+
+
+# ---------------------------------------------------------------------------------------------- storages
+def test_journal_storage_resumes_a_study(tmp_path: Path) -> None:
+    storage = str(tmp_path / "study.journal")
+    tune(tmp_path, n_trials=2, storage=storage, study_name="resume")
+    result = tune(tmp_path, n_trials=1, storage=storage, study_name="resume")
+    assert len(result.study.get_trials()) == 3
+    assert len(optuna.load_study(study_name="resume", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(storage))).trials) == 3
+
+
+@needs_pg
+def test_postgresql_storage(tmp_path: Path, pg_study_name: str) -> None:
+    result = tune(tmp_path, n_trials=2, storage=PG_URL, study_name=pg_study_name)
+    loaded = optuna.load_study(study_name=pg_study_name, storage=PG_URL)
+    assert [t.state for t in loaded.trials] == [TrialState.COMPLETE] * 2
+    assert loaded.best_trial.params == result.study.best_trial.params
+
+
+def _two_workers(tmp_path: Path, storage: str, name: str) -> None:
+    procs = [worker(tmp_path / f"w{i}", "--storage", storage, "--study-name", name, "--n-trials", "3",
+                    "--seed", str(i), wait=False) for i in range(2)]
+    for p in procs:
+        out, _ = p.communicate(timeout=240)
+        assert p.returncode == 0, out[-4000:]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_two_workers_share_a_journal_file(tmp_path: Path) -> None:
+    storage = str(tmp_path / "shared.journal")
+    _two_workers(tmp_path, storage, "shared")
+    study = optuna.load_study(study_name="shared", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(storage)))
+    numbers = [t.number for t in study.trials]
+    assert sorted(numbers) == list(range(6))  # none lost, none duplicated
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@needs_pg
+def test_two_workers_share_a_postgresql_study(tmp_path: Path, pg_study_name: str) -> None:
+    optuna.create_study(study_name=pg_study_name, storage=PG_URL, direction="minimize")  # created ahead
+    _two_workers(tmp_path, PG_URL, pg_study_name)
+    study = optuna.load_study(study_name=pg_study_name, storage=PG_URL)
+    assert sorted(t.number for t in study.trials) == list(range(6))
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials)
+
+
+def _kill_mid_trial(tmp_path: Path, storage: str, name: str, load: Any) -> None:
+    args = ["--storage", storage, "--study-name", name, "--heartbeat", "0.5", "--grace", "2", "--no-warm-start"]
+    proc = worker(tmp_path / "killed", *args, "--n-trials", "1", "--sleep", "0.2", "--max-epochs", "40",
+                  wait=False)
+    deadline = time.time() + 120
+    running = []
+    while time.time() < deadline and not running:
+        time.sleep(0.5)
+        try:
+            running = load().get_trials(states=(TrialState.RUNNING,))
+        except KeyError:  # the study does not exist yet
+            continue
+        assert proc.poll() is None, proc.communicate()[0][-3000:]
+    assert running, "the worker never started a trial"
+    time.sleep(1.5)  # a couple of heartbeats
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert [t.state for t in load().trials] == [TrialState.RUNNING]  # left behind by the dead worker
+    time.sleep(2.5)  # > grace period
+    worker(tmp_path / "next", *args, "--n-trials", "1")
+    first, second = load().trials
+    assert first.state == TrialState.FAIL and "stale" in first.user_attrs["error"]
+    assert second.state == TrialState.COMPLETE
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_killed_worker_trial_is_failed_by_the_next_worker_journal(tmp_path: Path) -> None:
+    storage = str(tmp_path / "kill.journal")
+
+    def load() -> Any:
+        return optuna.load_study(study_name="kill", storage=optuna.storages.JournalStorage(
+            optuna.storages.journal.JournalFileBackend(storage)))
+
+    _kill_mid_trial(tmp_path, storage, "kill", load)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@needs_pg
+def test_killed_worker_trial_is_failed_by_the_next_worker_postgresql(tmp_path: Path, pg_study_name: str) -> None:
+    _kill_mid_trial(tmp_path, PG_URL, pg_study_name, lambda: optuna.load_study(study_name=pg_study_name,
+                                                                                storage=PG_URL))
+
+
+# ---------------------------------------------------------------------------------------------- DDP
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_naive_per_rank_ask_trains_each_rank_with_its_own_cycle(tmp_path: Path) -> None:
+    """The optuna-integration failure, reproduced honestly: every rank asks for its own trial."""
+    worker(tmp_path, "--mode", "naive", "--strategy", "ddp", "--devices", "2")
+    rows = rank_rows(tmp_path)
+    assert set(rows) == {0, 1}
+    assert rows[0][0]["step_size_up"] != rows[1][0]["step_size_up"]
+    assert rows[0][0]["first_weight"] != rows[1][0]["first_weight"]  # the replicas diverged
+
+
+def _check_ddp(out: Path, n_trials: int) -> None:
+    rows = rank_rows(out)
+    assert set(rows) == {0, 1} and len(rows[0]) == len(rows[1]) == n_trials
+    for r0, r1 in zip(rows[0], rows[1]):
+        assert r0["world_size"] == 2
+        for key in ("step_size_up", "half_cycle_epochs", "base_lr", "max_lr", "epochs", "max_epochs", "first_weight"):
+            assert r0[key] == r1[key], (key, r0, r1)
+    (res,) = worker_results(out)
+    trials = res["trials"]
+    assert len(trials) == n_trials  # one trial per fit, not one per rank
+    assert [r["half_cycle_epochs"] for r in rows[0]] == [t["params"]["half_cycle_epochs"] for t in trials]
+    # the badly-off last trial is pruned on every rank together, at a cycle end (epoch 2 of 4)
+    assert trials[-1]["state"] == "PRUNED"
+    assert rows[0][-1]["epochs"] == rows[1][-1]["epochs"] == 2 < rows[0][-1]["max_epochs"]
+
+
+DDP_ARGS = ("--devices", "2", "--n-trials", "3", "--max-half", "2", "--max-epochs", "4", "--bad-from-fit", "2")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_ddp_all_ranks_train_the_same_trial(tmp_path: Path) -> None:
+    worker(tmp_path, "--strategy", "ddp", *DDP_ARGS)
+    _check_ddp(tmp_path, 3)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_torchrun_all_ranks_train_the_same_trial(tmp_path: Path) -> None:
+    worker(tmp_path, "--strategy", "ddp", *DDP_ARGS, torchrun=True)
+    _check_ddp(tmp_path, 3)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_ddp_spawn_keeps_the_study(tmp_path: Path) -> None:
+    """In-memory storage cannot cross into spawned children: a journal file under output_dir is used."""
+    worker(tmp_path, "--strategy", "ddp_spawn", *DDP_ARGS)
+    _check_ddp(tmp_path, 3)
+    assert (tmp_path / "tuning" / "study.journal").exists()
+
+
+def test_values_are_finite_in_the_trial_table(tmp_path: Path) -> None:
+    result = tune(tmp_path, n_trials=2, pruner="none")
+    rows = result.trials()
+    assert [r["number"] for r in rows] == [0, 1]
+    assert all(math.isfinite(r["value"]) and r["step_size_up"] == r["half_cycle_epochs"] * 4 for r in rows)
