@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from lightning_clr.callback import CyclicLearningRate
-from lightning_clr.range_test import RangeTestConfig
+from lightning_clr.range_test import RangeTestConfig, RangeTestResult, lr_range_test
 from lightning_clr.schedule import cyclic_lr, cyclic_momentum
 
 __version__ = "0.1.0"
@@ -20,9 +20,11 @@ __all__ = [
     "CycleTuningResult",
     "CyclicLearningRate",
     "RangeTestConfig",
+    "RangeTestResult",
     "__version__",
     "cyclic_lr",
     "cyclic_momentum",
+    "lr_range_test",
     "tune_cycle_length",
 ]
 
