@@ -1,0 +1,254 @@
+"""Overhead of the ``CyclicLearningRate`` callback, in one process.
+
+1. Per optimizer step, in microseconds (median of blocks of calls):
+   - ``callback._apply(i)``: computing and writing LR and momentum into the param groups;
+   - the callback's hook path per step, ``on_before_optimizer_step`` + ``on_train_batch_end``
+     (what Lightning calls around every optimizer step);
+   - ``torch.optim.lr_scheduler.CyclicLR.step()`` on the same kind of optimizer (SGD with momentum,
+     momentum cycling on in both), which is what a per-step scheduler costs.
+2. Whole ``trainer.fit`` wall time of a tiny MLP, callback (explicit bounds: no range test) against a
+   constant LR; the two alternate, and the ratio is median(callback) / median(constant).
+
+Targets: per-step cost <= CyclicLR.step(); whole-fit ratio <= 1.01.
+
+Usage:
+    python benchmarks/overhead.py            # ~1-2 min
+    python benchmarks/overhead.py --quick --out-dir /tmp/x
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch import nn
+from torch.utils.data import DataLoader
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _common import TensorBatches, machine_info, make_trainer, quiet_lightning, update_section, write_json  # noqa: E402
+
+from lightning_clr import CyclicLearningRate  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class TinyMLP(pl.LightningModule):
+    def __init__(self, lr: float = 0.01, cyclic: bool = False) -> None:
+        super().__init__()
+        self.cyclic = cyclic
+        self.net = nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 4))
+        self.lr = lr
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        return nn.functional.cross_entropy(self(x), y)
+
+    def configure_optimizers(self) -> Any:
+        opt = torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
+        if not self.cyclic:
+            return opt
+        sched = torch.optim.lr_scheduler.CyclicLR(opt, base_lr=1e-3, max_lr=6e-3, step_size_up=2000)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def tiny_loader(n: int, batch_size: int) -> DataLoader:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 32, generator=g)
+    y = torch.randint(0, 4, (n,), generator=g)
+    ds = TensorBatches(x, y)
+    return DataLoader(ds, sampler=torch.utils.data.BatchSampler(range(n), batch_size, False), batch_size=None)
+
+
+def per_call_us(fns: dict[str, Callable[[], Any]], calls: int, blocks: int) -> dict[str, dict[str, float]]:
+    """Per function: median (and min, max) over ``blocks`` of the mean time of ``calls`` back-to-back calls, in µs.
+
+    The functions take turns block by block, so load from other processes hits them alike; blocks are short,
+    so a block that the OS preempted is an outlier that the median ignores.
+    """
+    for fn in fns.values():  # warm up
+        for _ in range(200):
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(blocks):
+        for name, fn in fns.items():
+            t0 = time.perf_counter_ns()
+            for _ in range(calls):
+                fn()
+            samples[name].append((time.perf_counter_ns() - t0) / calls / 1e3)
+    return {name: {"median_us": statistics.median(v), "min_us": min(v), "max_us": max(v)}
+            for name, v in samples.items()}
+
+
+def per_step_costs(calls: int, blocks: int) -> dict[str, Any]:
+    # A real fit of a few steps wires the callback up (optimizer, param groups, bounds, cycle length).
+    model = TinyMLP()
+    clr = CyclicLearningRate(base_lr=1e-3, max_lr=6e-3, step_size_up=2000)
+    trainer = make_trainer([clr], max_epochs=1, max_steps=4)
+    trainer.fit(model, train_dataloaders=tiny_loader(128, 32))
+    opt = trainer.optimizers[0]
+
+    def hooks() -> None:
+        clr.on_before_optimizer_step(trainer, model, opt)
+        clr.on_train_batch_end(trainer, model, None, None, 0)
+
+    ref_model = TinyMLP()
+    ref_opt = torch.optim.SGD(ref_model.parameters(), lr=1e-3, momentum=0.9)
+    sched = torch.optim.lr_scheduler.CyclicLR(ref_opt, base_lr=1e-3, max_lr=6e-3, step_size_up=2000)
+    ref_opt.step()  # avoid torch's "scheduler.step() before optimizer.step()" warning
+    costs: dict[str, Any] = per_call_us(
+        {"callback_apply": lambda: clr._apply(0), "callback_hooks": hooks, "torch_cycliclr_step": sched.step},
+        calls, blocks)
+    return {**costs, "calls_per_block": calls, "blocks": blocks}
+
+
+KINDS = ("constant", "callback", "empty_callback", "torch_cycliclr")
+
+
+class EmptyCallback(Callback):
+    """A callback with no hooks of its own: what Lightning's dispatch of callback hooks costs by itself."""
+
+
+def whole_fit(repeats: int, epochs: int, n: int, batch_size: int) -> dict[str, Any]:
+    """Fit the tiny MLP with a constant LR, with the callback, with an empty callback and with torch's CyclicLR
+    (``interval="step"``); the kinds take turns in a rotating order."""
+    loader = tiny_loader(n, batch_size)
+    wall: dict[str, list[float]] = {kind: [] for kind in KINDS}
+    cpu: dict[str, list[float]] = {kind: [] for kind in KINDS}
+
+    def one(kind: str) -> tuple[float, float]:
+        pl.seed_everything(0, verbose=False)
+        model = TinyMLP(cyclic=kind == "torch_cycliclr")
+        callbacks: list[Callback] = []
+        if kind == "callback":
+            callbacks = [CyclicLearningRate(base_lr=1e-3, max_lr=6e-3)]
+        elif kind == "empty_callback":
+            callbacks = [EmptyCallback()]
+        trainer = make_trainer(callbacks, max_epochs=epochs)
+        t0, c0 = time.perf_counter(), time.process_time()
+        trainer.fit(model, train_dataloaders=loader)
+        return time.perf_counter() - t0, time.process_time() - c0
+
+    for kind in KINDS:  # warm-up fits (imports, first-call costs); not counted
+        one(kind)
+    for k in range(repeats):
+        for j in range(len(KINDS)):
+            kind = KINDS[(j + k) % len(KINDS)]
+            w, c = one(kind)
+            wall[kind].append(w)
+            cpu[kind].append(c)
+    steps = epochs * ((n + batch_size - 1) // batch_size)
+    med = {kind: statistics.median(v) for kind, v in wall.items()}
+    med_cpu = {kind: statistics.median(v) for kind, v in cpu.items()}
+    return {
+        "repeats": repeats, "epochs": epochs, "optimizer_steps": steps, "batch_size": batch_size,
+        "wall_s": wall, "cpu_s": cpu, "median_wall_s": med, "median_cpu_s": med_cpu,
+        "ratio": med["callback"] / med["constant"],
+        "cpu_ratio": med_cpu["callback"] / med_cpu["constant"],
+        "ratios_wall": {kind: med[kind] / med["constant"] for kind in KINDS},
+        "ratios_cpu": {kind: med_cpu[kind] / med_cpu["constant"] for kind in KINDS},
+        "per_step_difference_us": (med["callback"] - med["constant"]) / steps * 1e6,
+        "cpu_ratio_vs_empty_callback": med_cpu["callback"] / med_cpu["empty_callback"],
+        "cpu_per_step_vs_empty_callback_us": (med_cpu["callback"] - med_cpu["empty_callback"]) / steps * 1e6,
+        "cpu_per_step_empty_callback_us": (med_cpu["empty_callback"] - med_cpu["constant"]) / steps * 1e6,
+        "constant_per_step_us": med["constant"] / steps * 1e6,
+    }
+
+
+LABELS = {"constant": "constant LR", "callback": "`CyclicLearningRate` (explicit bounds)",
+          "empty_callback": "an empty `Callback` (Lightning's hook dispatch alone)",
+          "torch_cycliclr": "torch `CyclicLR`, `interval=\"step\"`"}
+
+
+def markdown(data: dict[str, Any]) -> str:
+    m, s, f = data["machine"], data["per_step"], data["whole_fit"]
+
+    def cell(d: dict[str, float]) -> str:
+        return f"{d['median_us']:.2f} [{d['min_us']:.2f}–{d['max_us']:.2f}]"
+
+    ok_step = s["callback_hooks"]["median_us"] <= s["torch_cycliclr_step"]["median_us"]
+    ok_fit = f["ratio"] <= 1.01
+    ok_cpu = f["cpu_ratio"] <= 1.01
+    lines = [
+        f"Machine: {m['cpu']}, {m['cores']} cores shared with other jobs (noisy), {m['torch_threads']} torch "
+        f"thread(s); torch {m['torch']}, lightning {m['lightning']}, python {m['python']}. "
+        f"Command: `{data['command']}`.",
+        "",
+        f"Per optimizer step (median [min–max] of {s['blocks']} blocks of {s['calls_per_block']} calls):",
+        "",
+        "| what | µs per step |",
+        "|---|---|",
+        f"| `CyclicLearningRate._apply` (LR + momentum into the param group) | {cell(s['callback_apply'])} |",
+        f"| callback hook path (`on_before_optimizer_step` + `on_train_batch_end`) | {cell(s['callback_hooks'])} |",
+        f"| `torch.optim.lr_scheduler.CyclicLR.step()` | {cell(s['torch_cycliclr_step'])} |",
+        "",
+        f"Whole `trainer.fit` of a tiny MLP ({f['optimizer_steps']} optimizer steps, batch {f['batch_size']}, "
+        f"{f['repeats']} repeats of each kind in rotating order; medians, ratio to the constant LR):",
+        "",
+        "| fit | wall s | wall ratio | CPU s | CPU ratio |",
+        "|---|---|---|---|---|",
+        *[f"| {LABELS[k]} | {f['median_wall_s'][k]:.3f} | {f['ratios_wall'][k]:.4f} | {f['median_cpu_s'][k]:.3f} | "
+          f"{f['ratios_cpu'][k]:.4f} |" for k in KINDS],
+        "",
+        f"The callback's fit differs from the constant LR's by {f['per_step_difference_us']:+.1f} µs per step "
+        f"(wall), against {f['constant_per_step_us']:.0f} µs per step for the whole loop. CPU time is what other "
+        "jobs on the shared machine disturb least. In CPU time, Lightning's dispatch of its per-step hooks to ANY "
+        f"callback (the empty one) costs {f['cpu_per_step_empty_callback_us']:+.1f} µs per step; the callback "
+        f"costs {f['cpu_per_step_vs_empty_callback_us']:+.1f} µs per step more than that (CPU ratio to the empty "
+        f"callback: {f['cpu_ratio_vs_empty_callback']:.4f}).",
+        "",
+        f"- [{'x' if ok_step else ' '}] per-step cost of the callback's hooks <= torch CyclicLR.step()",
+        f"- [{'x' if ok_fit else ' '}] whole-fit wall-time ratio <= 1.01",
+        f"- [{'x' if ok_cpu else ' '}] whole-fit CPU-time ratio <= 1.01",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="few repetitions: a smoke run of seconds")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out-dir", default=str(ROOT / "docs" / "benchmarks"))
+    p.add_argument("--doc", default=None, help="Markdown file whose 'overhead' section is updated "
+                                                "(default: docs/benchmarks.md for a full run into docs/benchmarks)")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    quiet_lightning()
+    out_dir = Path(args.out_dir)
+    data: dict[str, Any] = {
+        "command": "python benchmarks/overhead.py" + ("" if not (argv or sys.argv[1:]) else
+                                                     " " + " ".join(argv if argv is not None else sys.argv[1:])),
+        "machine": machine_info(),
+    }
+    if args.quick:
+        data["per_step"] = per_step_costs(calls=100, blocks=11)
+        data["whole_fit"] = whole_fit(repeats=2, epochs=1, n=256, batch_size=16)
+    else:
+        data["per_step"] = per_step_costs(calls=100, blocks=501)
+        data["whole_fit"] = whole_fit(repeats=15, epochs=5, n=4096, batch_size=32)
+    data["quick"] = args.quick
+    text = markdown(data)
+    stem = "overhead_quick" if args.quick else "overhead"
+    write_json(out_dir / f"{stem}.json", data)
+    (out_dir / f"{stem}.md").write_text(text)
+    doc = args.doc or (str(ROOT / "docs" / "benchmarks.md")
+                       if not args.quick and out_dir.resolve() == (ROOT / "docs" / "benchmarks").resolve() else None)
+    if doc:
+        update_section(Path(doc), "overhead", text)
+    print(text)
+    print(f"wrote {out_dir / f'{stem}.json'}, {out_dir / f'{stem}.md'}" + (f", updated {doc}" if doc else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

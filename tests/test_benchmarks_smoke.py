@@ -1,0 +1,140 @@
+"""Smoke runs of the benchmark scripts and the demo, as real subprocesses on scikit-learn's digits.
+
+The full Fashion-MNIST benchmark takes ~40 minutes and is run by ``make bench``; here each script runs
+its ``--quick`` mode for seconds and the files it writes are checked.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import _common  # noqa: E402
+import fashion_mnist  # noqa: E402
+
+QUICK_RECIPES = ["fixed_sgd", "fixed_adam", "lr_find", "one_cycle", "torch_cyclic", "clr_auto", "oracle"]
+
+
+def _run(args: list[str], timeout: int) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{args} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_fashion_benchmark_quick_on_digits(tmp_path: Path) -> None:
+    _run(["benchmarks/fashion_mnist.py", "--quick", "--dataset", "digits", "--out-dir", str(tmp_path),
+          "--recipes", *QUICK_RECIPES], timeout=220)
+    data = json.loads((tmp_path / "digits_quick.json").read_text())
+    assert data["errors"] == []
+    cfg = data["config"]
+    assert cfg["dataset"] == "digits" and cfg["quick"] is True
+    total = cfg["epochs"] * cfg["steps_per_epoch"]
+    ran = {r["recipe"] for r in data["runs"]}
+    assert ran == {"fixed_adam", "lr_find", "one_cycle", "torch_cyclic", "clr_auto"} | {
+        f"grid_sgd_lr={lr:g}" for lr in cfg["grid"]}
+    for r in data["runs"]:
+        assert r["steps"] == total, r["recipe"]  # every recipe trains the same budget
+        assert 0.0 <= r["final_acc"] <= r["best_acc"] <= 1.0
+        assert r["evals"][-1]["step"] == total and r["train_seconds"] > 0
+        assert len(r["lr_trace"]["lr"]) >= total // r["lr_trace"]["stride"]
+    by = {r["recipe"]: r for r in data["runs"]}
+    # lr_find's suggestion drives lr_find and one_cycle; its steps are counted as setup
+    assert by["lr_find"]["lr"] == by["one_cycle"]["lr"] and by["lr_find"]["setup_steps"] > 0
+    # torch's CyclicLR really cycles per step between the hand-picked bounds
+    lrs = by["torch_cyclic"]["lr_trace"]["lr"]
+    assert min(lrs) == pytest.approx(0.001) and max(lrs) <= 0.006 + 1e-12 and max(lrs) > 0.004
+    # the range test ran, chose 0 < base < max, and its steps and time are recorded
+    clr = by["clr_auto"]
+    assert 0 < clr["base_lr"] < clr["max_lr"] and clr["setup_steps"] >= 10 and clr["setup_seconds"] > 0
+    assert max(clr["lr_trace"]["lr"]) <= clr["max_lr"] + 1e-12
+    rec = data["aggregate"]["recipes"]
+    assert {"fixed_sgd", "oracle", "clr_auto"} <= set(rec)
+    oracle = data["aggregate"]["oracle"]["lr_recipe"]
+    assert rec["oracle"]["final_acc"]["median"] == max(rec[f"grid_sgd_lr={lr:g}"]["final_acc"]["median"]
+                                                       for lr in cfg["grid"])
+    assert oracle in {f"grid_sgd_lr={lr:g}" for lr in cfg["grid"]}
+    assert rec["oracle"]["final_acc"]["median"] > 0.5  # the best fixed LR learns the digits
+    assert data["goals"], "the goal checks for clr_auto are computed"
+    md = (tmp_path / "digits_quick.md").read_text()
+    for name in ("fixed_sgd", "fixed_adam", "lr_find", "one_cycle", "torch_cyclic", "clr_auto", "oracle"):
+        assert f"| {name} |" in md
+    for png in data["plots"]:
+        assert Path(png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(data["plots"]) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_overhead_quick(tmp_path: Path) -> None:
+    doc = tmp_path / "doc.md"
+    doc.write_text("# Benchmarks\n\nkept text\n")
+    _run(["benchmarks/overhead.py", "--quick", "--out-dir", str(tmp_path), "--doc", str(doc)], timeout=160)
+    data = json.loads((tmp_path / "overhead_quick.json").read_text())
+    for key in ("callback_apply", "callback_hooks", "torch_cycliclr_step"):
+        cost = data["per_step"][key]
+        assert 0 < cost["min_us"] <= cost["median_us"] <= cost["max_us"] < 10_000, key
+    fit = data["whole_fit"]
+    for kind in ("constant", "callback", "empty_callback", "torch_cycliclr"):
+        assert len(fit["wall_s"][kind]) == len(fit["cpu_s"][kind]) == fit["repeats"], kind
+        assert all(0 < c for c in fit["cpu_s"][kind])
+    assert math.isfinite(fit["ratio"]) and 0.2 < fit["ratio"] < 5
+    assert fit["ratio"] == pytest.approx(fit["median_wall_s"]["callback"] / fit["median_wall_s"]["constant"])
+    text = doc.read_text()
+    assert text.startswith("# Benchmarks\n\nkept text\n") and "<!-- overhead:start -->" in text
+    assert "CyclicLR.step()" in text and "ratio" in text
+    # a second run replaces the section instead of appending another one
+    _common.update_section(doc, "overhead", "new text")
+    assert doc.read_text().count("<!-- overhead:start -->") == 1 and "new text" in doc.read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_demo_quick(tmp_path: Path) -> None:
+    proc = _run(["examples/demo.py", "--epochs", "2", "--seeds", "1", "--out-dir", str(tmp_path)], timeout=160)
+    assert "Chosen bounds" in proc.stdout and "fixed LR 0.01" in proc.stdout
+    assert "range test (" in proc.stdout  # the bounds came from the automatic range test
+    for name in ("range_test.png", "lr_trace.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_read_idx_roundtrip_and_errors(tmp_path: Path) -> None:
+    images = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    header = bytes([0, 0, 0x08, 3]) + b"".join(d.to_bytes(4, "big") for d in images.shape)
+    path = tmp_path / "x-idx3-ubyte.gz"
+    with gzip.open(path, "wb") as f:
+        f.write(header + images.tobytes())
+    np.testing.assert_array_equal(_common.read_idx(path), images)
+    bad = tmp_path / "bad.gz"
+    with gzip.open(bad, "wb") as f:
+        f.write(b"\x00\x00\x0d\x01" + b"\x00" * 8)
+    with pytest.raises(ValueError, match="not an IDX file"):
+        _common.read_idx(bad)
+    with pytest.raises(FileNotFoundError, match="--data-dir .*apt-get install dataset-fashion-mnist"):
+        _common.load_fashion_mnist(str(tmp_path))
+
+
+def test_stats_count_unreached_runs_as_late() -> None:
+    s = fashion_mnist._stats([300, None, 100])
+    assert s["median"] == 300 and s["min"] == 100 and s["max"] is None and s["reached"] == "2/3"
+    assert fashion_mnist._stats([None, None, 5])["median"] is None
+    assert fashion_mnist._stats([1.0, 3.0])["median"] == 2.0
+
+
+def test_bad_arguments_are_named() -> None:
+    with pytest.raises(SystemExit, match="--recipes: unknown recipe 'nope'"):
+        fashion_mnist.parse_args(["--recipes", "nope"])
+    with pytest.raises(SystemExit, match="--epochs must be >= 1, got 0"):
+        fashion_mnist.parse_args(["--epochs", "0"])
+    assert fashion_mnist.parse_variant("clr_auto[rule=valley,half=3]") == {"rule": "valley", "half": "3"}
