@@ -258,7 +258,7 @@ class LightningCLRCLI(LightningCLI):
         Args:
             model: The LightningModule (``--model``).
             datamodule: The LightningDataModule (``--data``).
-            output_dir: Where ``range_test.json`` and ``range_test.png`` go. Default: the trainer's log dir.
+            output_dir: Where ``lr_range_test.json`` and ``lr_range_test.png`` go. Default: the trainer's log dir.
         """
         from lightning_clr.range_test import lr_range_test
 
@@ -312,8 +312,19 @@ class LightningCLRCLI(LightningCLI):
             **bounds,
             **kwargs,
         )
-        summary = result.summary() if hasattr(result, "summary") else repr(result)
-        rank_zero_only(print)(summary)
+        if result.best_half_cycle_epochs is None:
+            rank_zero_only(print)("tune: no trial completed")
+        else:
+            rank_zero_only(print)(
+                f"best half_cycle_epochs={result.best_half_cycle_epochs} step_size_up={result.best_step_size_up}"
+                f" mode={result.best_mode} {result.monitor}={result.best_value:.6g}\n"
+                f"train with: --clr.half_cycle_epochs {result.best_half_cycle_epochs} --clr.mode {result.best_mode}"
+                + "".join(
+                    f" --clr.{name} {value:.6g}"
+                    for name, value in (("base_lr", result.base_lr), ("max_lr", result.best_max_lr))
+                    if value is not None
+                )
+            )
         return result
 
     def _factory(self, config: Any, key: str) -> Any:
@@ -357,8 +368,13 @@ def _takes_value(option: str) -> bool:
 
 def _save_range_test(result: Any, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
-    json_path = out / "range_test.json"
-    json_path.write_text(json.dumps(result.to_dict(), indent=2))
+    from lightning_clr.range_test import RESULT_FILENAME  # the names a fit's range test uses in its log dir
+
+    json_path = out / (RESULT_FILENAME + ".json")
+    if hasattr(result, "to_json"):
+        result.to_json(str(json_path))
+    else:
+        json_path.write_text(json.dumps(result.to_dict(), indent=2))
     written = [json_path]
     try:
         figure = result.plot()
@@ -366,7 +382,7 @@ def _save_range_test(result: Any, out: Path) -> list[Path]:
         rank_zero_warn(f"lightning-clr range_test: no plot saved ({err}). `pip install lightning-clr[plot]`")
         return written
     figure = getattr(figure, "figure", figure)  # an Axes gives its Figure
-    png_path = out / "range_test.png"
+    png_path = out / (RESULT_FILENAME + ".png")
     figure.savefig(png_path, dpi=100, bbox_inches="tight")
     written.append(png_path)
     try:

@@ -1,0 +1,309 @@
+"""The command line, run the way a user types it: real subprocesses with real argv.
+
+Covers LightningCLI flags and YAML for the callback in a plain LightningCLI script (examples/cli.py), the
+pitfall of LightningCLI's ``--lr_scheduler CyclicLR`` (per epoch) and the callback taking over, the
+``lightning-clr`` command (fit, range_test, tune, --no_clr, --print_config, --help), readable errors for bad
+flag values, and the console command after a non-editable ``pip install`` into a fresh virtual environment.
+LR traces come from LearningRateMonitor through a CSVLogger's metrics.csv.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Optional
+
+import pytest
+import yaml
+
+from lightning_clr import cyclic_lr, cyclic_momentum
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "examples" / "cli.py"
+CLR_YAML = REPO / "examples" / "lightning_clr_config.yaml"
+PLAIN_YAML = REPO / "examples" / "cli_config.yaml"
+DIGITS = ["--model", "examples.digits.DigitsClassifier", "--data", "examples.digits.DigitsDataModule"]
+STEPS_PER_EPOCH = 6
+TIMEOUT = 180
+
+pytestmark = [pytest.mark.slow]
+
+_LAUNCH_ENV_PREFIXES = ("SLURM_", "TORCHELASTIC_", "PL_", "LSB_", "OMPI_", "PMI_")
+_LAUNCH_ENV_KEYS = ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE", "NODE_RANK")
+
+
+def _env(pythonpath: bool = True) -> dict[str, str]:
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(_LAUNCH_ENV_PREFIXES) and k not in _LAUNCH_ENV_KEYS
+    }
+    env.pop("PYTHONPATH", None)
+    if pythonpath:
+        env["PYTHONPATH"] = str(REPO)  # so that `--model examples.digits...` imports from any directory
+    env["PYTHONWARNINGS"] = "ignore::DeprecationWarning"
+    return env
+
+
+def lightning_clr_cmd() -> list[str]:
+    script = Path(sys.executable).parent / "lightning-clr"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "lightning_clr.cli"]
+
+
+def run(args: list[str], cwd: Path, env: Optional[dict[str, str]] = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        args, cwd=cwd, env=env if env is not None else _env(), capture_output=True, text=True, timeout=TIMEOUT
+    )
+
+
+def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert proc.returncode == 0, (
+        f"exit {proc.returncode}\nSTDOUT:\n{proc.stdout[-3000:]}\nSTDERR:\n{proc.stderr[-5000:]}"
+    )
+    return proc
+
+
+def tiny_fit_flags(log_dir: Path, epochs: int = 2) -> list[str]:
+    """A tiny fit that logs the LR (and momentum) of every optimizer step to log_dir/trace/version_0/metrics.csv."""
+    return [
+        f"--trainer.max_epochs={epochs}",
+        f"--trainer.limit_train_batches={STEPS_PER_EPOCH}",
+        "--trainer.limit_val_batches=1",
+        "--trainer.num_sanity_val_steps=0",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+        "--trainer.enable_checkpointing=false",
+        "--trainer.log_every_n_steps=1",
+        "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
+        f"--trainer.logger.save_dir={log_dir}",
+        "--trainer.logger.name=trace",
+        "--trainer.callbacks+=lightning.pytorch.callbacks.LearningRateMonitor",
+        "--trainer.callbacks.logging_interval=step",
+        "--trainer.callbacks.log_momentum=true",
+    ]
+
+
+def lr_trace(log_dir: Path) -> tuple[list[float], list[float]]:
+    """(lr, momentum) of each optimizer step, in step order, from LearningRateMonitor's CSV rows."""
+    rows = list(csv.DictReader((log_dir / "trace" / "version_0" / "metrics.csv").open()))
+    rows = sorted((r for r in rows if r.get("lr-SGD")), key=lambda r: int(r["step"]))
+    return [float(r["lr-SGD"]) for r in rows], [float(r["lr-SGD-momentum"]) for r in rows]
+
+
+# ---------------------------------------------------------------------------------------------- the pitfall
+CYCLIC_LR_FLAGS = [
+    "--optimizer=SGD",
+    "--optimizer.lr=0.01",
+    "--lr_scheduler=CyclicLR",
+    "--lr_scheduler.base_lr=0.01",
+    "--lr_scheduler.max_lr=0.1",
+    "--lr_scheduler.step_size_up=3",
+]
+
+
+@pytest.mark.timeout(240)
+def test_cli_cyclic_lr_alone_steps_once_per_epoch(tmp_path: Path) -> None:
+    """Lightning #15340 is real: LightningCLI's --lr_scheduler CyclicLR moves the LR only at epoch ends, and
+    it switches momentum on for SGD(momentum=0). Also: --no_clr leaves lightning-clr a plain LightningCLI."""
+    args = ["fit", *DIGITS, *tiny_fit_flags(tmp_path), *CYCLIC_LR_FLAGS, "--no_clr"]
+    proc = ok(run([*lightning_clr_cmd(), *args], tmp_path))
+    assert "CyclicLearningRate" not in proc.stderr + proc.stdout
+    lrs, momenta = lr_trace(tmp_path)
+    assert len(lrs) == 2 * STEPS_PER_EPOCH
+    first, second = lrs[:STEPS_PER_EPOCH], lrs[STEPS_PER_EPOCH:]
+    assert first == pytest.approx([0.01] * STEPS_PER_EPOCH)  # one LR for the whole epoch
+    assert second == pytest.approx([0.04] * STEPS_PER_EPOCH)  # one scheduler step per epoch: 0.01 + 0.09 / 3
+    assert set(momenta) != {0.0}  # torch's CyclicLR turned momentum on
+
+
+@pytest.mark.timeout(240)
+def test_callback_from_flags_takes_over_cli_cyclic_lr(tmp_path: Path) -> None:
+    """The callback added with --trainer.callbacks+= warns, removes the per-epoch CyclicLR, steps the LR every
+    optimizer step (exactly the CLR formula), and undoes CyclicLR's momentum switch-on."""
+    clr = [
+        "--trainer.callbacks+=lightning_clr.CyclicLearningRate",
+        "--trainer.callbacks.base_lr=0.01",
+        "--trainer.callbacks.max_lr=0.1",
+        "--trainer.callbacks.step_size_up=3",
+        "--trainer.callbacks.mode=triangular2",
+    ]
+    proc = ok(run([sys.executable, str(SCRIPT), "fit", *tiny_fit_flags(tmp_path), *CYCLIC_LR_FLAGS, *clr], tmp_path))
+    assert "CyclicLearningRate replaces the CyclicLR scheduler" in proc.stderr
+    lrs, momenta = lr_trace(tmp_path)
+    expected = [
+        cyclic_lr(t, base_lr=0.01, max_lr=0.1, step_size_up=3, mode="triangular2") for t in range(2 * STEPS_PER_EPOCH)
+    ]
+    assert lrs == pytest.approx(expected, rel=1e-6)
+    assert all(a != b for a, b in zip(lrs, lrs[1:]))  # a new LR at every optimizer step
+    assert set(momenta) == {0.0}
+
+
+# ---------------------------------------------------------------------------------------------- lightning-clr
+@pytest.mark.timeout(240)
+def test_lightning_clr_fit_yaml_runs_range_test_and_cycles(tmp_path: Path) -> None:
+    """The example YAML plus flag overrides: the default --clr callback runs the range test, saves its curve in
+    the log dir, and cycles LR and momentum per step between the bounds it found."""
+    args = [
+        "fit", "--config", str(CLR_YAML), *tiny_fit_flags(tmp_path),
+        "--clr.range_test.num_steps=20", "--clr.half_cycle_epochs=0.5", "--clr.mode=triangular",
+    ]  # fmt: skip
+    proc = ok(run([*lightning_clr_cmd(), *args], tmp_path))
+    assert "range test chose base_lr=" in proc.stderr + proc.stdout
+    log_dir = tmp_path / "trace" / "version_0"
+    found = json.loads((log_dir / "lr_range_test.json").read_text())
+    assert len(found["lrs"]) <= 20 and 0 < found["base_lr"] < found["max_lr"]
+    saved = yaml.safe_load((log_dir / "config.yaml").read_text())
+    assert saved["clr"]["range_test"]["num_steps"] == 20 and saved["model"]["class_path"].endswith("DigitsClassifier")
+    assert saved["clr"]["mode"] == "triangular" and saved["clr"]["base_momentum"] == 0.85  # flag, resolved default
+    assert saved["clr"]["range_test"]["rule"] == "smith" and saved["no_clr"] is False
+    lrs, momenta = lr_trace(tmp_path)
+    step = STEPS_PER_EPOCH // 2  # half_cycle_epochs=0.5
+    bounds = dict(base_lr=found["base_lr"], max_lr=found["max_lr"], step_size_up=step)
+    assert lrs == pytest.approx([cyclic_lr(t, **bounds) for t in range(len(lrs))], rel=1e-6)
+    expected_momenta = [cyclic_momentum(t, base_momentum=0.85, max_momentum=0.95, step_size_up=step) for t in range(12)]
+    assert momenta == pytest.approx(expected_momenta, rel=1e-6)
+
+
+@pytest.mark.timeout(240)
+def test_lightning_clr_range_test_alias_prints_and_saves(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    args = ["range-test", *DIGITS, "--clr.range_test.num_steps=25", "--trainer.logger=false", f"--output_dir={out}"]
+    proc = ok(run([*lightning_clr_cmd(), *args], tmp_path))
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("base_lr="))
+    printed = dict(item.split("=") for item in line.split())
+    saved = json.loads((out / "lr_range_test.json").read_text())
+    assert float(printed["base_lr"]) == pytest.approx(saved["base_lr"], rel=1e-5)
+    assert float(printed["max_lr"]) == pytest.approx(saved["max_lr"], rel=1e-5)
+    assert 0 < saved["base_lr"] < saved["max_lr"] and len(saved["lrs"]) <= 25
+    assert (out / "lr_range_test.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (tmp_path / "lightning_logs").exists()  # --trainer.logger=false: nothing else written
+
+
+@pytest.mark.timeout(300)
+def test_lightning_clr_tune_with_journal_storage(tmp_path: Path) -> None:
+    optuna = pytest.importorskip("optuna")
+    journal = tmp_path / "tune.journal"
+    args = [
+        "tune", *DIGITS, "--trainer.max_epochs=2", "--trainer.limit_train_batches=4", "--trainer.limit_val_batches=1",
+        "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
+        "--clr.base_lr=0.01", "--clr.max_lr=0.1", "--clr.mode=triangular2",
+        "--n_trials=2", "--min_half_cycle_epochs=1", "--max_half_cycle_epochs=2", "--storage", str(journal),
+        "--study_name=cli", f"--output_dir={tmp_path / 'tuning'}", "--plot=false", "--progress_bar=false",
+    ]  # fmt: skip
+    proc = ok(run([*lightning_clr_cmd(), *args], tmp_path))
+    assert "best half_cycle_epochs=" in proc.stdout and "--clr.mode triangular2" in proc.stdout
+    from optuna.storages.journal import JournalFileBackend
+
+    storage = optuna.storages.JournalStorage(JournalFileBackend(str(journal)))
+    study = optuna.load_study(study_name="cli", storage=storage)
+    assert len(study.trials) == 2
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    assert f"half_cycle_epochs={study.best_params['half_cycle_epochs']}" in proc.stdout
+
+
+# ---------------------------------------------------------------------------------------------- bad values
+BAD_VALUES = [
+    # (argv after `lightning-clr fit --model ... --data ...`, texts the error must contain)
+    (["--clr.max_lr=-1"], ["--clr.max_lr: `max_lr` must be a finite number > 0, got -1.0"]),
+    (["--clr.mode=foo"], ['Parser key "clr.mode"', "Got value: foo"]),
+    (["--clr.range_test.num_steps=5"], ["--clr.range_test.num_steps: range test `num_steps` must be"]),
+    (
+        ["--trainer.callbacks+=lightning_clr.CyclicLearningRate", "--trainer.callbacks.max_lr=-1"],
+        ["--trainer.callbacks.max_lr: `max_lr` must be a finite number > 0, got -1.0"],
+    ),
+]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(("argv", "messages"), BAD_VALUES, ids=[" ".join(b[0]) for b in BAD_VALUES])
+def test_bad_flag_value_is_a_readable_error(tmp_path: Path, argv: list[str], messages: list[str]) -> None:
+    """lightning-clr: exit status 2 and one line naming the flag, no traceback, nothing run."""
+    proc = run([*lightning_clr_cmd(), "fit", *DIGITS, *argv, "--trainer.max_epochs=1"], tmp_path)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    for message in messages:
+        assert message in proc.stderr, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "lightning_logs").exists()  # failed before the Trainer did anything
+
+
+@pytest.mark.timeout(120)
+def test_plain_lightning_cli_surfaces_the_callback_value_error(tmp_path: Path) -> None:
+    """In a plain LightningCLI script the callback's own check (max_lr=-1) still stops the run before any
+    step, with the message naming the argument (after LightningCLI's traceback)."""
+    argv = ["--trainer.callbacks+=lightning_clr.CyclicLearningRate", "--trainer.callbacks.max_lr=-1"]
+    proc = run([sys.executable, str(SCRIPT), "fit", *argv], tmp_path)
+    assert proc.returncode != 0
+    assert "`max_lr` must be a finite number > 0, got -1.0" in proc.stderr
+    assert not (tmp_path / "lightning_logs").exists()
+
+
+# ---------------------------------------------------------------------------------------------- config, help
+@pytest.mark.timeout(120)
+def test_print_config_shows_the_callback_with_resolved_defaults(tmp_path: Path) -> None:
+    """The example YAML and a second callback from flags, with a nested range_test flag, in --print_config."""
+    args = ["fit", "--config", str(PLAIN_YAML), "--trainer.callbacks+=lightning_clr.CyclicLearningRate",
+            "--trainer.callbacks.range_test.num_steps=50", "--trainer.callbacks.step_size_up=500", "--print_config"]
+    config = yaml.safe_load(ok(run([sys.executable, str(SCRIPT), *args], tmp_path)).stdout)
+    from_yaml, lr_monitor, from_flags = config["trainer"]["callbacks"]
+    assert from_yaml["class_path"] == from_flags["class_path"] == "lightning_clr.CyclicLearningRate"
+    assert lr_monitor["init_args"]["logging_interval"] == "step"
+    assert from_yaml["init_args"]["mode"] == "triangular2" and from_yaml["init_args"]["range_test"]["num_steps"] == 100
+    assert from_flags["init_args"]["step_size_up"] == 500 and from_flags["init_args"]["range_test"]["num_steps"] == 50
+    for callback in (from_yaml, from_flags):  # every argument shown, with its resolved default
+        init = callback["init_args"]
+        assert init["base_lr"] is None and init["base_momentum"] == 0.85 and init["half_cycle_epochs"] == 2.0
+        assert init["range_test"]["min_lr"] == 1e-7 and init["range_test"]["rule"] == "smith"
+    assert from_flags["init_args"]["mode"] == "triangular"
+
+
+# ---------------------------------------------------------------------------------------------- installed
+@pytest.mark.timeout(300)
+def test_console_command_after_pip_install(tmp_path: Path) -> None:
+    """``pip install .`` (not editable) into a fresh venv; dependencies come from the dev venv through a .pth
+    file. The wheel holds lightning_clr only, and ``lightning-clr`` runs from a directory outside the repo."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    shutil.copytree(REPO / "lightning_clr", src / "lightning_clr", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "examples", src / "examples", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "tests", src / "tests", ignore=shutil.ignore_patterns("__pycache__", ".*"))
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    python = venv / "bin" / "python"
+    site = Path(subprocess.check_output([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                                        text=True).strip())  # fmt: skip
+    dev_site = Path(next(p for p in sys.path if p.endswith("site-packages") and Path(p).is_dir()))
+    (site / "_dev_deps.pth").write_text(str(dev_site) + "\n")
+    env = _env(pythonpath=False)
+    install = [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-build-isolation",
+               "--no-index", "--quiet", str(src)]  # fmt: skip
+    ok(run(install, tmp_path, env=env))
+    installed = {p.name for p in site.iterdir()}
+    assert "lightning_clr" in installed
+    assert not {"examples", "tests"} & installed
+
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copy(REPO / "examples" / "digits.py", work / "my_digits.py")
+    exe = str(venv / "bin" / "lightning-clr")
+    find = "import importlib.util; print(importlib.util.find_spec('lightning_clr').origin)"
+    origin = ok(run([str(python), "-c", find], work, env=env)).stdout.strip()
+    assert origin == str(site / "lightning_clr" / "__init__.py")  # the installed copy, not the repo
+    help_text = ok(run([exe, "--help"], work, env=env)).stdout
+    for name in ("fit", "validate", "test", "predict", "range_test (range-test)", "tune"):
+        assert name in help_text, name
+    help_text = ok(run([exe, "tune", "--help"], work, env=env)).stdout
+    for flag in ("--n_trials", "--storage", "--study_name", "--min_half_cycle_epochs", "--max_half_cycle_epochs",
+                 "--clr.range_test", "--model", "--data", "--trainer.max_epochs", "Tune the cycle length"):  # fmt: skip
+        assert flag in help_text, flag
+    args = ["fit", "--model=my_digits.DigitsClassifier", "--data=my_digits.DigitsDataModule",
+            "--clr.base_lr=0.01", "--clr.max_lr=0.1", "--trainer.max_epochs=1", "--trainer.limit_train_batches=3",
+            "--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false"]  # fmt: skip
+    proc = ok(run([exe, *args], work, env=env))
+    assert "CyclicLearningRate: step_size_up=" in proc.stderr + proc.stdout
+    assert list((work / "lightning_logs").glob("version_0/checkpoints/*.ckpt"))
