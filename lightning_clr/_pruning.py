@@ -99,6 +99,7 @@ class TrialCallback(Callback):
         self.monitor = monitor
         self.storage = storage
         self.study_name = study_name
+        self.pruner = trial.study.pruner if trial is not None else None  # picklable: a spawned child re-opens with it
         self.history: dict[int, float] = {}
         self.pruned_at: Optional[int] = None
         self.final_value: Optional[float] = None
@@ -112,7 +113,8 @@ class TrialCallback(Callback):
         if self.trial is None and self.storage is not None and self.payload is not None:
             from lightning_clr._storage import make_storage
 
-            study = optuna.load_study(study_name=self.study_name, storage=make_storage(self.storage))
+            storage = make_storage(self.storage)
+            study = optuna.load_study(study_name=self.study_name, storage=storage, pruner=self.pruner)
             self.trial = optuna.trial.Trial(study, self.payload["trial_id"])
         return self.trial
 
