@@ -7,13 +7,16 @@ Every rank writes one JSON file, ``rank{global_rank}.json``, from a hook: with `
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import math
 import os
+import random
 from pathlib import Path
 from typing import Any, Optional
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.distributed.distributed_c10d as c10d
@@ -22,7 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 DIM = 8
-N_SAMPLES = 64
+N_SAMPLES = 256
 
 # Every Python-level collective of torch.distributed. DDP's gradient all-reduce runs in C++ (the
 # Reducer) and is not seen here, which is what we want: it is the strategy's, not the callback's.
@@ -56,6 +59,7 @@ class DDPModel(pl.LightningModule):
         self.nan_rank = nan_rank
         self.nan_above_lr = nan_above_lr
         self.training_step_calls = 0
+        self.local_losses: list[tuple[float, float]] = []  # (lr, this rank's loss) of every training_step
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(torch.relu(self.layer(x)))
@@ -67,6 +71,7 @@ class DDPModel(pl.LightningModule):
         lr = self.trainer.optimizers[0].param_groups[0]["lr"]
         if self.global_rank == self.nan_rank and lr > self.nan_above_lr:
             loss = loss * float("nan")
+        self.local_losses.append((float(lr), float(loss.detach())))
         self.log("train_loss", loss)  # a real user's model logs; the range test must survive it
         return loss
 
@@ -160,15 +165,64 @@ class CollectiveCounter(Callback):
         }
 
 
+def fingerprint(trainer: pl.Trainer, pl_module: pl.LightningModule) -> str:
+    """A hash of what a training step changes: parameters, gradients, buffers, optimizer state, the RNG
+    states and the fit loop's counters (not the LR and momentum, which the CLR callback sets)."""
+    h = hashlib.sha256()
+
+    def add(t: Any) -> None:
+        if t is None:
+            h.update(b"None")
+        else:
+            h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+
+    for p in pl_module.parameters():
+        add(p)
+        add(p.grad)
+    for b in pl_module.buffers():
+        add(b)
+    for opt in trainer.optimizers:
+        for state in opt.state.values():
+            for k in sorted(state):
+                h.update(k.encode())
+                add(state[k]) if isinstance(state[k], torch.Tensor) else h.update(repr(state[k]).encode())
+    add(torch.get_rng_state())
+    h.update(repr(random.getstate()).encode())
+    h.update(repr(np.random.get_state()[1].tolist()).encode())
+    h.update(json.dumps(trainer.fit_loop.state_dict(), sort_keys=True, default=repr).encode())
+    return h.hexdigest()
+
+
+class Fingerprint(Callback):
+    """Put BEFORE CyclicLearningRate: records the state's fingerprint at on_train_start, before the range test."""
+
+    def __init__(self) -> None:
+        self.before_range_test: Optional[str] = None
+        self.training_step_calls: Optional[int] = None
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.before_range_test = fingerprint(trainer, pl_module)
+        self.training_step_calls = getattr(pl_module, "training_step_calls", None)
+
+
 class RankReport(Callback):
     """Records per optimizer step the LR each rank steps with, and writes ``rank{r}.json`` at fit end."""
 
-    def __init__(self, out_dir: str, counter: Optional[CollectiveCounter] = None) -> None:
+    def __init__(self, out_dir: str, counter: Optional[CollectiveCounter] = None,
+                 before: Optional[Fingerprint] = None) -> None:
         self.out_dir = out_dir
         self.counter = counter
+        self.before = before
+        self.after_range_test: Optional[str] = None
+        self.sweep_steps: Optional[int] = None
         self.lrs: list[float] = []
         self.momenta: list[float] = []
         self.global_steps: list[int] = []
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.after_range_test = fingerprint(trainer, pl_module)
+        if self.before is not None and self.before.training_step_calls is not None:
+            self.sweep_steps = pl_module.training_step_calls - self.before.training_step_calls
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
         group = optimizer.param_groups[0]
@@ -194,6 +248,10 @@ class RankReport(Callback):
             "global_steps": self.global_steps,
             "weights": {k: v.detach().cpu().flatten().tolist() for k, v in pl_module.state_dict().items()},
             "training_step_calls": getattr(pl_module, "training_step_calls", None),
+            "local_losses": getattr(pl_module, "local_losses", None),
+            "fingerprint_before_range_test": self.before.before_range_test if self.before else None,
+            "fingerprint_after_range_test": self.after_range_test,
+            "sweep_training_steps": self.sweep_steps,
         }
         if clr is not None:
             result = clr.range_test_result
@@ -212,7 +270,8 @@ class RankReport(Callback):
 
 
 def _range_test_dict(result: Any) -> dict[str, Any]:
-    keys = ("lrs", "losses", "smoothed_losses", "base_lr", "max_lr", "rule", "stopped_early", "stop_reason")
+    keys = ("lrs", "losses", "smoothed_losses", "base_lr", "max_lr", "rule", "stopped_early", "stop_reason", "fallback",
+            "message")
     out = {k: getattr(result, k, None) for k in keys}
     for k in ("lrs", "losses", "smoothed_losses"):
         if out[k] is not None:

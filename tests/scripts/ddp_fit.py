@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # ddp_common, also in 
 
 import lightning.pytorch as pl  # noqa: E402
 import torch  # noqa: E402
-from ddp_common import CollectiveCounter, DDPModel, RankReport, rank_from_env, write_json  # noqa: E402
+from ddp_common import CollectiveCounter, DDPModel, Fingerprint, RankReport, rank_from_env, write_json  # noqa: E402
 
 from lightning_clr import CyclicLearningRate, RangeTestConfig  # noqa: E402
 
@@ -38,10 +38,11 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--out", required=True, help="directory for rank{r}.json")
     p.add_argument("--strategy", default="ddp", help="ddp, ddp_spawn, ddp_fork, fsdp, auto, ...")
     p.add_argument("--devices", type=int, default=2)
-    p.add_argument("--batch-size", type=int, default=8, help="per-rank batch size")
+    p.add_argument("--batch-size", type=int, default=32, help="per-rank batch size")
     p.add_argument("--max-epochs", type=int, default=2)
     p.add_argument("--bounds", choices=("explicit", "auto"), default="explicit")
     p.add_argument("--range-steps", type=int, default=20, help="range test num_steps")
+    p.add_argument("--range-min-lr", type=float, default=1e-4)
     p.add_argument("--range-max-lr", type=float, default=10.0)
     p.add_argument("--half-cycle-epochs", type=float, default=1.0)
     p.add_argument("--no-clr", action="store_true", help="the same fit without the callback (a baseline)")
@@ -53,22 +54,23 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 def build(opts: argparse.Namespace) -> tuple[pl.Trainer, DDPModel, list[Any]]:
     pl.seed_everything(0, workers=True)
     model = DDPModel(batch_size=opts.batch_size, nan_rank=opts.nan_rank, nan_above_lr=opts.nan_above_lr)
-    callbacks: list[Any] = []
+    before = Fingerprint()
+    callbacks: list[Any] = [before]  # before the CLR callback: sees the state before the range test
     if not opts.no_clr:
         if opts.bounds == "explicit":
             clr = CyclicLearningRate(base_lr=EXPLICIT_BASE_LR, max_lr=EXPLICIT_MAX_LR,
                                      half_cycle_epochs=opts.half_cycle_epochs)
         else:
-            config = RangeTestConfig(min_lr=1e-5, max_lr=opts.range_max_lr, num_steps=opts.range_steps,
+            config = RangeTestConfig(min_lr=opts.range_min_lr, max_lr=opts.range_max_lr, num_steps=opts.range_steps,
                                      save=False, progress_bar=False)
             clr = CyclicLearningRate(half_cycle_epochs=opts.half_cycle_epochs, range_test=config)
         callbacks.append(clr)
     counter = CollectiveCounter()  # after the CLR callback: see its docstring
-    callbacks += [counter, RankReport(opts.out, counter)]
+    callbacks += [counter, RankReport(opts.out, counter, before)]
     trainer = pl.Trainer(
         accelerator="cpu",
         devices=opts.devices,
-        strategy=opts.strategy,
+        strategy=cpu_fsdp() if opts.strategy == "fsdp_cpu" else opts.strategy,
         max_epochs=opts.max_epochs,
         logger=False,
         enable_checkpointing=False,
@@ -78,6 +80,17 @@ def build(opts: argparse.Namespace) -> tuple[pl.Trainer, DDPModel, list[Any]]:
         callbacks=callbacks,
     )
     return trainer, model, callbacks
+
+
+def cpu_fsdp() -> Any:
+    """A real FSDPStrategy on CPU (gloo). ``Trainer(strategy="fsdp")`` refuses a CPU accelerator, by an exact type
+    check that a subclass passes; torch's FSDP itself runs on CPU."""
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    class CPUFSDPStrategy(FSDPStrategy):
+        pass
+
+    return CPUFSDPStrategy(process_group_backend="gloo")
 
 
 def run(opts: argparse.Namespace) -> int:
