@@ -363,7 +363,7 @@ def _normalize_alias(args: list[str]) -> list[str]:
 
 
 def _takes_value(option: str) -> bool:
-    return option.startswith("-") and "=" not in option and option not in ("-h", "--help", "--no_clr")
+    return option.startswith("-") and "=" not in option and option not in ("-h", "--help")
 
 
 def _save_range_test(result: Any, out: Path) -> list[Path]:

@@ -31,8 +31,6 @@ DIGITS = ["--model", "examples.digits.DigitsClassifier", "--data", "examples.dig
 STEPS_PER_EPOCH = 6
 TIMEOUT = 180
 
-pytestmark = [pytest.mark.slow]
-
 _LAUNCH_ENV_PREFIXES = ("SLURM_", "TORCHELASTIC_", "PL_", "LSB_", "OMPI_", "PMI_")
 _LAUNCH_ENV_KEYS = ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE", "NODE_RANK")
 
@@ -104,6 +102,7 @@ CYCLIC_LR_FLAGS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_cli_cyclic_lr_alone_steps_once_per_epoch(tmp_path: Path) -> None:
     """Lightning #15340 is real: LightningCLI's --lr_scheduler CyclicLR moves the LR only at epoch ends, and
@@ -119,6 +118,7 @@ def test_cli_cyclic_lr_alone_steps_once_per_epoch(tmp_path: Path) -> None:
     assert set(momenta) != {0.0}  # torch's CyclicLR turned momentum on
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_callback_from_flags_takes_over_cli_cyclic_lr(tmp_path: Path) -> None:
     """The callback added with --trainer.callbacks+= warns, removes the per-epoch CyclicLR, steps the LR every
@@ -142,6 +142,7 @@ def test_callback_from_flags_takes_over_cli_cyclic_lr(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- lightning-clr
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_lightning_clr_fit_yaml_runs_range_test_and_cycles(tmp_path: Path) -> None:
     """The example YAML plus flag overrides: the default --clr callback runs the range test, saves its curve in
@@ -167,6 +168,7 @@ def test_lightning_clr_fit_yaml_runs_range_test_and_cycles(tmp_path: Path) -> No
     assert momenta == pytest.approx(expected_momenta, rel=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_lightning_clr_range_test_alias_prints_and_saves(tmp_path: Path) -> None:
     out = tmp_path / "out"
@@ -182,6 +184,7 @@ def test_lightning_clr_range_test_alias_prints_and_saves(tmp_path: Path) -> None
     assert not (tmp_path / "lightning_logs").exists()  # --trainer.logger=false: nothing else written
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_lightning_clr_tune_with_journal_storage(tmp_path: Path) -> None:
     optuna = pytest.importorskip("optuna")
@@ -217,6 +220,7 @@ BAD_VALUES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize(("argv", "messages"), BAD_VALUES, ids=[" ".join(b[0]) for b in BAD_VALUES])
 def test_bad_flag_value_is_a_readable_error(tmp_path: Path, argv: list[str], messages: list[str]) -> None:
@@ -229,6 +233,7 @@ def test_bad_flag_value_is_a_readable_error(tmp_path: Path, argv: list[str], mes
     assert not (tmp_path / "lightning_logs").exists()  # failed before the Trainer did anything
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_plain_lightning_cli_surfaces_the_callback_value_error(tmp_path: Path) -> None:
     """In a plain LightningCLI script the callback's own check (max_lr=-1) still stops the run before any
@@ -241,6 +246,7 @@ def test_plain_lightning_cli_surfaces_the_callback_value_error(tmp_path: Path) -
 
 
 # ---------------------------------------------------------------------------------------------- config, help
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_print_config_shows_the_callback_with_resolved_defaults(tmp_path: Path) -> None:
     """The example YAML and a second callback from flags, with a nested range_test flag, in --print_config."""
@@ -260,6 +266,7 @@ def test_print_config_shows_the_callback_with_resolved_defaults(tmp_path: Path) 
 
 
 # ---------------------------------------------------------------------------------------------- installed
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_console_command_after_pip_install(tmp_path: Path) -> None:
     """``pip install .`` (not editable) into a fresh venv; dependencies come from the dev venv through a .pth
@@ -307,3 +314,55 @@ def test_console_command_after_pip_install(tmp_path: Path) -> None:
     proc = ok(run([exe, *args], work, env=env))
     assert "CyclicLearningRate: step_size_up=" in proc.stderr + proc.stdout
     assert list((work / "lightning_logs").glob("version_0/checkpoints/*.ckpt"))
+
+
+# ---------------------------------------------------------------------------------------------- in process
+@pytest.fixture()
+def repo_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(REPO))  # `--model examples.digits...`
+
+
+def _clr_callbacks(trainer: object) -> list:
+    from lightning_clr import CyclicLearningRate
+
+    return [cb for cb in trainer.callbacks if isinstance(cb, CyclicLearningRate)]  # type: ignore[attr-defined]
+
+
+def test_default_clr_joins_fit_once(tmp_path: Path, repo_on_path: None) -> None:
+    """LightningCLRCLI from Python: --clr.* configures the default callback, a CyclicLearningRate in
+    --trainer.callbacks replaces it (never two: they would share a state_key), --no_clr removes it."""
+    from lightning_clr.cli import LightningCLRCLI
+
+    common = [*DIGITS, f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false"]
+    cli = LightningCLRCLI(args=[*common, "--clr.mode=triangular2", "--clr.range_test.num_steps=30"], run=False)
+    [clr] = _clr_callbacks(cli.trainer)
+    assert clr.mode == "triangular2" and clr.range_test.num_steps == 30
+    user = ["--trainer.callbacks+=lightning_clr.CyclicLearningRate", "--trainer.callbacks.mode=exp_range"]
+    [clr] = _clr_callbacks(LightningCLRCLI(args=[*common, *user, "--clr.mode=triangular2"], run=False).trainer)
+    assert clr.mode == "exp_range"
+    assert _clr_callbacks(LightningCLRCLI(args=[*common, "--no_clr"], run=False).trainer) == []
+
+
+def test_default_clr_stays_out_of_validate(tmp_path: Path, repo_on_path: None) -> None:
+    from lightning_clr.cli import LightningCLRCLI
+
+    args = ["validate", *DIGITS, f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false",
+            "--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false"]  # fmt: skip
+    cli = LightningCLRCLI(args=args)
+    assert _clr_callbacks(cli.trainer) == []
+    assert "val_acc" in cli.trainer.callback_metrics
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["range-test", "--model=x"], ["range_test", "--model=x"]),
+        (["--config", "c.yaml", "range-test"], ["--config", "c.yaml", "range_test"]),
+        (["-c=c.yaml", "range-test"], ["-c=c.yaml", "range_test"]),
+        (["fit", "--trainer.default_root_dir", "range-test"], ["fit", "--trainer.default_root_dir", "range-test"]),
+    ],
+)
+def test_range_test_alias(argv: list[str], expected: list[str]) -> None:
+    from lightning_clr.cli import _normalize_alias
+
+    assert _normalize_alias(list(argv)) == expected
