@@ -19,6 +19,7 @@ __version__ = "0.1.0"
 __all__ = [
     "CycleTuningResult",
     "CyclicLearningRate",
+    "LightningCLRCLI",
     "RangeTestConfig",
     "RangeTestResult",
     "__version__",
@@ -32,6 +33,7 @@ __all__ = [
 _LAZY: dict[str, str] = {
     "CycleTuningResult": "lightning_clr.tuning",
     "tune_cycle_length": "lightning_clr.tuning",
+    "LightningCLRCLI": "lightning_clr.cli",  # needs jsonargparse (lightning-clr[cli])
 }
 
 
