@@ -64,7 +64,9 @@ _TUNE_SKIP = {
 
 def _fail(message: str) -> None:
     """Print ``message`` as a command-line error (no traceback) and exit with status 2."""
-    prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "lightning-clr"
+    prog = os.path.basename(sys.argv[0]) if sys.argv else ""
+    if prog in ("", "-c", "cli.py", "__main__.py"):
+        prog = "lightning-clr"
     print(f"{prog}: error: {message}", file=sys.stderr)
     raise SystemExit(2)
 
@@ -121,6 +123,16 @@ class LightningCLRCLI(LightningCLI):
     """
 
     CUSTOM_SUBCOMMANDS = ("range_test", "tune")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        from lightning.pytorch.cli import _JSONARGPARSE_SIGNATURES_AVAILABLE
+
+        if not _JSONARGPARSE_SIGNATURES_AVAILABLE:
+            raise ModuleNotFoundError(
+                "LightningCLRCLI needs jsonargparse: `pip install lightning-clr[cli]`"
+                f" ({_JSONARGPARSE_SIGNATURES_AVAILABLE})"
+            )
+        super().__init__(*args, **kwargs)
 
     # ------------------------------------------------------------------ parser
     @staticmethod
@@ -303,6 +315,16 @@ class LightningCLRCLI(LightningCLI):
             trainer_kwargs.pop("logger", None)  # each trial gets its own (the --logger flag)
         if kwargs.get("modes") is None and isinstance(clr, CyclicLearningRate):
             kwargs["modes"] = [clr.mode]
+        try:
+            import optuna  # noqa: F401
+        except ImportError:
+            _fail("tune needs optuna, an optional dependency: `pip install lightning-clr[tune]`")
+        if kwargs.get("plot"):
+            try:
+                import matplotlib  # noqa: F401
+            except ImportError:
+                rank_zero_warn("lightning-clr tune: no plots without matplotlib (`pip install lightning-clr[plot]`)")
+                kwargs["plot"] = False
         result = tune_cycle_length(
             self._factory(config, "model"),
             self._factory(config, "data") if datamodule is not None else None,
@@ -379,7 +401,7 @@ def _save_range_test(result: Any, out: Path) -> list[Path]:
     try:
         figure = result.plot()
     except ImportError as err:
-        rank_zero_warn(f"lightning-clr range_test: no plot saved ({err}). `pip install lightning-clr[plot]`")
+        rank_zero_warn(f"lightning-clr range_test: curve saved to {json_path}, but no plot: {err}")
         return written
     figure = getattr(figure, "figure", figure)  # an Axes gives its Figure
     png_path = out / (RESULT_FILENAME + ".png")
@@ -403,13 +425,14 @@ def main(args: Union[list[str], None] = None) -> None:
         >>> from lightning_clr.cli import main
         >>> main(["fit", "--model", "examples.digits.DigitsClassifier", "--trainer.max_epochs", "1"])  # doctest: +SKIP
     """
-    from lightning.pytorch.cli import _JSONARGPARSE_SIGNATURES_AVAILABLE
-
-    if not _JSONARGPARSE_SIGNATURES_AVAILABLE:
-        _fail(f"the command needs jsonargparse: `pip install lightning-clr[cli]`. {_JSONARGPARSE_SIGNATURES_AVAILABLE}")
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.append(os.getcwd())
-    LightningCLRCLI(args=args)
+    try:
+        LightningCLRCLI(args=args)
+    except ModuleNotFoundError as err:
+        if "lightning-clr[" not in str(err):
+            raise
+        _fail(str(err))
 
 
 if __name__ == "__main__":  # pragma: no cover

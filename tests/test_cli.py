@@ -235,6 +235,16 @@ def test_bad_flag_value_is_a_readable_error(tmp_path: Path, argv: list[str], mes
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
+def test_tune_without_optuna_names_the_extra(tmp_path: Path) -> None:
+    block = "import sys; sys.modules['optuna'] = None; from lightning_clr.cli import main; main()"
+    proc = run([sys.executable, "-c", block, "tune", *DIGITS, "--n_trials=1"], tmp_path)
+    assert proc.returncode == 2
+    assert "lightning-clr: error: tune needs optuna" in proc.stderr and "pip install lightning-clr[tune]" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "clr_tuning").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
 def test_plain_lightning_cli_surfaces_the_callback_value_error(tmp_path: Path) -> None:
     """In a plain LightningCLI script the callback's own check (max_lr=-1) still stops the run before any
     step, with the message naming the argument (after LightningCLI's traceback)."""
