@@ -103,8 +103,9 @@ class Snapshot:
         for m in module.modules():
             defaults = getattr(m, "_defaults", None)
             if isinstance(defaults, dict) and hasattr(m, "_update_count"):  # a torchmetrics Metric
-                keys = [*defaults, "_update_count", "_computed", "_forward_cache", "_update_called"]
-                snap._metrics.append((m, {k: _clone(getattr(m, k)) for k in keys if hasattr(m, k)}))
+                keys = [*defaults, "_update_count", "_computed", "_forward_cache"]
+                state = vars(m)  # instance attributes only (some names are read-only properties)
+                snap._metrics.append((m, {k: _clone(state[k]) for k in keys if k in state}))
         for opt in optimizers:
             state = {p: {k: _clone(v) for k, v in s.items()} for p, s in opt.state.items()}
             groups = [{k: copy.deepcopy(v) for k, v in g.items() if k != "params"} for g in opt.param_groups]

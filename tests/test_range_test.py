@@ -496,3 +496,44 @@ def test_given_bounds_skip_the_test_or_fix_that_bound_only(given: str) -> None:
         assert clr.base_lr == (r.base_lr if r.base_lr <= 0.05 else 0.05 / 4)
     else:
         assert r is not None and clr.base_lr == 1e-6 and clr.max_lr == r.max_lr
+
+
+# ---------------------------------------------------------------- the snapshot on its own
+def test_snapshot_removes_added_keys_and_state_and_restores_metrics_scaler_generators() -> None:
+    from lightning_clr._snapshot import Snapshot
+
+    model = nn.Module()
+    model.lin = nn.Linear(4, 2)
+    model.acc = MulticlassAccuracy(num_classes=2)  # a metric inside the model: its state is not a buffer
+    model.acc.update(torch.tensor([0, 1]), torch.tensor([0, 0]))
+    opt = torch.optim.Adam(model.parameters(), lr=0.1)  # no state yet
+    scaler = torch.amp.GradScaler("cpu")
+    gen = torch.Generator().manual_seed(3)
+    before_opt = copy.deepcopy(opt.state_dict())
+    before_params = copy.deepcopy(model.state_dict())
+    before_acc = model.acc.compute().clone()
+    weight = model.lin.weight
+    snap = Snapshot.capture(model, [opt], scaler=scaler, generators=[gen])
+
+    model.lin(torch.randn(3, 4)).sum().backward()
+    opt.param_groups[0]["initial_lr"] = 1e-7  # what a scheduler would leave behind
+    opt.param_groups[0]["lr"] = 5.0
+    opt.step()
+    scaler.scale(torch.ones(()))  # creates the lazy scale tensor
+    model.acc.update(torch.tensor([1, 1]), torch.tensor([1, 1]))
+    torch.randn(5, generator=gen)
+    model.eval()
+
+    snap.restore()
+    assert "initial_lr" not in opt.param_groups[0] and not opt.state
+    assert_same(before_opt, opt.state_dict())
+    assert_same(before_params, dict(model.state_dict()))
+    assert model.lin.weight is weight and weight.grad is None and model.training
+    assert scaler._scale is None
+    assert torch.equal(model.acc.compute(), before_acc)
+    assert torch.equal(torch.randn(5, generator=gen), torch.randn(5, generator=torch.Generator().manual_seed(3)))
+
+
+def test_lr_range_test_without_training_batches_says_so() -> None:
+    with pytest.raises(RuntimeError, match="did not run.*limit_train_batches=0"):
+        lr_range_test(trainer(limit_train_batches=0), TinyModel(), train_dataloaders=loader(), config=cfg())
