@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import json
 import os
 import re
 import sys
@@ -49,17 +48,7 @@ DESCRIPTION = (
 )
 RANGE_TEST_ALIAS = "range-test"
 # Arguments of tune_cycle_length that the CLI fills from the model, data, trainer and --clr.* flags.
-_TUNE_SKIP = {
-    "model",
-    "datamodule",
-    "model_kwargs",
-    "datamodule_kwargs",
-    "trainer_kwargs",
-    "max_epochs",
-    "base_lr",
-    "max_lr",
-    "range_test",
-}
+_TUNE_SKIP = {"model_kwargs", "datamodule_kwargs", "trainer_kwargs", "max_epochs", "base_lr", "max_lr", "range_test"}
 
 
 def _fail(message: str) -> None:
@@ -79,8 +68,8 @@ def _import_class(class_path: str) -> Optional[type]:
         return None
 
 
-def _as_dict(value: Any) -> Any:
-    return value.as_dict() if hasattr(value, "as_dict") else value
+def _plain(namespace: Any) -> dict[str, Any]:
+    return namespace.as_dict() if hasattr(namespace, "as_dict") else dict(namespace or {})
 
 
 def _flag_for(prefix: str, err: Exception) -> str:
@@ -223,14 +212,14 @@ class LightningCLRCLI(LightningCLI):
         config = self._subconfig()
         if self._user_clr_callbacks():
             for spec in self._user_clr_callbacks():
-                validate_clr_args("--trainer.callbacks", _as_dict(spec.get("init_args")) or {})
+                validate_clr_args("--trainer.callbacks", _plain(spec.get("init_args")))
             if self.subcommand in (None, "fit") and not config.get("no_clr"):
                 rank_zero_info(
                     "lightning-clr: --trainer.callbacks holds a CyclicLearningRate, so the default --clr callback"
                     " is left out."
                 )
         if self._clr_enabled() or self.subcommand in self.CUSTOM_SUBCOMMANDS:
-            validate_clr_args("--clr", _as_dict(config.get("clr")) or {})
+            validate_clr_args("--clr", _plain(config.get("clr")))
 
     def instantiate_classes(self) -> None:
         try:
@@ -276,8 +265,7 @@ class LightningCLRCLI(LightningCLI):
 
         clr = self._get(self.config_init, "clr")
         config = clr.range_test if isinstance(clr, CyclicLearningRate) else RangeTestConfig()
-        if "save" in {f.name for f in dataclasses.fields(config)}:
-            config = dataclasses.replace(config, save=False)  # saved below, where --output_dir says
+        config = dataclasses.replace(config, save=False)  # saved below, where --output_dir says
         result = lr_range_test(self.trainer, model, datamodule=datamodule, config=config)
         out = Path(output_dir if output_dir is not None else (self.trainer.log_dir or "."))
         written = _save_range_test(result, out) if self.trainer.is_global_zero else []
@@ -301,12 +289,12 @@ class LightningCLRCLI(LightningCLI):
 
         config = self._subconfig()
         clr = self._get(self.config_init, "clr")
-        bounds = {}
-        for name in ("base_lr", "max_lr"):
-            value = getattr(clr, "_user_" + name, None)
-            if value is not None and len(value) != 1:
-                _fail(f"--clr.{name}: tune needs one value, got {value!r}")
-            bounds[name] = value[0] if value else None
+        bounds = {name: config.get(f"clr.{name}") for name in ("base_lr", "max_lr")}
+        for name, value in bounds.items():
+            if isinstance(value, list):
+                if len(value) != 1:
+                    _fail(f"--clr.{name}: tune needs one value, got {value!r}")
+                bounds[name] = value[0]
         trainer_kwargs = dict(self._get(self.config_init, "trainer", default={}))
         max_epochs = trainer_kwargs.pop("max_epochs", None)
         callbacks = trainer_kwargs.get("callbacks") or []
@@ -334,19 +322,16 @@ class LightningCLRCLI(LightningCLI):
             **bounds,
             **kwargs,
         )
-        if result.best_half_cycle_epochs is None:
+        best = result.best_half_cycle_epochs
+        if best is None:
             rank_zero_only(print)("tune: no trial completed")
-        else:
-            rank_zero_only(print)(
-                f"best half_cycle_epochs={result.best_half_cycle_epochs} step_size_up={result.best_step_size_up}"
-                f" mode={result.best_mode} {result.monitor}={result.best_value:.6g}\n"
-                f"train with: --clr.half_cycle_epochs {result.best_half_cycle_epochs} --clr.mode {result.best_mode}"
-                + "".join(
-                    f" --clr.{name} {value:.6g}"
-                    for name, value in (("base_lr", result.base_lr), ("max_lr", result.best_max_lr))
-                    if value is not None
-                )
-            )
+            return result
+        lrs = (("base_lr", result.base_lr), ("max_lr", result.best_max_lr))
+        rank_zero_only(print)(
+            f"best half_cycle_epochs={best} step_size_up={result.best_step_size_up} mode={result.best_mode}"
+            f" {result.monitor}={result.best_value:.6g}\ntrain with: --clr.half_cycle_epochs {best}"
+            f" --clr.mode {result.best_mode}" + "".join(f" --clr.{k} {v:.6g}" for k, v in lrs if v is not None)
+        )
         return result
 
     def _factory(self, config: Any, key: str) -> Any:
@@ -357,13 +342,12 @@ class LightningCLRCLI(LightningCLI):
         def build(**_: Any) -> Any:
             config_init = parser.instantiate_classes(config)
             obj = config_init.get(key)
-            if key == "model":
-                saved_model, saved_init = self.model, self.config_init
+            if key == "model":  # LightningCLI's method works on self.model
+                saved, self.model = self.model, obj
                 try:
-                    self.model = obj
                     self._add_configure_optimizers_method_to_model(self.subcommand)
                 finally:
-                    self.model, self.config_init = saved_model, saved_init
+                    self.model = saved
             return obj
 
         return build
@@ -389,31 +373,19 @@ def _takes_value(option: str) -> bool:
 
 
 def _save_range_test(result: Any, out: Path) -> list[Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    from lightning_clr.range_test import RESULT_FILENAME  # the names a fit's range test uses in its log dir
+    """Write the curve (JSON) and the plot (PNG) under ``out``, named as a fit's range test names them."""
+    from lightning_clr.range_test import RESULT_FILENAME
 
-    json_path = out / (RESULT_FILENAME + ".json")
-    if hasattr(result, "to_json"):
-        result.to_json(str(json_path))
-    else:
-        json_path.write_text(json.dumps(result.to_dict(), indent=2))
-    written = [json_path]
+    out.mkdir(parents=True, exist_ok=True)
+    json_path, png_path = out / (RESULT_FILENAME + ".json"), out / (RESULT_FILENAME + ".png")
+    result.to_json(str(json_path))
     try:
         figure = result.plot()
     except ImportError as err:
         rank_zero_warn(f"lightning-clr range_test: curve saved to {json_path}, but no plot: {err}")
-        return written
-    figure = getattr(figure, "figure", figure)  # an Axes gives its Figure
-    png_path = out / (RESULT_FILENAME + ".png")
-    figure.savefig(png_path, dpi=100, bbox_inches="tight")
-    written.append(png_path)
-    try:
-        import matplotlib.pyplot as plt
-
-        plt.close(figure)
-    except ImportError:  # pragma: no cover
-        pass
-    return written
+        return [json_path]
+    figure.savefig(png_path, dpi=100)
+    return [json_path, png_path]
 
 
 def main(args: Union[list[str], None] = None) -> None:
