@@ -330,6 +330,7 @@ def test_console_command_after_pip_install(tmp_path: Path) -> None:
 @pytest.fixture()
 def repo_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.syspath_prepend(str(REPO))  # `--model examples.digits...`
+    monkeypatch.setattr(sys, "argv", ["lightning-clr"])  # pytest's own argv is not the CLI's
 
 
 def _clr_callbacks(trainer: object) -> list:
