@@ -18,11 +18,6 @@ from optuna.trial import TrialState
 HEARTBEAT_KEY = "lightning_clr:heartbeat"
 
 
-def is_persistent(spec: Optional[str]) -> bool:
-    """Whether the storage string names something other processes can open."""
-    return spec is not None
-
-
 def make_storage(spec: Optional[str]) -> Any:
     """``None`` → in memory; a string with ``://`` → an RDB URL; any other string → a journal file path."""
     if spec is None:
