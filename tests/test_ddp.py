@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -35,6 +36,21 @@ _LAUNCH_ENV_KEYS = (
 
 
 def free_port() -> int:
+    """A free port BELOW the kernel's ephemeral range. Port 0 would hand out an ephemeral port, which gloo's
+    own connections (of this run or of other runs on the machine) may take before the rank binds it."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20000, max(20001, low))
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -81,6 +97,8 @@ def run_group(cmds: list[tuple[list[str], dict[str, str]]], out: Path, expect_rc
     finally:
         for p in procs:
             _kill_group(p)
+    for i, output in enumerate(outputs):
+        (out / f"output{i}.log").write_text(output)  # kept in pytest's tmp dir for a post-mortem
     for p, output in zip(procs, outputs):
         if p.returncode != expect_rc:
             raise AssertionError(
@@ -98,7 +116,19 @@ def _kill_group(proc: subprocess.Popen) -> None:
 
 
 def launch(launcher: str, out: Path, *args: str, devices: int = 2, expect_rc: int = 0) -> list[dict[str, Any]]:
-    """Run ddp_fit.py with ``launcher`` on ``devices`` CPU ranks; return the ranks' reports, by rank."""
+    """Run ddp_fit.py with ``launcher`` on ``devices`` CPU ranks; return the ranks' reports, by rank.
+    A run that lost its port to another process is started again once, on another port."""
+    try:
+        return _launch(launcher, out, *args, devices=devices, expect_rc=expect_rc)
+    except AssertionError as err:
+        if not any(marker in str(err) for marker in ("EADDRINUSE", "Address already in use", "address already in use")):
+            raise
+        for path in out.glob("rank*.json"):
+            path.unlink()
+        return _launch(launcher, out, *args, devices=devices, expect_rc=expect_rc)
+
+
+def _launch(launcher: str, out: Path, *args: str, devices: int = 2, expect_rc: int = 0) -> list[dict[str, Any]]:
     out.mkdir(parents=True, exist_ok=True)
     script = [str(SCRIPT), "--out", str(out), "--devices", str(devices), *args]
     if launcher in ("ddp", "ddp_spawn", "ddp_fork", "fsdp_cpu", "auto"):
