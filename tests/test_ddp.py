@@ -348,6 +348,26 @@ def test_callback_adds_no_collective_to_training_steps(fork_run: list[dict[str, 
         assert c_with["per_step"] == c_without["per_step"] == [0] * with_clr["global_step"]
 
 
+# ----------------------------------------------------------------------------- preemption and resume
+@pytest.mark.timeout(2 * TIMEOUT + 60)
+def test_resume_on_two_ranks_continues_the_uninterrupted_fit(fork_run: list[dict[str, Any]], tmp_path: Path) -> None:
+    """A 2-rank job stopped after epoch 1 (as a requeued SLURM job is) and resumed from its checkpoint on 2
+    ranks: every rank restores the bounds and step count, the range test does not run again, and the
+    result is bitwise the uninterrupted 2-epoch fit's."""
+    ckpt = tmp_path / "ckpt"
+    first = launch("ddp_fork", tmp_path / "first", *FIT_ARGS, "--ckpt-dir", str(ckpt), "--stop-after-epochs", "1")
+    assert first[0]["global_step"] == fork_run[0]["global_step"] // 2
+    assert first[0]["range_test"] is not None
+    resumed = launch("ddp_fork", tmp_path / "resumed", *FIT_ARGS, "--resume", str(ckpt / "last.ckpt"))
+    full = fork_run[0]
+    for r in resumed:
+        assert r["range_test"] is None and r["sweep_training_steps"] == 0, "the range test ran again"
+        for key in ("base_lr", "max_lr", "step_size_up", "global_step", "clr_steps"):
+            assert r[key] == full[key], key
+        assert r["lrs"] == full["lrs"][first[0]["global_step"]:]
+        assert r["weights"] == full["weights"]
+
+
 # ----------------------------------------------------------------------------- the example
 @pytest.mark.timeout(TIMEOUT + 60)
 def test_ddp_example_runs(tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # ddp_common, also in 
 import lightning.pytorch as pl  # noqa: E402
 import torch  # noqa: E402
 from ddp_common import CollectiveCounter, DDPModel, Fingerprint, RankReport, rank_from_env, write_json  # noqa: E402
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint  # noqa: E402
 
 from lightning_clr import CyclicLearningRate, RangeTestConfig  # noqa: E402
 
@@ -48,6 +49,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--no-clr", action="store_true", help="the same fit without the callback (a baseline)")
     p.add_argument("--nan-rank", type=int, default=-1, help="this rank's loss is NaN above --nan-above-lr")
     p.add_argument("--nan-above-lr", type=float, default=math.inf)
+    p.add_argument("--ckpt-dir", default=None, help="save last.ckpt there at every epoch end")
+    p.add_argument("--stop-after-epochs", type=int, default=None, help="stop early, as a preempted job does")
+    p.add_argument("--resume", default=None, help="fit(ckpt_path=...)")
     return p.parse_args(argv)
 
 
@@ -67,13 +71,17 @@ def build(opts: argparse.Namespace) -> tuple[pl.Trainer, DDPModel, list[Any]]:
         callbacks.append(clr)
     counter = CollectiveCounter()  # after the CLR callback: see its docstring
     callbacks += [counter, RankReport(opts.out, counter, before)]
+    if opts.stop_after_epochs is not None:
+        callbacks.append(StopAfterEpochs(opts.stop_after_epochs))
+    if opts.ckpt_dir is not None:
+        callbacks.append(ModelCheckpoint(dirpath=opts.ckpt_dir, save_last=True, save_top_k=-1))
     trainer = pl.Trainer(
         accelerator="cpu",
         devices=opts.devices,
         strategy=cpu_fsdp() if opts.strategy == "fsdp_cpu" else opts.strategy,
         max_epochs=opts.max_epochs,
         logger=False,
-        enable_checkpointing=False,
+        enable_checkpointing=opts.ckpt_dir is not None,
         enable_progress_bar=False,
         enable_model_summary=False,
         deterministic=True,
@@ -82,9 +90,21 @@ def build(opts: argparse.Namespace) -> tuple[pl.Trainer, DDPModel, list[Any]]:
     return trainer, model, callbacks
 
 
+class StopAfterEpochs(Callback):
+    """Ends the fit after ``epochs`` epochs on every rank, as a preempted (requeued) job ends."""
+
+    def __init__(self, epochs: int) -> None:
+        self.epochs = epochs
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch + 1 >= self.epochs:
+            trainer.should_stop = True
+
+
 def cpu_fsdp() -> Any:
-    """A real FSDPStrategy on CPU (gloo). ``Trainer(strategy="fsdp")`` refuses a CPU accelerator, by an exact type
-    check that a subclass passes; torch's FSDP itself runs on CPU."""
+    """A real FSDPStrategy on CPU (gloo). ``Trainer(strategy="fsdp")`` refuses a CPU accelerator by an exact type
+    check, which a subclass passes. torch's FSDP then refuses CPU itself when it wraps the model (in
+    ``strategy.setup``); the callback's check in ``setup`` comes before that."""
     from lightning.pytorch.strategies import FSDPStrategy
 
     class CPUFSDPStrategy(FSDPStrategy):
@@ -100,7 +120,7 @@ def run(opts: argparse.Namespace) -> int:
     model: Optional[DDPModel] = None
     try:
         trainer, model, _ = build(opts)
-        trainer.fit(model)
+        trainer.fit(model, ckpt_path=opts.resume)
     except Exception as err:  # noqa: BLE001 - reported to the test, which asserts on it
         rank = rank_from_env()
         write_json(opts.out, rank, {
