@@ -79,9 +79,10 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--targets", type=float, nargs="+", default=None)
     p.add_argument("--grid", type=float, nargs="+", default=None, help="fixed SGD LRs of the oracle grid")
     p.add_argument("--recipes", nargs="+", default=None, help=f"subset/variants of {BASE_RECIPES}")
-    p.add_argument("--tune-trials", type=int, default=4, help="Optuna trials of clr_tuned (tuned once, first seed)")
+    p.add_argument("--tune-trials", type=int, default=3, help="Optuna trials of clr_tuned (tuned once, first seed)")
     p.add_argument("--merge", nargs="+", default=[], help="results JSON files of earlier runs with the same "
                    "settings (other recipes) to aggregate together with this run's")
+    p.add_argument("--aggregate-only", action="store_true", help="train nothing: aggregate the --merge files")
     p.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
     p.add_argument("--out-dir", default=str(ROOT / "docs" / "benchmarks"))
     p.add_argument("--name", default=None, help="stem of the output files (default: dataset[_quick])")
@@ -135,7 +136,7 @@ class Bench:
         self.image_size = self.train_x.shape[-1]
         self.steps_per_epoch = math.ceil(len(self.train_x) / args.batch_size)
         self.total_steps = self.steps_per_epoch * args.epochs
-        self.eval_every = args.eval_every or max(1, self.steps_per_epoch // 3)
+        self.eval_every = args.eval_every or max(1, self.steps_per_epoch // 2)
         self.tmp = tempfile.mkdtemp(prefix="clr_bench_")
         self.lr_find_cache: dict[int, dict[str, Any]] = {}
         self.tuned_cache: dict[int, dict[str, Any]] = {}
@@ -231,6 +232,10 @@ class Bench:
             out.update(base_lr=clr.base_lr, max_lr=clr.max_lr, step_size_up=clr.step_size_up,
                        setup_seconds=tracker.setup_seconds, setup_steps=steps,
                        rule=getattr(result, "rule", None))
+            if result is not None:
+                out.update(range_test={k: getattr(result, k, None) for k in (
+                    "fallback", "message", "stopped_early", "stop_reason", "suggestions")},
+                    range_test_curve={"lrs": list(result.lrs), "smoothed_losses": list(result.smoothed_losses)})
         out.update(self.summarize(tracker, fit_seconds))
         return out
 
@@ -307,16 +312,22 @@ def aggregate(runs: list[dict[str, Any]], targets: list[float], grid: list[float
         by.setdefault(r["recipe"], []).append(r)
     grid_names = [f"grid_sgd_lr={lr:g}" for lr in grid]
     if any(n in by for n in grid_names):
-        def key(n: str) -> tuple[float, float]:
-            s = _stats([r["final_acc"] for r in by[n]])
-            return (s["median"] or 0.0, -(_stats([r[f"steps_to_{targets[-1]}"] for r in by[n]])["median"] or math.inf))
         present = [n for n in grid_names if n in by]
+        # Select on the seeds that every grid value ran (a grid may run all seeds on the winner only).
+        common = set.intersection(*({r["seed"] for r in by[n]} for n in present))
+
+        def key(n: str) -> tuple[float, float]:
+            rs = [r for r in by[n] if r["seed"] in common]
+            s = _stats([r["final_acc"] for r in rs])
+            return (s["median"] or 0.0, -(_stats([r[f"steps_to_{targets[-1]}"] for r in rs])["median"] or math.inf))
+
         best = max(present, key=key)
+        selected_on = sorted(common)
         by["oracle"] = [dict(r, recipe="oracle", oracle_of=best) for r in by[best]]
         grid_cost = sum(r["train_seconds"] for n in present for r in by[n])
         grid_steps = sum(r["steps"] for n in present for r in by[n])
     else:
-        best, grid_cost, grid_steps = None, None, None
+        best, grid_cost, grid_steps, selected_on = None, None, None, []
     if "grid_sgd_lr=0.01" in by and "fixed_sgd" not in by:
         by["fixed_sgd"] = [dict(r, recipe="fixed_sgd") for r in by["grid_sgd_lr=0.01"]]
     summary: dict[str, Any] = {}
@@ -339,7 +350,7 @@ def aggregate(runs: list[dict[str, Any]], targets: list[float], grid: list[float
                 s[field] = vals
         summary[name] = s
     return {"recipes": summary, "oracle": {"lr_recipe": best, "grid_train_seconds": grid_cost,
-                                           "grid_steps": grid_steps}}
+                                           "grid_steps": grid_steps, "selected_on_seeds": selected_on}}
 
 
 def check_goals(agg: dict[str, Any], targets: list[float]) -> list[dict[str, Any]]:
@@ -434,7 +445,8 @@ def markdown(data: dict[str, Any]) -> str:
         lines.append("| " + " | ".join(row) + " |")
     o = agg["oracle"]
     if o["lr_recipe"]:
-        lines += ["", f"Oracle: {o['lr_recipe']} (best median final accuracy of the grid {cfg['grid']}); the grid "
+        lines += ["", f"Oracle: {o['lr_recipe']} (best median final accuracy of the grid {cfg['grid']} on seeds "
+                      f"{o.get('selected_on_seeds')}, then run on every seed); the grid "
                       f"cost {o['grid_steps']} optimizer steps and {o['grid_train_seconds'] / 60:.1f} min of training."]
     if data.get("timing"):
         t = data["timing"]
@@ -539,8 +551,8 @@ def merge(data: dict[str, Any], other: dict[str, Any], path: str) -> None:
     data.setdefault("merged", []).append({"path": path, "command": other["command"], "runs": len(added),
                                           "wall_seconds": other.get("wall_seconds"), "machine": other["machine"]})
     data["wall_seconds"] += other.get("wall_seconds") or 0.0
-    if "oracle" not in data["config"]["jobs"] and any(r["recipe"].startswith("grid_") for r in added):
-        data["config"]["grid"] = other["config"]["grid"]
+    if any(r["recipe"].startswith("grid_") for r in added):
+        data["config"]["grid"] = sorted(set(data["config"]["grid"]) | set(other["config"]["grid"]))
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -551,7 +563,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     bench = Bench(args)
     jobs: list[str] = []
-    for r in args.recipes:
+    for r in [] if args.aggregate_only else args.recipes:
         if r == "oracle":
             jobs += [f"grid_sgd_lr={lr:g}" for lr in args.grid]
         elif r == "fixed_sgd" and 0.01 in args.grid and "oracle" in args.recipes:

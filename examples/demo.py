@@ -27,7 +27,7 @@ from lightning.pytorch.callbacks import Callback
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from examples.digits import DigitsClassifier, DigitsDataModule  # noqa: E402
-from lightning_clr import CyclicLearningRate  # noqa: E402
+from lightning_clr import CyclicLearningRate, RangeTestConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,7 +58,8 @@ def val_accuracy(t: pl.Trainer, model: pl.LightningModule, dm: DigitsDataModule)
 def run_clr(seed: int, args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
     pl.seed_everything(seed, verbose=False)
     dm, model = DigitsDataModule(batch_size=args.batch_size, seed=0), DigitsClassifier(hidden=args.hidden)
-    clr = CyclicLearningRate(base_lr=args.base_lr, max_lr=args.max_lr)
+    range_test = RangeTestConfig(rule=args.rule) if args.rule else None
+    clr = CyclicLearningRate(base_lr=args.base_lr, max_lr=args.max_lr, range_test=range_test)
     trace = LRTrace()
     t = trainer(out_dir / f"clr_seed{seed}", [clr, trace], max_epochs=args.epochs)
     t0 = time.perf_counter()
@@ -122,6 +123,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--hidden", type=int, default=32)
     p.add_argument("--base-lr", type=float, default=None, help="skip the range test: give both bounds")
     p.add_argument("--max-lr", type=float, default=None)
+    p.add_argument("--rule", choices=["smith", "valley", "steepest", "minimum"], default=None,
+                   help="the range test's bound rule (default: the library's default)")
     p.add_argument("--out-dir", default=str(ROOT / "demo_output"))
     args = p.parse_args(argv)
     for name in ("epochs", "seeds", "batch_size", "hidden"):

@@ -32,10 +32,10 @@ def _run(args: list[str], timeout: int) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(480)
 def test_fashion_benchmark_quick_on_digits(tmp_path: Path) -> None:
     _run(["benchmarks/fashion_mnist.py", "--quick", "--dataset", "digits", "--out-dir", str(tmp_path),
-          "--recipes", *QUICK_RECIPES], timeout=220)
+          "--recipes", *QUICK_RECIPES], timeout=450)
     data = json.loads((tmp_path / "digits_quick.json").read_text())
     assert data["errors"] == []
     cfg = data["config"]
@@ -76,11 +76,11 @@ def test_fashion_benchmark_quick_on_digits(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(300)
 def test_overhead_quick(tmp_path: Path) -> None:
     doc = tmp_path / "doc.md"
     doc.write_text("# Benchmarks\n\nkept text\n")
-    _run(["benchmarks/overhead.py", "--quick", "--out-dir", str(tmp_path), "--doc", str(doc)], timeout=160)
+    _run(["benchmarks/overhead.py", "--quick", "--out-dir", str(tmp_path), "--doc", str(doc)], timeout=280)
     data = json.loads((tmp_path / "overhead_quick.json").read_text())
     for key in ("callback_apply", "callback_hooks", "torch_cycliclr_step"):
         cost = data["per_step"][key]
@@ -100,9 +100,9 @@ def test_overhead_quick(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(300)
 def test_demo_quick(tmp_path: Path) -> None:
-    proc = _run(["examples/demo.py", "--epochs", "2", "--seeds", "1", "--out-dir", str(tmp_path)], timeout=160)
+    proc = _run(["examples/demo.py", "--epochs", "2", "--seeds", "1", "--out-dir", str(tmp_path)], timeout=280)
     assert "Chosen bounds" in proc.stdout and "fixed LR 0.01" in proc.stdout
     assert "range test (" in proc.stdout  # the bounds came from the automatic range test
     for name in ("range_test.png", "lr_trace.png"):
