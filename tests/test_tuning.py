@@ -460,20 +460,21 @@ def test_naive_per_rank_ask_trains_each_rank_with_its_own_cycle(tmp_path: Path) 
 
 def _check_ddp(out: Path, n_trials: int) -> None:
     rows = rank_rows(out)
-    assert set(rows) == {0, 1} and len(rows[0]) == len(rows[1]) == n_trials
+    (res,) = worker_results(out)
+    trials = res["trials"]
+    seen = f"ranks: {json.dumps(rows)}\ntrials: {json.dumps(trials)}"
+    assert set(rows) == {0, 1} and len(rows[0]) == len(rows[1]) == n_trials, seen
     for r0, r1 in zip(rows[0], rows[1]):
         assert r0["world_size"] == 2
         for key in ("step_size_up", "half_cycle_epochs", "base_lr", "max_lr", "epochs", "max_epochs", "first_weight"):
-            assert r0[key] == r1[key], (key, r0, r1)
-    (res,) = worker_results(out)
-    trials = res["trials"]
-    assert len(trials) == n_trials  # one trial per fit, not one per rank
-    assert [r["half_cycle_epochs"] for r in rows[0]] == [t["params"]["half_cycle_epochs"] for t in trials]
+            assert r0[key] == r1[key], (key, seen)
+    assert len(trials) == n_trials, seen  # one trial per fit, not one per rank
+    assert [r["half_cycle_epochs"] for r in rows[0]] == [t["params"]["half_cycle_epochs"] for t in trials], seen
     # the badly-scoring last trial is pruned on every rank together, at one of its cycle ends
-    assert trials[-1]["state"] == "PRUNED"
+    assert trials[-1]["state"] == "PRUNED", seen
     cycle = 2 * trials[-1]["params"]["half_cycle_epochs"]
-    assert rows[0][-1]["epochs"] == rows[1][-1]["epochs"] == trials[-1]["user_attrs"]["pruned_at_epoch"]
-    assert rows[0][-1]["epochs"] % cycle == 0 and rows[0][-1]["epochs"] < rows[0][-1]["max_epochs"]
+    assert rows[0][-1]["epochs"] == rows[1][-1]["epochs"] == trials[-1]["user_attrs"]["pruned_at_epoch"], seen
+    assert rows[0][-1]["epochs"] % cycle == 0 and rows[0][-1]["epochs"] < rows[0][-1]["max_epochs"], seen
 
 
 DDP_ARGS = ("--devices", "2", "--n-trials", "3", "--max-half", "2", "--max-epochs", "8", "--bad-from-fit", "2")
