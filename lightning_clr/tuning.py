@@ -300,7 +300,7 @@ def tune_cycle_length(
 
             log = CSVLogger(save_dir=output_dir, name="trials", version=version)
         kwargs = {**defaults, **trainer_kwargs}
-        callbacks = copy.deepcopy(user_callbacks) + callbacks  # fresh EarlyStopping etc. in every trial
+        callbacks = _fresh(user_callbacks) + callbacks  # fresh EarlyStopping etc. in every trial
         return pl.Trainer(**kwargs, callbacks=callbacks, max_epochs=max_epochs, logger=log)
 
     def build() -> tuple[pl.LightningModule, Optional[pl.LightningDataModule]]:
@@ -346,6 +346,14 @@ def tune_cycle_length(
         if plot:
             result.plots = result.save_plots(output_dir)
     return result
+
+
+def _fresh(callbacks: list[Any]) -> list[Any]:
+    try:
+        return copy.deepcopy(callbacks)
+    except Exception as err:  # a callback holding a lock, a file, a process...
+        rank_zero_warn(f"tune_cycle_length: the trainer's callbacks cannot be copied ({err}); all trials share them.")
+        return list(callbacks)
 
 
 def _s(value: Any) -> str:

@@ -217,6 +217,26 @@ def test_trials_are_real_fits_with_fresh_models_seeds_and_logger_versions(tmp_pa
         assert t.value == t.intermediate_values[max(t.intermediate_values)]
 
 
+class CountFits(pl.Callback):
+    fits: list[tuple[int, int]] = []
+
+    def __init__(self) -> None:
+        self.seen = 0
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.seen += 1
+        CountFits.fits.append((id(self), self.seen))
+
+
+def test_user_callbacks_are_fresh_in_every_trial(tmp_path: Path) -> None:
+    CountFits.fits.clear()
+    user = CountFits()
+    tune(tmp_path, n_trials=3, pruner="none", trainer_kwargs={"accelerator": "cpu", "callbacks": [user]})
+    assert len(CountFits.fits) == 3
+    assert len({i for i, _ in CountFits.fits}) == 3 and all(seen == 1 for _, seen in CountFits.fits)
+    assert user.seen == 0  # the user's own instance is never trained with
+
+
 def test_search_space_and_warm_start_within_range(tmp_path: Path) -> None:
     result = tune(tmp_path, n_trials=5, max_epochs=6, min_half_cycle_epochs=3, max_half_cycle_epochs=6,
                   modes=["triangular", "triangular2"], min_max_lr_scale=0.5, max_max_lr_scale=2.0, pruner="none")
