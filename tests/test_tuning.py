@@ -327,6 +327,9 @@ def test_range_test_runs_once_and_bounds_are_reused(tmp_path: Path) -> None:
         # a second worker on the same study reuses the stored bounds: no second range test
         tune(tmp_path, n_trials=1, **kwargs)
         assert len(calls) == 1
+        # unless the user asks for a range test in every trial
+        tune(tmp_path, n_trials=2, range_test_per_trial=True, **{**kwargs, "storage": None})
+        assert len(calls) == 3
     finally:
         rt.run_range_test = original
 
