@@ -506,8 +506,10 @@ DDP_ARGS = ("--devices", "2", "--n-trials", "3", "--max-half", "2", "--max-epoch
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_ddp_all_ranks_train_the_same_trial(tmp_path: Path) -> None:
-    worker(tmp_path, "--strategy", "ddp", *DDP_ARGS)
+    worker(tmp_path, "--strategy", "ddp", *DDP_ARGS, "--logger")
     _check_ddp(tmp_path, 3)
+    for n in range(3):  # one logger version per trial, written by rank 0
+        assert (tmp_path / "tuning" / "trials" / f"trial_{n}" / "metrics.csv").exists()
 
 
 @pytest.mark.slow

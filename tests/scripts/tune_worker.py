@@ -154,6 +154,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n-startup-trials", type=int, default=2)
     p.add_argument("--no-warm-start", action="store_true")
+    p.add_argument("--logger", action="store_true", help="a CSV logger version per trial")
     args = p.parse_args()
     os.makedirs(args.out, exist_ok=True)
     if args.mode == "naive":
@@ -180,7 +181,7 @@ def main() -> None:
         heartbeat_interval=args.heartbeat,
         grace_period=args.grace,
         output_dir=os.path.join(args.out, "tuning"),
-        logger=False,
+        logger=args.logger,
         plot=False,
         progress_bar=False,
     )
