@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -104,6 +106,21 @@ def tune(tmp_path: Path, **kwargs: Any) -> Any:
 
 
 def free_port() -> int:
+    """A free port below the kernel's ephemeral range (as in test_ddp.py): a port from bind(0) is ephemeral,
+    and gloo's own connections (of this run or of other runs on the machine) may take it first."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20000, max(20001, low))
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -125,8 +142,16 @@ def worker(out: Path, *args: str, torchrun: bool = False, wait: bool = True, tim
     if not wait:
         return subprocess.Popen(cmd, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     proc = subprocess.run(cmd, env=clean_env(), capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0 and any(m in proc.stdout + proc.stderr for m in ("EADDRINUSE", "ddress already in use")):
+        shutil.rmtree(out, ignore_errors=True)  # another run on the machine took the port: once more, afresh
+        proc = subprocess.run(cmd_with_port(cmd, torchrun), env=clean_env(), capture_output=True, text=True,
+                              timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-6000:]
     return proc
+
+
+def cmd_with_port(cmd: list[str], torchrun: bool) -> list[str]:
+    return [f"--master_port={free_port()}" if torchrun and c.startswith("--master_port=") else c for c in cmd]
 
 
 def rank_rows(out: Path) -> dict[int, list[dict[str, Any]]]:
