@@ -34,13 +34,15 @@ def _noop(*args: Any, **kwargs: Any) -> None:
 
 
 def refuse_sharded(strategy: Any) -> None:
-    """Raise for FSDP, DeepSpeed and other sharded strategies, naming the strategy."""
-    names = {cls.__name__ for cls in type(strategy).__mro__}
-    if names.intersection(SHARDED_STRATEGIES):
+    """Raise for FSDP, DeepSpeed and other sharded strategies (or a subclass), naming the strategy."""
+    cls = type(strategy)
+    sharded = [c.__name__ for c in cls.__mro__ if c.__name__ in SHARDED_STRATEGIES]
+    if sharded:
+        kind = cls.__name__ if cls.__name__ == sharded[0] else f"{cls.__name__} (a {sharded[0]})"
         raise ValueError(
-            f"The LR range test does not support sharded strategies (strategy={type(strategy).__name__}):"
-            " the in-memory snapshot needs the full parameters on every rank. Give `base_lr` and `max_lr`"
-            " explicitly, or find them once under `strategy='ddp'`."
+            f"The LR range test cannot run under the sharded strategy {kind}: its in-memory snapshot needs the"
+            " full parameters on every rank. Give both `base_lr` and `max_lr` explicitly (for example found"
+            " once with strategy='ddp')."
         )
 
 

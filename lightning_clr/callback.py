@@ -15,6 +15,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.optim import Optimizer
 
+from lightning_clr._sweep import refuse_sharded
 from lightning_clr.range_test import RangeTestConfig
 from lightning_clr.schedule import amplitude, cycle_position, import_scale_fn, scale_fn_path, validate_schedule_args
 
@@ -200,17 +201,13 @@ class CyclicLearningRate(Callback):
         """Before the model is sharded: the range test snapshots the full parameters on every rank."""
         if trainer.fast_dev_run or self._base or (self._user_base_lr is not None and self._user_max_lr is not None):
             return
-        from lightning_clr._sweep import SHARDED_STRATEGIES
-
-        strategy = type(trainer.strategy)
-        sharded = [c.__name__ for c in strategy.__mro__ if c.__name__ in SHARDED_STRATEGIES]
-        if sharded:
-            kind = strategy.__name__ if strategy.__name__ == sharded[0] else f"{strategy.__name__} (a {sharded[0]})"
+        try:
+            refuse_sharded(trainer.strategy)
+        except ValueError as err:
             raise ValueError(
-                f"CyclicLearningRate: the LR range test cannot run under the sharded strategy {kind}, and"
-                f" base_lr={self._user_base_lr!r}, max_lr={self._user_max_lr!r} leave it to find a bound. Give both"
-                " `base_lr` and `max_lr` (for example from a range test run once with strategy='ddp')."
-            )
+                f"CyclicLearningRate(base_lr={self._user_base_lr!r}, max_lr={self._user_max_lr!r}) leaves a bound"
+                f" to the range test. {err}"
+            ) from None
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         optimizers = [opt for opt in trainer.optimizers if type(opt).__name__ != "_MockOptimizer"]
