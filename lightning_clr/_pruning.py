@@ -146,27 +146,40 @@ class TrialCallback(Callback):
             self.final_value = float(value)
         if epoch % (2 * self.payload["half_cycle_epochs"]):
             return  # mid-cycle: recorded, never judged
-        prune = False
+        decision: Any = None  # rank 0's: None (go on), "stop" (pruned or NaN) or an error to raise on every rank
         if trainer.global_rank == 0:
-            trial = self._trial()
-            if value is None:
-                raise KeyError(
-                    f"tune_cycle_length: the monitored metric {self.monitor!r} was not logged by epoch {epoch};"
-                    f" logged: {sorted(trainer.callback_metrics)}"
-                )
-            trial.set_user_attr("history", {str(k): v for k, v in self.history.items()})
-            trial.set_user_attr("steps_per_epoch", self.clr.steps_per_epoch)
-            if math.isnan(float(value)):  # diverged: a failed trial, not a pruned one
-                trial.set_user_attr("error", f"the monitored metric {self.monitor!r} is NaN at epoch {epoch}")
-                prune = True
-            else:
-                trial.report(float(value), step=epoch)
-                prune = epoch < trainer.fit_loop.max_epochs and trial.should_prune()
-                if prune:
-                    trial.set_user_attr("pruned_at_epoch", epoch)
-        if trainer.strategy.broadcast(prune, src=0):  # every rank stops together
+            try:
+                decision = self._judge(trainer, epoch, value)
+            except Exception as err:  # raised on every rank below: one rank raising alone would hang the others
+                message = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+                decision = (type(err).__name__, message)
+        decision = trainer.strategy.broadcast(decision, src=0)
+        if isinstance(decision, tuple):
+            if decision[0] == "KeyError":
+                raise KeyError(decision[1])
+            raise RuntimeError(f"{decision[0]} on global rank 0 at a cycle end: {decision[1]}")
+        if decision == "stop":  # every rank stops together
             self.pruned_at = epoch
             trainer.should_stop = True
+
+    def _judge(self, trainer: pl.Trainer, epoch: int, value: Any) -> Optional[str]:
+        """Rank 0 at a cycle end: report to Optuna and decide."""
+        trial = self._trial()
+        if value is None:
+            raise KeyError(
+                f"tune_cycle_length: the monitored metric {self.monitor!r} was not logged by epoch {epoch};"
+                f" logged: {sorted(trainer.callback_metrics)}"
+            )
+        trial.set_user_attr("history", {str(k): v for k, v in self.history.items()})
+        trial.set_user_attr("steps_per_epoch", self.clr.steps_per_epoch)
+        if math.isnan(float(value)):  # diverged: a failed trial, not a pruned one
+            trial.set_user_attr("error", f"the monitored metric {self.monitor!r} is NaN at epoch {epoch}")
+            return "stop"
+        trial.report(float(value), step=epoch)
+        if epoch < trainer.fit_loop.max_epochs and trial.should_prune():
+            trial.set_user_attr("pruned_at_epoch", epoch)
+            return "stop"
+        return None
 
 
 class BoundsCallback(Callback):

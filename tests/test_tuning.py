@@ -546,6 +546,17 @@ def test_torchrun_all_ranks_train_the_same_trial(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
+def test_ddp_error_on_rank_zero_stops_every_rank(tmp_path: Path) -> None:
+    """Rank 0 alone finds the monitored metric missing: every rank raises together instead of hanging."""
+    cmd = [sys.executable, str(WORKER), "--out", str(tmp_path), "--strategy", "ddp", "--devices", "2",
+           "--n-trials", "1", "--monitor", "val_missing"]
+    proc = subprocess.run(cmd, env=clean_env(), capture_output=True, text=True, timeout=240)
+    assert proc.returncode != 0
+    assert "the monitored metric 'val_missing' was not logged" in proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
 def test_ddp_spawn_keeps_the_study(tmp_path: Path) -> None:
     """In-memory storage cannot cross into spawned children: a journal file under output_dir is used."""
     spawn_args = ("--devices", "2", "--n-trials", "2", "--max-half", "2", "--max-epochs", "8", "--bad-from-fit", "1",

@@ -155,6 +155,7 @@ def main() -> None:
     p.add_argument("--n-startup-trials", type=int, default=2)
     p.add_argument("--no-warm-start", action="store_true")
     p.add_argument("--logger", action="store_true", help="a CSV logger version per trial")
+    p.add_argument("--monitor", default="val_loss")
     args = p.parse_args()
     os.makedirs(args.out, exist_ok=True)
     if args.mode == "naive":
@@ -176,6 +177,7 @@ def main() -> None:
         storage=args.storage,
         study_name=args.study_name,
         n_startup_trials=args.n_startup_trials,
+        monitor=args.monitor,
         warm_start=not args.no_warm_start,
         seed=args.seed,
         heartbeat_interval=args.heartbeat,
