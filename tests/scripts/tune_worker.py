@@ -108,6 +108,10 @@ class NaiveTrialCallback(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         import optuna
 
+        from lightning_clr._pruning import destroy_process_group_at_exit
+
+        destroy_process_group_at_exit()  # the gloo exit abort is not the bug shown here
+
         study = optuna.load_study(
             study_name=self.study_name,
             storage=optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(self.storage)),
