@@ -10,9 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,53 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from processes import clean_env, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "tests" / "scripts" / "ddp_fit.py"
 TIMEOUT = 150  # seconds per subprocess run (about 25 s here); a deadlocked collective ends here, not in CI's
 
 pytestmark = [pytest.mark.slow]
-
-# Variables that would make Lightning think it runs under another launcher or cluster.
-_LAUNCH_ENV_PREFIXES = ("SLURM_", "TORCHELASTIC_", "PL_", "LSB_", "OMPI_", "PMI_", "KUBERNETES_")
-_LAUNCH_ENV_KEYS = (
-    "MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK",
-    "NODE_RANK", "JSM_NAMESPACE_SIZE",
-)
-
-
-def free_port() -> int:
-    """A free port BELOW the kernel's ephemeral range. Port 0 would hand out an ephemeral port, which gloo's
-    own connections (of this run or of other runs on the machine) may take before the rank binds it."""
-    try:
-        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        low = 32768
-    rng = random.Random()
-    for _ in range(200):
-        port = rng.randrange(20000, max(20001, low))
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {
-        k: v for k, v in os.environ.items()
-        if k not in _LAUNCH_ENV_KEYS and not k.startswith(_LAUNCH_ENV_PREFIXES)
-    }
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    env["OMP_NUM_THREADS"] = "1"
-    env["MASTER_ADDR"] = "127.0.0.1"
-    env["MASTER_PORT"] = str(free_port())
-    env.update(extra)
-    return env
 
 
 def _rank_errors(out: Path) -> list[str]:

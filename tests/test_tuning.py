@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
 import shutil
 import signal
 import socket
@@ -26,6 +25,7 @@ import optuna
 import pytest
 import torch
 from optuna.trial import TrialState
+from processes import clean_env, free_port
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -35,9 +35,6 @@ from lightning_clr._pruning import CycleEndMedianPruner
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "scripts" / "tune_worker.py"
 PG_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
-_LAUNCH_ENV_PREFIXES = ("SLURM_", "TORCHELASTIC_", "PL_", "LSB_", "OMPI_", "PMI_")
-_LAUNCH_ENV_KEYS = ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE",
-                    "GROUP_RANK", "NODE_RANK")
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -103,35 +100,6 @@ def tune(tmp_path: Path, **kwargs: Any) -> Any:
     args.update(kwargs)
     model = args.pop("model", Net)
     return tune_cycle_length(model, args.pop("datamodule", DM), **args)
-
-
-def free_port() -> int:
-    """A free port below the kernel's ephemeral range (as in test_ddp.py): a port from bind(0) is ephemeral,
-    and gloo's own connections (of this run or of other runs on the machine) may take it first."""
-    try:
-        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        low = 32768
-    rng = random.Random()
-    for _ in range(200):
-        port = rng.randrange(20000, max(20001, low))
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def clean_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in _LAUNCH_ENV_KEYS and not k.startswith(_LAUNCH_ENV_PREFIXES)}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    env.update(OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
-    return env
 
 
 def worker(out: Path, *args: str, torchrun: bool = False, wait: bool = True, timeout: int = 240) -> Any:
