@@ -27,6 +27,7 @@ bench: venv
 	$(PY) benchmarks/overhead.py
 	$(PY) benchmarks/range_test.py
 	$(PY) benchmarks/fashion_mnist.py
+	$(PY) benchmarks/tuning.py
 
 lint: venv
 	$(VENV)/bin/ruff check lightning_clr tests
