@@ -14,7 +14,8 @@ Recipes:
   clr_tuned        ``CyclicLearningRate`` with the half-cycle from ``lightning_clr.tune_cycle_length`` (if present)
   oracle           the best fixed SGD LR of a grid (by median final accuracy); the grid's total cost is reported
 
-Variants of clr_auto for the ablations: ``clr_auto[rule=valley,half=3,mode=triangular2,momentum=0]``.
+Variants of clr_auto for the ablations: ``clr_auto[rule=valley,half=3,mode=triangular2,momentum=0,div=10]``
+(``div``: base_lr = max_lr / div).
 
 Data: ``apt-get install dataset-fashion-mnist`` (IDX files under /usr/share/datasets/fashion-mnist/), or
 the four ``*.gz`` files of github.com/zalandoresearch/fashion-mnist in ``--data-dir``.
@@ -30,7 +31,6 @@ import argparse
 import json
 import math
 import re
-import statistics
 import sys
 import tempfile
 import time
@@ -58,9 +58,9 @@ from _common import (  # noqa: E402
     update_section,
     write_json,
 )
+from _report import BASE_RECIPES, aggregate, check_goals, markdown, plots, timing_note  # noqa: E402, F401
 
 ROOT = Path(__file__).resolve().parents[1]
-BASE_RECIPES = ["fixed_sgd", "fixed_adam", "lr_find", "one_cycle", "torch_cyclic", "clr_auto", "clr_tuned", "oracle"]
 GRID = [0.005, 0.01, 0.02, 0.05, 0.1]
 QUICK_GRID = [0.01, 0.05, 0.2]
 VARIANT = re.compile(r"^clr_auto\[(.*)\]$")
@@ -200,8 +200,13 @@ class Bench:
 
             v = parse_variant(recipe)
             kwargs: dict[str, Any] = {}
+            rt: dict[str, Any] = {}
             if "rule" in v:
-                kwargs["range_test"] = RangeTestConfig(rule=v["rule"])
+                rt["rule"] = v["rule"]
+            if "div" in v:
+                rt["base_divisor"] = float(v["div"])
+            if rt:
+                kwargs["range_test"] = RangeTestConfig(**rt)
             if "half" in v:
                 kwargs["half_cycle_epochs"] = float(v["half"])
             if "mode" in v:
@@ -291,249 +296,6 @@ class Bench:
             out[f"steps_to_{target}"] = hit["step"] if hit else None
             out[f"seconds_to_{target}"] = hit["seconds"] if hit else None
         return out
-
-
-# ---------------------------------------------------------------------------------------------- aggregate
-def _stats(values: list[Optional[float]]) -> dict[str, Any]:
-    """Median, min, max; a run that never got there (None) counts as infinitely late."""
-    reached = [v for v in values if v is not None]
-    keyed = sorted(values, key=lambda v: math.inf if v is None else v)
-    med = keyed[(len(keyed) - 1) // 2] if len(keyed) % 2 else None
-    if len(keyed) % 2 == 0 and keyed:
-        a, b = keyed[len(keyed) // 2 - 1], keyed[len(keyed) // 2]
-        med = None if a is None or b is None else (a + b) / 2
-    return {"median": med, "min": min(reached) if reached else None, "max": None if len(reached) < len(values) else
-            (max(reached) if reached else None), "reached": f"{len(reached)}/{len(values)}"}
-
-
-def aggregate(runs: list[dict[str, Any]], targets: list[float], grid: list[float]) -> dict[str, Any]:
-    by: dict[str, list[dict[str, Any]]] = {}
-    for r in runs:
-        by.setdefault(r["recipe"], []).append(r)
-    grid_names = [f"grid_sgd_lr={lr:g}" for lr in grid]
-    if any(n in by for n in grid_names):
-        present = [n for n in grid_names if n in by]
-        # Select on the seeds that every grid value ran (a grid may run all seeds on the winner only).
-        common = set.intersection(*({r["seed"] for r in by[n]} for n in present))
-
-        def key(n: str) -> tuple[float, float]:
-            rs = [r for r in by[n] if r["seed"] in common]
-            s = _stats([r["final_acc"] for r in rs])
-            return (s["median"] or 0.0, -(_stats([r[f"steps_to_{targets[-1]}"] for r in rs])["median"] or math.inf))
-
-        best = max(present, key=key)
-        selected_on = sorted(common)
-        by["oracle"] = [dict(r, recipe="oracle", oracle_of=best) for r in by[best]]
-        grid_cost = sum(r["train_seconds"] for n in present for r in by[n])
-        grid_steps = sum(r["steps"] for n in present for r in by[n])
-    else:
-        best, grid_cost, grid_steps, selected_on = None, None, None, []
-    if "grid_sgd_lr=0.01" in by and "fixed_sgd" not in by:
-        by["fixed_sgd"] = [dict(r, recipe="fixed_sgd") for r in by["grid_sgd_lr=0.01"]]
-    summary: dict[str, Any] = {}
-    for name, rs in by.items():
-        s: dict[str, Any] = {"seeds": [r["seed"] for r in rs]}
-        for field in ("final_acc", "best_acc", "train_seconds", "setup_seconds", "setup_steps", "seconds_per_step"):
-            s[field] = _stats([r.get(field) for r in rs])
-        for t in targets:
-            s[f"steps_to_{t}"] = _stats([r[f"steps_to_{t}"] for r in rs])
-            s[f"seconds_to_{t}"] = _stats([r[f"seconds_to_{t}"] for r in rs])
-            s[f"steps_to_{t}_incl_setup"] = _stats(
-                [None if r[f"steps_to_{t}"] is None else r[f"steps_to_{t}"] + (r.get("setup_steps") or 0) for r in rs])
-            s[f"seconds_to_{t}_incl_setup"] = _stats(
-                [None if r[f"seconds_to_{t}"] is None else r[f"seconds_to_{t}"] + (r.get("setup_seconds") or 0)
-                 for r in rs])
-        for field in ("lr", "base_lr", "max_lr", "step_size_up", "rule", "oracle_of", "half_cycle_epochs",
-                      "tuning_seconds"):
-            vals = [r.get(field) for r in rs if r.get(field) is not None]
-            if vals:
-                s[field] = vals
-        summary[name] = s
-    return {"recipes": summary, "oracle": {"lr_recipe": best, "grid_train_seconds": grid_cost,
-                                           "grid_steps": grid_steps, "selected_on_seeds": selected_on}}
-
-
-def check_goals(agg: dict[str, Any], targets: list[float]) -> list[dict[str, Any]]:
-    """The project's goals for clr_auto, each with the numbers that decide it."""
-    rec = agg["recipes"]
-    if "clr_auto" not in rec:
-        return []
-    clr = rec["clr_auto"]
-    # the highest target that every recipe's median reaches (else the highest any reaches)
-    common = [t for t in targets if all(rec[n][f"steps_to_{t}"]["median"] is not None for n in rec)]
-    top = common[-1] if common else targets[0]
-    med = lambda n, f: rec[n][f]["median"] if n in rec else None  # noqa: E731
-    goals = []
-    a, b = med("clr_auto", f"steps_to_{top}_incl_setup"), med("fixed_sgd", f"steps_to_{top}")
-    goals.append({"goal": f"steps to {top} (range test included) <= 0.6 x fixed_sgd", "clr_auto": a, "other": b,
-                  "ok": a is not None and (b is None or a <= 0.6 * b)})
-    for other in ("lr_find", "one_cycle", "torch_cyclic"):
-        if other in rec:
-            b = med(other, f"steps_to_{top}_incl_setup")
-            goals.append({"goal": f"steps to {top} no more than {other} (setup included)", "clr_auto": a, "other": b,
-                          "ok": a is not None and (b is None or a <= b)})
-    mine = clr["final_acc"]["median"]
-    for other in rec:
-        if other == "clr_auto" or other.startswith("grid_") or other.startswith("clr_auto["):
-            continue
-        b = med(other, "final_acc")
-        goals.append({"goal": f"final accuracy >= {other}", "clr_auto": mine, "other": b,
-                      "ok": mine is not None and b is not None and mine >= b})
-    if "oracle" in rec:
-        b = med("oracle", f"steps_to_{top}")
-        goals.append({"goal": f"steps to {top} (range test included) <= oracle", "clr_auto": a, "other": b,
-                      "ok": a is not None and (b is None or a <= b)})
-    return goals
-
-
-# ---------------------------------------------------------------------------------------------- outputs
-def _fmt(s: dict[str, Any], digits: int = 4, fmt: str = "g") -> str:
-    if s["median"] is None:
-        return f"never ({s['reached']})" if s["reached"] == "0/" + s["reached"].split("/")[1] else \
-            f"— ({s['reached']})"
-    def f(v: float) -> str:
-        return f"{v:.{digits}{fmt}}"
-
-    text = f(s["median"])
-    if s["min"] is not None and s["max"] is not None and s["min"] != s["max"]:
-        text += f" [{f(s['min'])}–{f(s['max'])}]"
-    elif s["max"] is None and s["min"] is not None:
-        text += f" [{f(s['min'])}–never]"
-    return text
-
-
-def markdown(data: dict[str, Any]) -> str:
-    cfg, agg, targets = data["config"], data["aggregate"], data["config"]["targets"]
-    rec = agg["recipes"]
-    order = [n for n in BASE_RECIPES if n in rec] + sorted(n for n in rec if n not in BASE_RECIPES)
-    lines = [
-        f"# {cfg['dataset']} benchmark results" + (" (quick smoke run)" if cfg["quick"] else ""),
-        "",
-        f"Machine: {data['machine']['cpu']}, {data['machine']['cores']} cores (shared, noisy), "
-        f"{data['machine']['torch_threads']} torch thread(s); torch {data['machine']['torch']}, "
-        f"lightning {data['machine']['lightning']}, python {data['machine']['python']}.",
-        f"Command: `{data['command']}`. Total wall time {data['wall_seconds'] / 60:.1f} min.",
-        *[f"Merged with the runs of `{m['command']}` ({m['runs']} runs, {m['wall_seconds'] / 60:.1f} min)."
-          for m in data.get("merged", [])],
-        f"Seeds {cfg['seeds']}, {cfg['epochs']} epochs of {cfg['steps_per_epoch']} optimizer steps (batch "
-        f"{cfg['batch_size']}), test accuracy on the full test set every {cfg['eval_every']} steps and at the end.",
-        "Cells: median [min–max] over seeds; steps/seconds are training only (evaluation excluded); "
-        "'incl. setup' adds the range test's or lr_find's steps. 'never' = not reached within the budget.",
-        "",
-    ]
-    head = ["recipe", "final acc", "best acc"]
-    for t in targets:
-        head += [f"steps to {t}", f"steps to {t} incl. setup", f"s to {t} incl. setup"]
-    head += ["setup s", "LR / bounds"]
-    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for n in order:
-        s = rec[n]
-        row = [n, _fmt(s["final_acc"]), _fmt(s["best_acc"])]
-        for t in targets:
-            row += [_fmt(s[f"steps_to_{t}"], 5), _fmt(s[f"steps_to_{t}_incl_setup"], 5),
-                    _fmt(s[f"seconds_to_{t}_incl_setup"], 1, "f")]
-        row.append(_fmt(s["setup_seconds"], 1, "f"))
-        if "base_lr" in s:
-            lrs = ", ".join(f"{b:.3g}..{m:.3g}" for b, m in zip(s["base_lr"], s["max_lr"]))
-        elif "lr" in s:
-            lrs = ", ".join(f"{v:.3g}" for v in s["lr"])
-        else:
-            lrs = ""
-        if "oracle_of" in s:
-            lrs = s["oracle_of"][0].replace("grid_sgd_", "")
-        row.append(lrs)
-        lines.append("| " + " | ".join(row) + " |")
-    o = agg["oracle"]
-    if o["lr_recipe"]:
-        lines += ["", f"Oracle: {o['lr_recipe']} (best median final accuracy of the grid {cfg['grid']} on seeds "
-                      f"{o.get('selected_on_seeds')}, then run on every seed); the grid "
-                      f"cost {o['grid_steps']} optimizer steps and {o['grid_train_seconds'] / 60:.1f} min of training."]
-    if data.get("timing"):
-        t = data["timing"]
-        lines += ["", "Range test cost: " + t]
-    if data.get("goals"):
-        lines += ["", "Goals for clr_auto:", ""]
-        for g in data["goals"]:
-            lines.append(f"- [{'x' if g['ok'] else ' '}] {g['goal']}: clr_auto {g['clr_auto']}, other {g['other']}")
-    if data.get("errors"):
-        lines += ["", "Errors:", ""] + [f"- {e}" for e in data["errors"]]
-    return "\n".join(lines) + "\n"
-
-
-def timing_note(runs: list[dict[str, Any]]) -> Optional[str]:
-    clr = [r for r in runs if r["recipe"] == "clr_auto" and r["setup_steps"]]
-    finds = [r for r in runs if r["recipe"] == "lr_find"]
-    if not clr:
-        return None
-    rt_s = statistics.median(r["setup_seconds"] for r in clr)
-    rt_steps = statistics.median(r["setup_steps"] for r in clr)
-    per_step = statistics.median(r["seconds_per_step"] for r in clr if r["seconds_per_step"])
-    text = (f"the range test took {rt_s:.2f} s for {rt_steps:g} steps (median), against {rt_steps * per_step:.2f} s "
-            f"for as many training steps ({per_step * 1e3:.1f} ms/step)")
-    if finds:
-        text += (f" and {statistics.median(r['setup_seconds'] for r in finds):.2f} s for Lightning's lr_find "
-                 f"({statistics.median(r['setup_steps'] for r in finds):g} steps)")
-    return text + "."
-
-
-def plots(data: dict[str, Any], out_dir: Path, stem: str) -> list[str]:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return []
-    runs = data["runs"]
-    names = [n for n in BASE_RECIPES if any(r["recipe"] == n for r in runs)]
-    names += sorted({r["recipe"] for r in runs if r["recipe"].startswith("clr_auto[")})
-    oracle = data["aggregate"]["oracle"]["lr_recipe"]
-    source = {n: n for n in names}
-    if oracle:
-        source["oracle"] = oracle
-        names = [n for n in names if n != "oracle"] + ["oracle"]
-    if "fixed_sgd" not in {r["recipe"] for r in runs} and "grid_sgd_lr=0.01" in {r["recipe"] for r in runs}:
-        source["fixed_sgd"] = "grid_sgd_lr=0.01"
-        names = ["fixed_sgd"] + names
-    files = []
-    fig, ax = plt.subplots(figsize=(9, 5.5))
-    for i, n in enumerate(names):
-        color = f"C{i % 10}"
-        for j, r in enumerate(r for r in runs if r["recipe"] == source[n]):
-            ax.plot([e["step"] + r.get("setup_steps", 0) for e in r["evals"]], [e["acc"] for e in r["evals"]],
-                    color=color, alpha=0.8, lw=1.2, label=n if j == 0 else None)
-    lo = min((e["acc"] for r in runs for e in r["evals"]), default=0)
-    ax.set_ylim(max(lo, min(data["config"]["targets"]) - 0.06), None)
-    for t in data["config"]["targets"]:
-        ax.axhline(t, color="grey", lw=0.6, ls=":")
-    ax.set_xlabel("optimizer steps (range test / lr_find steps included)")
-    ax.set_ylabel("test accuracy")
-    ax.set_title(f"{data['config']['dataset']}: test accuracy per recipe (one line per seed)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = out_dir / f"{stem}_accuracy.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    files.append(str(path))
-    fig, ax = plt.subplots(figsize=(9, 5))
-    for i, n in enumerate(names):
-        r = next((r for r in runs if r["recipe"] == source[n]), None)
-        if r is None or not r["lr_trace"]["lr"]:
-            continue
-        stride = r["lr_trace"]["stride"]
-        ax.plot([k * stride for k in range(len(r["lr_trace"]["lr"]))], r["lr_trace"]["lr"], color=f"C{i % 10}",
-                label=n)
-    ax.set_yscale("log")
-    ax.set_xlabel("optimizer step (training only)")
-    ax.set_ylabel("learning rate")
-    ax.set_title("LR traces (first seed)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = out_dir / f"{stem}_lr.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    files.append(str(path))
-    return files
 
 
 SAME = ("dataset", "epochs", "batch_size", "steps_per_epoch", "eval_every", "targets", "train_size", "test_size")

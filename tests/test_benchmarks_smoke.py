@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import _common  # noqa: E402
+import _report  # noqa: E402
 import fashion_mnist  # noqa: E402
 
 QUICK_RECIPES = ["fixed_sgd", "fixed_adam", "lr_find", "one_cycle", "torch_cyclic", "clr_auto", "oracle"]
@@ -126,10 +127,10 @@ def test_read_idx_roundtrip_and_errors(tmp_path: Path) -> None:
 
 
 def test_stats_count_unreached_runs_as_late() -> None:
-    s = fashion_mnist._stats([300, None, 100])
+    s = _report._stats([300, None, 100])
     assert s["median"] == 300 and s["min"] == 100 and s["max"] is None and s["reached"] == "2/3"
-    assert fashion_mnist._stats([None, None, 5])["median"] is None
-    assert fashion_mnist._stats([1.0, 3.0])["median"] == 2.0
+    assert _report._stats([None, None, 5])["median"] is None
+    assert _report._stats([1.0, 3.0])["median"] == 2.0
 
 
 def test_bad_arguments_are_named() -> None:
