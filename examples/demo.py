@@ -58,8 +58,10 @@ def val_accuracy(t: pl.Trainer, model: pl.LightningModule, dm: DigitsDataModule)
 def run_clr(seed: int, args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
     pl.seed_everything(seed, verbose=False)
     dm, model = DigitsDataModule(batch_size=args.batch_size, seed=0), DigitsClassifier(hidden=args.hidden)
-    range_test = RangeTestConfig(rule=args.rule) if args.rule else None
-    clr = CyclicLearningRate(base_lr=args.base_lr, max_lr=args.max_lr, range_test=range_test)
+    rt_kwargs = {k: v for k, v in (("rule", args.rule), ("base_divisor", args.base_divisor)) if v is not None}
+    range_test = RangeTestConfig(**rt_kwargs) if rt_kwargs else None
+    extra = {} if args.cycle_momentum is None else {"cycle_momentum": args.cycle_momentum}
+    clr = CyclicLearningRate(base_lr=args.base_lr, max_lr=args.max_lr, range_test=range_test, **extra)
     trace = LRTrace()
     t = trainer(out_dir / f"clr_seed{seed}", [clr, trace], max_epochs=args.epochs)
     t0 = time.perf_counter()
@@ -125,6 +127,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--max-lr", type=float, default=None)
     p.add_argument("--rule", choices=["smith", "valley", "steepest", "minimum"], default=None,
                    help="the range test's bound rule (default: the library's default)")
+    p.add_argument("--base-divisor", type=float, default=None, help="the range test's base_lr = max_lr / this")
+    p.add_argument("--cycle-momentum", action=argparse.BooleanOptionalAction, default=None,
+                   help="cycle momentum inversely to the LR (default: the library's default)")
     p.add_argument("--out-dir", default=str(ROOT / "demo_output"))
     args = p.parse_args(argv)
     for name in ("epochs", "seeds", "batch_size", "hidden"):
