@@ -237,8 +237,8 @@ def plots(data: dict[str, Any], out_dir: Path, stem: str) -> list[str]:
             steps = sorted({e["step"] for r in rs for e in r["evals"]})
             per_step = [[e["acc"] for r in rs for e in r["evals"] if e["step"] == st] for st in steps]
             xs = [st + shift for st in steps]
-            ax.plot(xs, [statistics.median(a) for a in per_step], color=f"C{i % 10}", lw=1.5, ls="-" if i < 10 else "--",
-                    label=f"{n} ({len(rs)} seed{'s' if len(rs) > 1 else ''})")
+            ax.plot(xs, [statistics.median(a) for a in per_step], color=f"C{i % 10}", lw=1.5,
+                    ls="-" if i < 10 else "--", label=f"{n} ({len(rs)} seed{'s' if len(rs) > 1 else ''})")
             if len(rs) > 1:
                 ax.fill_between(xs, [min(a) for a in per_step], [max(a) for a in per_step], color=f"C{i % 10}",
                                 alpha=0.15)
