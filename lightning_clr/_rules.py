@@ -33,6 +33,7 @@ RULES = ("smith", "valley", "steepest", "minimum")
 MIN_POINTS = 5  # fewer finite points than this: no rule is trusted, explicit fallback
 FLAT_TOLERANCE = 0.02  # a total drop below 2% of the starting value counts as flat
 DIVERGENCE_GAP = 3.0  # every rule keeps max_lr at least this factor below the LR of the curve's minimum
+INSTABILITY_FACTOR = 1.3  # a raw loss this many times the best smoothed loss so far: the first instability
 MINIMUM_DIVISOR = 10.0  # the "minimum" rule: a tenth of the minimum's LR (Fashion-MNIST: the minimum diverged)
 DEFAULT_BASE_DIVISOR = 4.0  # Smith: base_lr = max_lr / 3 .. / 4
 
@@ -154,6 +155,20 @@ def _steepest_index(xs: list[float], ys: list[float], stop: int) -> int:
     return best
 
 
+def _first_instability(ys: list[float], raw: Sequence[float], flat: float) -> Optional[int]:
+    """Index of the first raw loss above ``INSTABILITY_FACTOR`` x the best smoothed loss so far, once the
+    smoothed curve has started to fall. The smoothed curve lags the raw one by about ``1/smoothing`` points,
+    so on a noisy curve its minimum can sit past the LR where single steps already blew up."""
+    best = ys[0]
+    for k in range(1, min(len(ys), len(raw))):
+        value = raw[k]
+        falling = ys[k - 1] < ys[0] - flat
+        if falling and value is not None and math.isfinite(value) and value > INSTABILITY_FACTOR * best:
+            return k
+        best = min(best, ys[k])
+    return None
+
+
 def suggest(
     lrs: Sequence[float],
     curve: Sequence[float],
@@ -162,6 +177,7 @@ def suggest(
     fallback_max_lr: float,
     diverged_at: Optional[float] = None,
     base_divisor: float = DEFAULT_BASE_DIVISOR,
+    raw: Optional[Sequence[float]] = None,
 ) -> Suggestion:
     """Read ``base_lr`` and ``max_lr`` off a (smoothed) curve, lower is better, in log-LR space.
 
@@ -175,6 +191,11 @@ def suggest(
     - ``"steepest"``: the steepest descent of the curve against log-LR.
     - ``"minimum"``: a tenth of the LR at the curve's minimum (measured on Fashion-MNIST: the minimum
       itself diverged, a tenth of it trained well).
+
+    With ``raw`` (the unsmoothed losses), "the curve's minimum" above is the earlier of the smoothed
+    minimum and the first instability: the first raw loss above ``INSTABILITY_FACTOR`` (1.3) x the best
+    smoothed loss so far. The EMA lags by about ``1/smoothing`` points, and on a noisy curve (digits) its
+    minimum sat past LRs where single steps had already blown up; training at a third of it diverged.
 
     Only the finite prefix of the curve is used. Fewer than ``MIN_POINTS`` points, a curve that never
     falls, or a drop below ``FLAT_TOLERANCE`` of its start: ``max_lr = fallback_max_lr`` (for example
@@ -213,6 +234,11 @@ def suggest(
         return fallback(
             f"the curve is flat (it fell by {drop:.3g}, less than {FLAT_TOLERANCE:.0%} of {scale:.3g})", points
         )
+    k = _first_instability(ys, raw, FLAT_TOLERANCE * scale) if raw is not None else None
+    if k is not None:
+        points["instability_lr"] = math.exp(xs[k])
+        if k < i_min:
+            i_min, lr_at_min = k, math.exp(xs[k])
 
     if rule == "smith":
         points["start_lr"] = math.exp(_crossing(xs, ys, ys[0] - 0.1 * drop, i_min))
@@ -236,6 +262,7 @@ def suggest_all(
     fallback_max_lr: float,
     diverged_at: Optional[float] = None,
     base_divisor: float = DEFAULT_BASE_DIVISOR,
+    raw: Optional[Sequence[float]] = None,
 ) -> dict[str, Suggestion]:
     """Every rule's suggestion on the same curve, to compare rules.
 
@@ -246,7 +273,13 @@ def suggest_all(
     """
     return {
         rule: suggest(
-            lrs, curve, rule, fallback_max_lr=fallback_max_lr, diverged_at=diverged_at, base_divisor=base_divisor
+            lrs,
+            curve,
+            rule,
+            fallback_max_lr=fallback_max_lr,
+            diverged_at=diverged_at,
+            base_divisor=base_divisor,
+            raw=raw,
         )
         for rule in RULES
     }

@@ -291,7 +291,12 @@ def sweep(
         sign = -1.0 if getattr(metric, "higher_is_better", None) is not False else 1.0
         curve = [sign * v for v in smoothed_metric]
     suggestions = suggest_all(
-        lrs, curve, fallback_max_lr=fallback_lr, diverged_at=diverged_at, base_divisor=config.base_divisor
+        lrs,
+        curve,
+        fallback_max_lr=fallback_lr,
+        diverged_at=diverged_at,
+        base_divisor=config.base_divisor,
+        raw=losses if metric is None else None,  # the instability check reads raw losses, not a metric
     )
     chosen = suggestions[config.rule]
     if chosen.fallback:

@@ -136,7 +136,7 @@ def test_several_optimizers_each_follow_the_schedule_with_their_own_bounds():
 )
 def test_momentum_cycles_only_where_it_was_already_used(optimizer, momentum, cycled):
     rec = LRRecorder()
-    clr = CyclicLearningRate(base_lr=0.01, max_lr=0.1, step_size_up=2)
+    clr = CyclicLearningRate(base_lr=0.01, max_lr=0.1, step_size_up=2, cycle_momentum=True)
     t = trainer(callbacks=[clr, rec], max_epochs=1)
     model = TinyModel(optimizer=optimizer, momentum=momentum)
     t.fit(model, loader(n=40, batch_size=8))
@@ -159,7 +159,7 @@ def test_scheduler_from_configure_optimizers_is_replaced_with_a_warning():
             return [opt], [torch.optim.lr_scheduler.CyclicLR(opt, base_lr=0.001, max_lr=0.006, step_size_up=2)]
 
     rec = LRRecorder()
-    clr = CyclicLearningRate(base_lr=0.01, max_lr=0.1, step_size_up=2)
+    clr = CyclicLearningRate(base_lr=0.01, max_lr=0.1, step_size_up=2, cycle_momentum=True)
     t = trainer(callbacks=[clr, rec], max_epochs=2)
     with pytest.warns(UserWarning, match=r"replaces the CyclicLR scheduler \(interval='epoch'\)"):
         t.fit(WithCyclicLR(), loader(n=24, batch_size=8))
@@ -172,7 +172,7 @@ def _fit(tmp_path, max_steps: int, ckpt_path: Any = None, every: int = 0, shuffl
     pl.seed_everything(7)
     rec = LRRecorder()
     callbacks: list[Any] = [
-        CyclicLearningRate(base_lr=0.001, max_lr=0.01, step_size_up=3, mode="triangular2"), rec
+        CyclicLearningRate(base_lr=0.001, max_lr=0.01, step_size_up=3, mode="triangular2", cycle_momentum=True), rec
     ]
     if every:
         callbacks.append(ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=every, save_top_k=-1))

@@ -115,6 +115,26 @@ def test_max_lr_is_kept_clearly_below_a_sharp_minimum() -> None:
         assert s.max_lr <= 1e-2 / DIVERGENCE_GAP * (1 + 1e-9), rule
 
 
+def test_a_raw_spike_before_the_lagging_smoothed_minimum_caps_max_lr() -> None:
+    # The smoothed curve (CURVE) bottoms out at lr=1, but a raw step at lr=1e-2 already blew up to 3x the
+    # best smoothed loss so far: every rule reads the bounds as if the curve ended there.
+    raw = list(CURVE)
+    i_spike = next(i for i, lr in enumerate(GRID) if lr >= 1e-2 - 1e-12)
+    raw[i_spike] = 3.0 * min(CURVE[:i_spike])
+    for rule in RULES:
+        plain = suggest(GRID, CURVE, rule, fallback_max_lr=0.01)
+        capped = suggest(GRID, CURVE, rule, fallback_max_lr=0.01, raw=raw)
+        assert capped.points["instability_lr"] == pytest.approx(GRID[i_spike], rel=1e-9)
+        assert capped.max_lr <= GRID[i_spike] / DIVERGENCE_GAP * (1 + 1e-9), rule
+        assert capped.max_lr <= plain.max_lr, rule
+    # Raw noise below 1.3x the best smoothed loss changes nothing.
+    noisy = [v * (1.2 if i % 2 else 0.9) for i, v in enumerate(CURVE)]
+    for rule in RULES:
+        assert suggest(GRID, CURVE, rule, fallback_max_lr=0.01, raw=noisy).max_lr == pytest.approx(
+            suggest(GRID, CURVE, rule, fallback_max_lr=0.01).max_lr, rel=1e-12
+        ), rule
+
+
 def test_rules_use_only_the_finite_prefix() -> None:
     curve = CURVE[:100] + [math.nan] + [0.0] * 40  # a bogus 0 after NaN must not become the minimum
     s = suggest(GRID, curve, "minimum", fallback_max_lr=0.01)
