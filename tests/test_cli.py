@@ -150,6 +150,7 @@ def test_lightning_clr_fit_yaml_runs_range_test_and_cycles(tmp_path: Path) -> No
     args = [
         "fit", "--config", str(CLR_YAML), *tiny_fit_flags(tmp_path),
         "--clr.range_test.num_steps=20", "--clr.half_cycle_epochs=0.5", "--clr.mode=triangular",
+        "--clr.cycle_momentum=true",
     ]  # fmt: skip
     proc = ok(run([*lightning_clr_cmd(), *args], tmp_path))
     assert "range test chose base_lr=" in proc.stderr + proc.stdout
@@ -159,6 +160,7 @@ def test_lightning_clr_fit_yaml_runs_range_test_and_cycles(tmp_path: Path) -> No
     saved = yaml.safe_load((log_dir / "config.yaml").read_text())
     assert saved["clr"]["range_test"]["num_steps"] == 20 and saved["model"]["class_path"].endswith("DigitsClassifier")
     assert saved["clr"]["mode"] == "triangular" and saved["clr"]["base_momentum"] == 0.85  # flag, resolved default
+    assert saved["clr"]["cycle_momentum"] is True
     assert saved["clr"]["range_test"]["rule"] == "smith" and saved["no_clr"] is False
     lrs, momenta = lr_trace(tmp_path)
     step = STEPS_PER_EPOCH // 2  # half_cycle_epochs=0.5
