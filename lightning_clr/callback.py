@@ -176,6 +176,7 @@ class CyclicLearningRate(Callback):
         self._pending: list[bool] = []
         self._scale_before: Optional[float] = None
         self._scaler: Any = None
+        self._any_pending = False
         self._warned_scale_fn = False
 
     # ------------------------------------------------------------------ properties
@@ -251,6 +252,9 @@ class CyclicLearningRate(Callback):
         self._resolve_cycle_length(trainer)
         self._applied = [-1] * len(self._optimizers)
         self._pending = [False] * len(self._optimizers)
+        self._any_pending = False
+        scaler = getattr(trainer.precision_plugin, "scaler", None)  # fp16 AMP's GradScaler, fixed for the fit
+        self._scaler = scaler if scaler is not None and scaler.is_enabled() else None
         for i in range(len(self._optimizers)):
             self._apply(i)
 
@@ -260,16 +264,17 @@ class CyclicLearningRate(Callback):
         i = self._opt_index.get(id(optimizer))
         if i is None or not self._applied:
             return
-        self._settle()
+        if self._any_pending:  # manual optimization: an earlier step of this batch
+            self._settle()
         if self._applied[i] != self._steps[i]:
             self._apply(i)
-        self._pending[i] = True
-        scaler = getattr(trainer.precision_plugin, "scaler", None)
-        self._scale_before = float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else None
-        self._scaler = scaler
+        self._pending[i] = self._any_pending = True
+        if self._scaler is not None:
+            self._scale_before = float(self._scaler.get_scale())
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any, **kwargs: Any) -> None:
-        self._settle()
+        if self._any_pending:
+            self._settle()
 
     def state_dict(self) -> dict[str, Any]:
         self._settle()
@@ -477,8 +482,9 @@ class CyclicLearningRate(Callback):
 
         A step that AMP's GradScaler skipped (inf/NaN gradients) lowers the scale and is not counted.
         """
-        if not any(self._pending):
+        if not self._any_pending:
             return
+        self._any_pending = False
         skipped = False
         if self._scale_before is not None:
             skipped = float(self._scaler.get_scale()) < self._scale_before
