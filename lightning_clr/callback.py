@@ -17,7 +17,14 @@ from torch.optim import Optimizer
 
 from lightning_clr._sweep import refuse_sharded
 from lightning_clr.range_test import RangeTestConfig
-from lightning_clr.schedule import amplitude, cycle_position, import_scale_fn, scale_fn_path, validate_schedule_args
+from lightning_clr.schedule import (
+    amplitude,
+    cycle_position,
+    derive_step_sizes,
+    import_scale_fn,
+    scale_fn_path,
+    validate_schedule_args,
+)
 
 __all__ = ["CyclicLearningRate"]
 
@@ -441,17 +448,10 @@ class CyclicLearningRate(Callback):
                 "CyclicLearningRate cannot derive `step_size_up` because the train dataloader has no length"
                 " (an IterableDataset?): pass `step_size_up` in optimizer steps."
             )
-        up = max(1, round(self.half_cycle_epochs * self.steps_per_epoch))
-        down = self._user_step_size_down or up
-        total = trainer.estimated_stepping_batches
-        if self.fit_whole_cycles and math.isfinite(total) and total > 0 and self._user_step_size_down is None:
-            # A whole number of cycles, the last one ending (back at base_lr) within fewer than `cycles` steps
-            # of the run's end: the falling half takes up the rounding.
-            cycles = max(1, round(total / (up + down)))
-            up = max(1, int(total) // (2 * cycles))
-            down = max(1, int(total) // cycles - up)
-        self.step_size_up = up
-        self.step_size_down = down
+        total = trainer.estimated_stepping_batches if self.fit_whole_cycles else None
+        self.step_size_up, self.step_size_down = derive_step_sizes(
+            self.half_cycle_epochs, self.steps_per_epoch, total_steps=total, step_size_down=self._user_step_size_down
+        )
         rank_zero_info(
             f"CyclicLearningRate: step_size_up={self.step_size_up} optimizer steps"
             f" ({self.step_size_up / self.steps_per_epoch:.3g} epochs of {self.steps_per_epoch} steps per rank)."

@@ -24,6 +24,7 @@ __all__ = [
     "cycle_position",
     "cyclic_lr",
     "cyclic_momentum",
+    "derive_step_sizes",
     "import_scale_fn",
     "scale_fn_path",
     "validate_schedule_args",
@@ -138,6 +139,34 @@ def cyclic_momentum(
     base_height = (max_momentum - base_momentum) * scale_factor
     amp = amplitude(step, cycle, mode=mode, gamma=gamma, scale_fn=scale_fn, scale_mode=scale_mode)
     return max_momentum - base_height * amp
+
+
+def derive_step_sizes(
+    half_cycle_epochs: float,
+    steps_per_epoch: int,
+    *,
+    total_steps: Optional[float] = None,
+    step_size_down: Optional[int] = None,
+) -> tuple[int, int]:
+    """``(step_size_up, step_size_down)`` in optimizer steps for a half-cycle given in epochs.
+
+    With ``total_steps`` (the run's length, when known and finite) and no explicit ``step_size_down``, the
+    cycle is rounded so that a whole number of cycles fills the run and it ends back at ``base_lr``: the
+    falling half takes up the rounding, so the last cycle ends fewer than ``cycles`` steps before the end.
+
+    Example:
+        >>> derive_step_sizes(2.0, 5, total_steps=50)  # 2 cycles of 12 up + 13 down
+        (12, 13)
+        >>> derive_step_sizes(2.0, 5)
+        (10, 10)
+    """
+    up = max(1, round(half_cycle_epochs * steps_per_epoch))
+    down = step_size_down or up
+    if step_size_down is None and total_steps is not None and math.isfinite(total_steps) and total_steps > 0:
+        cycles = max(1, round(total_steps / (up + down)))
+        up = max(1, int(total_steps) // (2 * cycles))
+        down = max(1, int(total_steps) // cycles - up)
+    return up, down
 
 
 def _finite_positive(name: str, value: float) -> None:

@@ -144,3 +144,26 @@ def test_schedule_module_does_not_import_lightning_or_torch():
     out = subprocess.run([sys.executable, "-c", code, sched.__file__], capture_output=True, text=True, check=True)
     assert float(out.stdout) == pytest.approx(0.3)
     pickle.dumps(sched.cyclic_lr)
+
+
+@settings(max_examples=200, deadline=None)
+@given(half=st.floats(0.1, 10.0), per_epoch=st.integers(1, 500), total=st.integers(2, 20000))
+def test_derived_cycles_fill_the_run_and_end_at_a_cycle_end(half, per_epoch, total):
+    up, down = sched.derive_step_sizes(half, per_epoch, total_steps=total)
+    cycles = total // (up + down)
+    assert up >= 1 and down >= 1 and down - up in (0, 1) or up == 1
+    assert cycles >= 1 or up + down > total  # only a run shorter than two steps per half cannot hold a cycle
+    if cycles >= 1:
+        assert total - cycles * (up + down) < max(cycles, 2)
+    assert sched.derive_step_sizes(half, per_epoch) == (max(1, round(half * per_epoch)),) * 2
+    assert sched.derive_step_sizes(half, per_epoch, total_steps=total, step_size_down=7)[1] == 7
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    from lightning_clr import _rules
+
+    for module in (sched, _rules):
+        failed, tried = doctest.testmod(module)
+        assert tried > 0 and failed == 0, module.__name__
