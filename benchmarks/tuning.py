@@ -20,7 +20,7 @@ half of the grid's epochs. Exit code 0 only if both hold for every tuner seed.
 
 Example:
     python benchmarks/tuning.py --quick      # about 10 s on 2 shared cores
-    python benchmarks/tuning.py              # the numbers in docs/tuning.md (about 6 min)
+    python benchmarks/tuning.py              # the numbers in docs/tuning.md (about 9 min)
 """
 
 from __future__ import annotations
@@ -177,7 +177,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     args.budget = args.budget or (8 if q else 48)
     args.max_half = args.max_half or (4 if q else 12)
     args.trials = args.trials or (3 if q else 5)
-    args.grid_seeds = args.grid_seeds or (1 if q else 5)
+    args.grid_seeds = args.grid_seeds or (1 if q else 10)
     args.tuner_seeds = args.tuner_seeds or ([0] if q else [100 * i for i in range(8)])
     args.max_lr = args.max_lr or 0.2
     args.epoch_batches = args.epoch_batches if args.epoch_batches is not None else (0 if q else 32)
