@@ -131,6 +131,11 @@ def run(opts: argparse.Namespace) -> int:
             "training_step_calls": model.training_step_calls if model is not None else None,
         })
         return 3
+    finally:
+        # Lightning destroys NCCL groups only; a gloo group left alive at interpreter exit sometimes aborts a
+        # finished rank (SIGABRT, "terminate called without an active exception"; torch 2.13).
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
     return 0
 
 
