@@ -135,20 +135,13 @@ class CyclicLearningRate(Callback):
             base_momentum=base_momentum,
             max_momentum=max_momentum,
             scale_fn=scale_fn,
+            half_cycle_epochs=half_cycle_epochs,
         )
-        if (
-            isinstance(half_cycle_epochs, bool)
-            or not isinstance(half_cycle_epochs, (int, float))
-            or not math.isfinite(half_cycle_epochs)
-            or half_cycle_epochs <= 0
-        ):
-            raise ValueError(f"`half_cycle_epochs` must be a finite number > 0, got {half_cycle_epochs!r}")
         if range_test is not None and not isinstance(range_test, RangeTestConfig):
             raise ValueError(f"`range_test` must be a RangeTestConfig, got {range_test!r}")
 
         self._user_base_lr = base_list
         self._user_max_lr = max_list
-        self._user_step_size_up = step_size_up
         self._user_step_size_down = step_size_down
         self.half_cycle_epochs = float(half_cycle_epochs)
         self.fit_whole_cycles = fit_whole_cycles

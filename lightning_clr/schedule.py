@@ -188,15 +188,15 @@ def validate_schedule_args(
     base_momentum: Optional[float] = None,
     max_momentum: Optional[float] = None,
     scale_fn: object = None,
+    half_cycle_epochs: Optional[float] = None,
 ) -> None:
     """Raise ``ValueError``/``TypeError`` naming the first bad argument and its value.
 
     ``None`` means "not given yet" (resolved later) and passes.
     """
-    if base_lr is not None:
-        _finite_positive("base_lr", base_lr)
-    if max_lr is not None:
-        _finite_positive("max_lr", max_lr)
+    for name, value in (("base_lr", base_lr), ("max_lr", max_lr), ("half_cycle_epochs", half_cycle_epochs)):
+        if value is not None:
+            _finite_positive(name, value)
     if base_lr is not None and max_lr is not None and max_lr < base_lr:
         raise ValueError(f"`max_lr` ({max_lr!r}) must be >= `base_lr` ({base_lr!r})")
     for name, value in (("step_size_up", step_size_up), ("step_size_down", step_size_down)):
