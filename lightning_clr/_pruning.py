@@ -223,6 +223,8 @@ class BoundsCallback(Callback):
         return state
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # `should_stop` is ignored until the user's min_epochs/min_steps are met: this fit must not train.
+        trainer.fit_loop.min_epochs, trainer.fit_loop.epoch_loop.min_steps = 0, None
         self.known = trainer.strategy.broadcast(self.known if trainer.global_rank == 0 else None, src=0)
         if self.known is not None:
             CyclicLearningRate.__init__(self.clr, base_lr=self.known[0], max_lr=self.known[1])

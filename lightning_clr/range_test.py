@@ -243,20 +243,29 @@ def _save_outputs(trainer: pl.Trainer, result: RangeTestResult) -> None:
     directory = trainer.log_dir or trainer.default_root_dir  # a collective under DDP: every rank calls it
     if not trainer.is_global_zero:
         return
-    os.makedirs(directory, exist_ok=True)
+    # Rank 0 alone writes: an error here must not stop it while the other ranks go on into a collective.
     json_path = os.path.join(directory, RESULT_FILENAME + ".json")
-    result.to_json(json_path)
+    try:
+        os.makedirs(directory, exist_ok=True)
+        result.to_json(json_path)
+    except OSError as err:
+        rank_zero_warn(f"LR range test: could not save the curve to {json_path}: {err}")
+        return
     try:
         figure = result.plot()
     except ImportError as err:
         rank_zero_warn(f"LR range test: curve saved to {json_path}, but not plotted: {err}")
         return
     png_path = os.path.join(directory, RESULT_FILENAME + ".png")
-    figure.savefig(png_path, dpi=100)
-    for logger in trainer.loggers:
-        experiment = getattr(logger, "experiment", None)
-        if hasattr(experiment, "add_figure"):
-            experiment.add_figure("lr_range_test", figure, global_step=trainer.global_step, close=False)
+    try:
+        figure.savefig(png_path, dpi=100)
+        for logger in trainer.loggers:
+            experiment = getattr(logger, "experiment", None)
+            if hasattr(experiment, "add_figure"):
+                experiment.add_figure("lr_range_test", figure, global_step=trainer.global_step, close=False)
+    except Exception as err:  # noqa: BLE001 - a failed plot must not hang the other ranks
+        rank_zero_warn(f"LR range test: curve saved to {json_path}, but the plot failed: {err!r}")
+        return
     rank_zero_info(f"LR range test: curve and plot saved to {json_path} and {png_path}")
 
 
@@ -298,13 +307,18 @@ def lr_range_test(
         raise ValueError(f"`config` must be a RangeTestConfig, got {config!r}")
     runner = _StandaloneRangeTest(config, trainer.progress_bar_callback is not None)
     saved_callbacks, saved_sanity = trainer.callbacks, trainer.num_sanity_val_steps
+    fit_loop = trainer.fit_loop
+    saved_minimums = fit_loop.min_epochs, fit_loop.epoch_loop.min_steps
     try:
         trainer.callbacks = [runner]
         trainer.num_sanity_val_steps = 0
+        # `should_stop` is ignored until min_epochs/min_steps are met: the private fit must not train.
+        fit_loop.min_epochs, fit_loop.epoch_loop.min_steps = None, None
         trainer.fit(model, train_dataloaders=train_dataloaders, datamodule=datamodule)
     finally:
         trainer.callbacks = saved_callbacks
         trainer.num_sanity_val_steps = saved_sanity
+        fit_loop.min_epochs, fit_loop.epoch_loop.min_steps = saved_minimums
         trainer.should_stop = False
     if runner.result is None:
         raise RuntimeError(

@@ -423,6 +423,18 @@ def test_standalone_lr_range_test_leaves_model_and_trainer_usable() -> None:
     assert len(result2.lrs) == 10
 
 
+def test_standalone_lr_range_test_does_not_train_under_min_epochs_or_min_steps() -> None:
+    # Lightning ignores `should_stop` until min_epochs/min_steps are met; the private fit must still not train.
+    torch.manual_seed(0)
+    model = TinyModel(optimizer="adam")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    tr = trainer(min_epochs=1, min_steps=5, max_epochs=2)
+    lr_range_test(tr, model, train_dataloaders=loader(), config=cfg(num_steps=10))
+    assert tr.global_step == 0
+    assert_same(before, dict(model.state_dict()))
+    assert (tr.fit_loop.min_epochs, tr.fit_loop.epoch_loop.min_steps) == (1, 5)  # the user's limits are back
+
+
 # ---------------------------------------------------------------- with the callback
 def test_callback_saves_png_json_and_logs_the_figure(tmp_path: Any) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
