@@ -270,6 +270,7 @@ def sweep(
                     diverged_at = lr
                     break
     finally:
+        snapshot.restore()  # first: nothing below may leave the model with the sweep's weights
         bar.close()
         trainer.callbacks = saved_callbacks
         trainer.should_stop = saved_should_stop
@@ -281,7 +282,6 @@ def sweep(
         batches.close()
         if metric is not None:
             metric.reset()
-        snapshot.restore()
 
     lrs = lrs[: len(losses)]
     smoothed_metric: list[float] = []

@@ -100,6 +100,11 @@ class RangeTestConfig:
             raise ValueError(f"range test `base_divisor` must be a finite number >= 1, got {self.base_divisor!r}")
         if self.metric is not None and not isinstance(self.metric, Metric):
             raise ValueError(f"range test `metric` must be a torchmetrics Metric, got {self.metric!r}")
+        if self.metric is not None and self.metric.higher_is_better is None:
+            raise ValueError(
+                f"range test `metric` {type(self.metric).__name__} does not say whether higher is better"
+                " (`higher_is_better` is None), so its curve cannot be read: set `higher_is_better` on it"
+            )
 
 
 def _encode(values: list[float]) -> list[Any]:

@@ -20,6 +20,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins import MixedPrecision
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
+from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_clr import CyclicLearningRate, RangeTestConfig, RangeTestResult, lr_range_test
@@ -288,6 +289,7 @@ def test_manual_optimization_each_training_step_is_one_sweep_step() -> None:
         (dict(divergence_threshold=1.0), r"`divergence_threshold` must be .*got 1.0"),
         (dict(base_divisor=0.5), r"`base_divisor` must be .*got 0.5"),
         (dict(metric="accuracy"), r"`metric` must be a torchmetrics Metric, got 'accuracy'"),
+        (dict(metric=MeanMetric()), r"`metric` MeanMetric does not say whether higher is better"),
     ],
 )
 def test_bad_config_is_refused_naming_the_argument(kwargs: dict[str, Any], match: str) -> None:
