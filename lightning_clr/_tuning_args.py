@@ -31,8 +31,14 @@ def _spawns(strategy: Any) -> bool:
 
 
 def _distributed(trainer_kwargs: dict[str, Any]) -> bool:
-    devices, nodes = trainer_kwargs.get("devices", 1), trainer_kwargs.get("num_nodes", 1)
-    many = devices not in (1, "1", None, "auto", [0]) or nodes not in (1, None)
+    devices, nodes = trainer_kwargs.get("devices", "auto"), trainer_kwargs.get("num_nodes", 1)
+    if devices in ("auto", -1, "-1", None):  # Lightning's default: every visible GPU
+        import torch
+
+        accelerator = trainer_kwargs.get("accelerator", "auto")
+        gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+        devices = torch.cuda.device_count() if gpu else 1
+    many = devices not in (1, "1", [0]) or nodes not in (1, None)
     return many or int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
@@ -128,6 +134,12 @@ def _validate(**a: Any) -> SimpleNamespace:
     if not isinstance(a["output_dir"], str) or not a["output_dir"]:
         raise bad("output_dir", "a directory path")
     trainer_kwargs = a["trainer_kwargs"] or {}
+    user_max_epochs = trainer_kwargs.get("max_epochs")
+    if a["max_epochs"] is None and user_max_epochs is not None and (not is_int(user_max_epochs) or user_max_epochs < 1):
+        raise ValueError(
+            "tune_cycle_length: every trial needs a finite budget; `trainer_kwargs['max_epochs']` must be an int >= 1"
+            f" (or pass `max_epochs`), got {user_max_epochs!r}"
+        )
     if a["timeout"] is not None and _distributed(trainer_kwargs):
         raise bad("timeout", "None with several devices or nodes (the ranks must run the same number of trials)")
     if trainer_kwargs.get("check_val_every_n_epoch", 1) != 1 or trainer_kwargs.get("max_steps", -1) not in (-1, None):

@@ -131,11 +131,10 @@ class CycleTuningResult:
 
     def save_plots(self, output_dir: str) -> list[str]:
         """Save ``optimization_history.png`` and ``cycle_length.png`` under ``output_dir``; return their paths."""
-        plt = _import_pyplot()
         rows = [r for r in self.trials() if r["value"] is not None and r["state"] in ("COMPLETE", "PRUNED")]
         os.makedirs(output_dir, exist_ok=True)
         paths = [os.path.join(output_dir, "optimization_history.png"), os.path.join(output_dir, "cycle_length.png")]
-        fig, ax = plt.subplots(figsize=(6, 4))
+        fig, ax = _figure()
         for state, marker in (("COMPLETE", "o"), ("PRUNED", "x")):
             pts = [(r["number"], r["value"]) for r in rows if r["state"] == state]
             if pts:
@@ -149,8 +148,7 @@ class CycleTuningResult:
         ax.legend()
         fig.tight_layout()
         fig.savefig(paths[0], dpi=100)
-        plt.close(fig)
-        fig, ax = plt.subplots(figsize=(6, 4))
+        fig, ax = _figure()
         for state, marker in (("COMPLETE", "o"), ("PRUNED", "x")):
             pts = [(r["half_cycle_epochs"], r["value"]) for r in rows if r["state"] == state]
             if pts:
@@ -160,7 +158,6 @@ class CycleTuningResult:
         ax.legend()
         fig.tight_layout()
         fig.savefig(paths[1], dpi=100)
-        plt.close(fig)
         return paths
 
 
@@ -370,21 +367,16 @@ def _import_optuna() -> Any:
     return optuna
 
 
-def _import_pyplot() -> Any:
+def _figure() -> tuple[Any, Any]:
+    """A matplotlib Figure and its Axes, without pyplot: the user's backend and open figures are left alone."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure
     except ImportError as err:
         raise ImportError(
             "Saving the tuning plots needs matplotlib: `pip install lightning-clr[plot]` (or pass plot=False)"
         ) from err
-    return plt
-
-
-
-
+    fig = Figure(figsize=(6, 4))
+    return fig, fig.subplots()
 
 
 def _progress(total: int, enabled: bool) -> Any:
@@ -396,7 +388,6 @@ def _progress(total: int, enabled: bool) -> Any:
         except ImportError:
             pass
     return SimpleNamespace(update=lambda n: None, close=lambda: None)
-
 
 
 def _result(study: Any, monitor: str, direction: str, epochs: int, bounds: tuple) -> CycleTuningResult:

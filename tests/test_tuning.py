@@ -179,6 +179,7 @@ def test_package_import_does_not_import_optuna() -> None:
         ({"heartbeat_interval": 2.0, "grace_period": 1.0}, "grace_period"),
         ({"timeout": 5.0, "trainer_kwargs": {"devices": 2}}, "timeout"),
         ({"model": "Net"}, "model"),
+        ({"trainer_kwargs": {"max_epochs": -1}, "max_epochs": None}, r"trainer_kwargs\['max_epochs'\]"),
     ],
 )
 def test_bad_arguments_fail_before_training(tmp_path: Path, kwargs: dict[str, Any], name: str) -> None:
@@ -353,7 +354,15 @@ def test_missing_monitor_fails_the_trial_with_a_clear_error(tmp_path: Path) -> N
 
 # ---------------------------------------------------------------------------------------------- output
 def test_result_summary_plots_and_callback(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    result = tune(tmp_path, n_trials=2, plot=True, pruner="none")
+    import matplotlib
+
+    backend = matplotlib.get_backend()
+    matplotlib.use("svg")  # a user's own backend: saving the plots must not switch it
+    try:
+        result = tune(tmp_path, n_trials=2, plot=True, pruner="none")
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use(backend)
     best = result.study.best_trial
     assert result.best_half_cycle_epochs == best.params["half_cycle_epochs"]
     assert result.steps_per_epoch == 4  # 64 samples / batch 16
