@@ -298,10 +298,14 @@ class LightningCLRCLI(LightningCLI):
         trainer_kwargs = dict(self._get(self.config_init, "trainer", default={}))
         max_epochs = trainer_kwargs.pop("max_epochs", None)
         callbacks = trainer_kwargs.get("callbacks") or []
+        callbacks = callbacks if isinstance(callbacks, list) else [callbacks]  # one callback from YAML
         trainer_kwargs["callbacks"] = [cb for cb in callbacks if isinstance(cb, Callback)]
         if isinstance(trainer_kwargs.get("logger"), bool) or trainer_kwargs.get("logger") is None:
             trainer_kwargs.pop("logger", None)  # each trial gets its own (the --logger flag)
         if kwargs.get("modes") is None and isinstance(clr, CyclicLearningRate):
+            if clr.mode == "exp_range":
+                _fail("--clr.mode: tune searches 'triangular' and 'triangular2', got 'exp_range' (its gamma would"
+                      " have to fit each trial's length)")
             kwargs["modes"] = [clr.mode]
         try:
             import optuna  # noqa: F401

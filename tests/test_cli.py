@@ -237,6 +237,15 @@ def test_bad_flag_value_is_a_readable_error(tmp_path: Path, argv: list[str], mes
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
+def test_tune_with_exp_range_names_the_clr_mode_flag(tmp_path: Path) -> None:
+    proc = run([*lightning_clr_cmd(), "tune", *DIGITS, "--clr.mode=exp_range", "--n_trials=1"], tmp_path)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "error: --clr.mode: tune searches 'triangular' and 'triangular2', got 'exp_range'" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "clr_tuning").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
 def test_tune_without_optuna_names_the_extra(tmp_path: Path) -> None:
     block = "import sys; sys.modules['optuna'] = None; from lightning_clr.cli import main; main()"
     proc = run([sys.executable, "-c", block, "tune", *DIGITS, "--n_trials=1"], tmp_path)
