@@ -378,18 +378,10 @@ def _takes_value(option: str) -> bool:
 
 def _save_range_test(result: Any, out: Path) -> list[Path]:
     """Write the curve (JSON) and the plot (PNG) under ``out``, named as a fit's range test names them."""
-    from lightning_clr.range_test import RESULT_FILENAME
+    from lightning_clr.range_test import save_result
 
-    out.mkdir(parents=True, exist_ok=True)
-    json_path, png_path = out / (RESULT_FILENAME + ".json"), out / (RESULT_FILENAME + ".png")
-    result.to_json(str(json_path))
-    try:
-        figure = result.plot()
-    except ImportError as err:
-        rank_zero_warn(f"lightning-clr range_test: curve saved to {json_path}, but no plot: {err}")
-        return [json_path]
-    figure.savefig(png_path, dpi=100)
-    return [json_path, png_path]
+    paths, _ = save_result(result, str(out))
+    return [Path(p) for p in paths]
 
 
 def main(args: Union[list[str], None] = None) -> None:

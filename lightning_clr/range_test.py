@@ -244,34 +244,37 @@ def run_range_test(
     return result
 
 
+def save_result(result: RangeTestResult, directory: str) -> tuple[list[str], Optional[Figure]]:
+    """Write the curve (``lr_range_test.json``) and, with matplotlib, the plot (``lr_range_test.png``) under
+    ``directory``. Returns the paths written and the figure (``None`` without matplotlib, with a warning)."""
+    os.makedirs(directory, exist_ok=True)
+    json_path = os.path.join(directory, RESULT_FILENAME + ".json")
+    result.to_json(json_path)
+    try:
+        figure = result.plot()
+    except ImportError as err:
+        rank_zero_warn(f"LR range test: curve saved to {json_path}, but not plotted: {err}")
+        return [json_path], None
+    png_path = os.path.join(directory, RESULT_FILENAME + ".png")
+    figure.savefig(png_path, dpi=100)
+    return [json_path, png_path], figure
+
+
 def _save_outputs(trainer: pl.Trainer, result: RangeTestResult) -> None:
     directory = trainer.log_dir or trainer.default_root_dir  # a collective under DDP: every rank calls it
     if not trainer.is_global_zero:
         return
     # Rank 0 alone writes: an error here must not stop it while the other ranks go on into a collective.
-    json_path = os.path.join(directory, RESULT_FILENAME + ".json")
     try:
-        os.makedirs(directory, exist_ok=True)
-        result.to_json(json_path)
-    except OSError as err:
-        rank_zero_warn(f"LR range test: could not save the curve to {json_path}: {err}")
-        return
-    try:
-        figure = result.plot()
-    except ImportError as err:
-        rank_zero_warn(f"LR range test: curve saved to {json_path}, but not plotted: {err}")
-        return
-    png_path = os.path.join(directory, RESULT_FILENAME + ".png")
-    try:
-        figure.savefig(png_path, dpi=100)
-        for logger in trainer.loggers:
+        paths, figure = save_result(result, directory)
+        for logger in trainer.loggers if figure is not None else []:
             experiment = getattr(logger, "experiment", None)
             if hasattr(experiment, "add_figure"):
                 experiment.add_figure("lr_range_test", figure, global_step=trainer.global_step, close=False)
-    except Exception as err:  # noqa: BLE001 - a failed plot must not hang the other ranks
-        rank_zero_warn(f"LR range test: curve saved to {json_path}, but the plot failed: {err!r}")
+    except Exception as err:  # noqa: BLE001 - a failed save must not hang the other ranks
+        rank_zero_warn(f"LR range test: could not save the curve or its plot under {directory}: {err!r}")
         return
-    rank_zero_info(f"LR range test: curve and plot saved to {json_path} and {png_path}")
+    rank_zero_info(f"LR range test: saved {' and '.join(paths)}")
 
 
 class _StandaloneRangeTest(Callback):
