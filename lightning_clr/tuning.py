@@ -46,7 +46,8 @@ class CycleTuningResult:
         best_mode: CLR mode of the best trial.
         best_max_lr: ``max_lr`` of the best trial (after the tuned multiplier, if any).
         base_lr: The ``base_lr`` shared by every trial.
-        best_value: Best value of ``monitor``.
+        best_value: Best value of ``monitor``: the mean over the trials of the best setting (TPE may suggest a
+            setting more than once; each setting is judged by the mean of its runs).
         monitor: The metric that was optimized.
         direction: ``"minimize"`` or ``"maximize"``.
         epochs_trained: Training epochs run by this call, all trials together (pruned trials count
@@ -396,7 +397,15 @@ def _result(study: Any, monitor: str, direction: str, epochs: int, bounds: tuple
     empty = CycleTuningResult(study, None, None, None, None, None, bounds[0], None, monitor, direction, epochs)
     if study is None or not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         return empty
-    best = study.best_trial
+    # A setting that TPE suggested more than once is judged by the mean of its runs, not by its luckiest
+    # one: the seed-to-seed spread of one run is often larger than the differences between cycle lengths.
+    runs: dict[tuple, list[Any]] = {}
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        runs.setdefault(tuple(sorted(trial.params.items())), []).append(trial)
+    pick = min if direction == "minimize" else max
+    means = {key: sum(t.value for t in group) / len(group) for key, group in runs.items()}
+    best_key = pick(means, key=means.__getitem__)
+    best = pick(runs[best_key], key=lambda t: t.value)
     h = int(best.params["half_cycle_epochs"])
     spe = best.user_attrs.get("steps_per_epoch")
     return CycleTuningResult(
@@ -407,7 +416,7 @@ def _result(study: Any, monitor: str, direction: str, epochs: int, bounds: tuple
         best_mode=best.user_attrs.get("mode"),
         best_max_lr=best.user_attrs.get("max_lr"),
         base_lr=best.user_attrs.get("base_lr"),
-        best_value=best.value,
+        best_value=means[best_key],
         monitor=monitor,
         direction=direction,
         epochs_trained=epochs,

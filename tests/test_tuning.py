@@ -548,3 +548,23 @@ def test_values_are_finite_in_the_trial_table(tmp_path: Path) -> None:
     rows = result.trials()
     assert [r["number"] for r in rows] == [0, 1]
     assert all(math.isfinite(r["value"]) and r["step_size_up"] == r["half_cycle_epochs"] * 4 for r in rows)
+
+
+def test_a_setting_suggested_twice_is_judged_by_its_mean_not_its_luckiest_run() -> None:
+    from optuna.distributions import IntDistribution
+
+    from lightning_clr.tuning import _result
+
+    study = optuna.create_study(direction="minimize")
+    dist = {"half_cycle_epochs": IntDistribution(1, 12)}
+    for h, value in ((12, 0.40), (12, 0.60), (10, 0.45)):
+        study.add_trial(optuna.trial.create_trial(
+            params={"half_cycle_epochs": h}, distributions=dist, value=value, user_attrs={"steps_per_epoch": 3}
+        ))
+    assert study.best_trial.params["half_cycle_epochs"] == 12  # Optuna's pick: the luckiest single run
+    result = _result(study, "val_loss", "minimize", 0, (None, None))
+    assert result.best_half_cycle_epochs == 10 and result.best_value == pytest.approx(0.45)
+    assert result.best_step_size_up == 30
+    study.add_trial(optuna.trial.create_trial(params={"half_cycle_epochs": 10}, distributions=dist, value=0.65))
+    result = _result(study, "val_loss", "minimize", 0, (None, None))
+    assert result.best_half_cycle_epochs == 12 and result.best_value == pytest.approx(0.50)
