@@ -21,6 +21,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from optuna.trial import TrialState
 
+from lightning_clr._rules import DEFAULT_BASE_DIVISOR
 from lightning_clr.callback import CyclicLearningRate
 
 
@@ -101,8 +102,6 @@ class TrialCallback(Callback):
         self.study_name = study_name
         self.pruner = trial.study.pruner if trial is not None else None  # picklable: a spawned child re-opens with it
         self.history: dict[int, float] = {}
-        self.pruned_at: Optional[int] = None
-        self.final_value: Optional[float] = None
 
     def __getstate__(self) -> dict[str, Any]:  # a spawned child re-opens the trial from storage
         state = self.__dict__.copy()
@@ -137,14 +136,13 @@ class TrialCallback(Callback):
             range_test=self.clr.range_test,
         )
         trainer.fit_loop.max_epochs = p["epochs"]
-        self.history, self.pruned_at, self.final_value = {}, None, None
+        self.history = {}
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         epoch = trainer.current_epoch + 1
         value = trainer.callback_metrics.get(self.monitor)
         if value is not None:
             self.history[epoch] = float(value)
-            self.final_value = float(value)
         if epoch % (2 * self.payload["half_cycle_epochs"]):
             return  # mid-cycle: recorded, never judged
         decision: Any = None  # rank 0's: None (go on), "stop" (pruned or NaN) or an error to raise on every rank
@@ -160,7 +158,6 @@ class TrialCallback(Callback):
                 raise KeyError(decision[1])
             raise RuntimeError(f"{decision[0]} on global rank 0 at a cycle end: {decision[1]}")
         if decision == "stop":  # every rank stops together
-            self.pruned_at = epoch
             trainer.should_stop = True
 
     def _judge(self, trainer: pl.Trainer, epoch: int, value: Any) -> Optional[str]:
@@ -260,7 +257,10 @@ def find_bounds(study: Any, args: Any, make_trainer: Callable[..., pl.Trainer], 
         if "clr_base_lr" in attrs:
             known = (args.base_lr or attrs["clr_base_lr"], args.max_lr or attrs["clr_max_lr"])
             if known[1] <= known[0]:
-                known = (known[0], known[0] * 4.0) if args.base_lr else (known[1] / 4.0, known[1])
+                if args.base_lr:
+                    known = (known[0], known[0] * DEFAULT_BASE_DIVISOR)
+                else:
+                    known = (known[1] / DEFAULT_BASE_DIVISOR, known[1])
     clr = CyclicLearningRate(base_lr=args.base_lr, max_lr=args.max_lr, range_test=args.range_test)
     cb = BoundsCallback(clr, known, study, args.storage, args.study_name)
     pl.seed_everything(args.seed, verbose=False)

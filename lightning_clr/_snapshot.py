@@ -67,7 +67,6 @@ class Snapshot:
     """State captured by :meth:`capture`; :meth:`restore` puts it back (and can be called repeatedly)."""
 
     def __init__(self) -> None:
-        self._module: Optional[nn.Module] = None
         self._tensors: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._grads: list[tuple[nn.Parameter, Optional[torch.Tensor]]] = []
         self._training: list[tuple[nn.Module, bool]] = []
@@ -91,7 +90,6 @@ class Snapshot:
         fit_loop: Any = None,
     ) -> Snapshot:
         snap = cls()
-        snap._module = module
         seen: set[int] = set()
         for tensor in [*module.parameters(), *module.buffers()]:
             if id(tensor) in seen:

@@ -15,6 +15,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.optim import Optimizer
 
+from lightning_clr._rules import DEFAULT_BASE_DIVISOR
 from lightning_clr._sweep import refuse_sharded
 from lightning_clr.range_test import RangeTestConfig
 from lightning_clr.schedule import (
@@ -30,7 +31,6 @@ __all__ = ["CyclicLearningRate"]
 
 Bound = Union[float, list[float], None]
 DEFAULT_HALF_CYCLE_EPOCHS = 2.0
-FALLBACK_BASE_DIVISOR = 4.0  # Smith: base_lr = max_lr / 3 .. / 4
 
 
 def _as_list(name: str, value: Bound) -> Optional[list[float]]:
@@ -393,7 +393,7 @@ class CyclicLearningRate(Callback):
         if trainer.fast_dev_run:
             current = float(self._optimizers[0].param_groups[0]["lr"])
             high = high or [current]
-            base = base or [h / FALLBACK_BASE_DIVISOR for h in high]
+            base = base or [h / DEFAULT_BASE_DIVISOR for h in high]
             rank_zero_info(
                 f"CyclicLearningRate: `fast_dev_run` skips the range test; using fallback bounds"
                 f" base_lr={_fmt(base)}, max_lr={_fmt(high)} (max_lr = the optimizer's LR, base_lr = max_lr / 4)."
@@ -414,13 +414,13 @@ class CyclicLearningRate(Callback):
                 f"CyclicLearningRate: the range test's max_lr {found_max:.3g} is below the given base_lr"
                 f" {_fmt(base)}; using max_lr = 4 x base_lr."
             )
-            high = [b * FALLBACK_BASE_DIVISOR for b in base]
+            high = [b * DEFAULT_BASE_DIVISOR for b in base]
         if base is None and high is not None and found_base > min(high):
             rank_zero_warn(
                 f"CyclicLearningRate: the range test's base_lr {found_base:.3g} is above the given max_lr"
                 f" {_fmt(high)}; using base_lr = max_lr / 4."
             )
-            base = [h / FALLBACK_BASE_DIVISOR for h in high]
+            base = [h / DEFAULT_BASE_DIVISOR for h in high]
         base = base or [found_base]
         high = high or [found_max]
         rank_zero_info(
