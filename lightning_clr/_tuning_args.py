@@ -55,17 +55,16 @@ def _heuristic_half_cycles(low: int, high: int, step: int) -> list[int]:
 
 
 def _search_space(optuna: Any, args: Any) -> dict[str, Any]:
-    space: dict[str, Any] = {
-        "half_cycle_epochs": optuna.distributions.IntDistribution(
-            args.min_half_cycle_epochs, args.max_half_cycle_epochs, step=args.half_cycle_step
-        )
-    }
+    space: dict[str, Any] = {}  # the half-cycle last: a repeat is judged with the other values known
     if len(args.modes) > 1:
         space["mode"] = optuna.distributions.CategoricalDistribution(args.modes)
     if args.min_max_lr_scale != args.max_max_lr_scale:
         space["max_lr_scale"] = optuna.distributions.FloatDistribution(
             args.min_max_lr_scale, args.max_max_lr_scale, log=True
         )
+    space["half_cycle_epochs"] = optuna.distributions.IntDistribution(
+        args.min_half_cycle_epochs, args.max_half_cycle_epochs, step=args.half_cycle_step
+    )
     return space
 
 
@@ -129,6 +128,9 @@ def _validate(**a: Any) -> SimpleNamespace:
     for name in ("storage", "study_name"):
         if a[name] is not None and (not isinstance(a[name], str) or not a[name]):
             raise bad(name, "None or a non-empty string")
+    for name in ("range_test_per_trial", "distinct", "warm_start", "logger", "plot", "progress_bar"):
+        if not isinstance(a[name], bool):
+            raise bad(name, "True or False")
     if not is_int(a["seed"]):
         raise bad("seed", "an int")
     if not isinstance(a["output_dir"], str) or not a["output_dir"]:

@@ -189,6 +189,7 @@ def tune_cycle_length(
     sampler: Literal["tpe", "random"] = "tpe",
     pruner: Literal["cycle_median", "none"] = "cycle_median",
     n_startup_trials: int = 2,
+    distinct: bool = True,
     warm_start: bool = True,
     seed: int = 0,
     heartbeat_interval: float = 10.0,
@@ -236,7 +237,11 @@ def tune_cycle_length(
         pruner: ``"cycle_median"`` (default): prune a trial at one of its cycle ends when its best value so
             far is worse than the median of the other trials' best values at their cycle ends up to the same
             epoch; never mid-cycle. ``"none"``: never prune.
-        n_startup_trials: Finished trials needed before the pruner prunes anything.
+        n_startup_trials: Finished trials needed before the pruner prunes anything (and before TPE stops
+            sampling at random).
+        distinct: When the sampler suggests a half-cycle that another finished, pruned, running or queued
+            trial already has (with the same mode and multiplier), try the nearest untried half-cycle instead,
+            until every value of the range has been tried.
         warm_start: Enqueue Smith's heuristic half-cycles (2, 4 and 8 epochs, clipped to the range) first.
         seed: Seed of the sampler; trial ``n`` trains with seed ``seed + n``.
         heartbeat_interval: Seconds between a running trial's heartbeats in a persistent storage.
@@ -271,11 +276,14 @@ def tune_cycle_length(
         )
     study = None
     if _is_global_zero():
+        from lightning_clr._sampler import DistinctHalfCycleSampler
+
         os.makedirs(output_dir, exist_ok=True)
         if sampler == "tpe":
-            sampler_obj = optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup_trials)
+            base_sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup_trials)
         else:
-            sampler_obj = optuna.samplers.RandomSampler(seed=seed)
+            base_sampler = optuna.samplers.RandomSampler(seed=seed)
+        sampler_obj = DistinctHalfCycleSampler(base_sampler, seed=seed) if distinct else base_sampler
         study = optuna.create_study(
             storage=_storage.make_storage(args.storage),
             study_name=study_name,
