@@ -22,6 +22,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from optuna.trial import TrialState
 
 from lightning_clr._rules import DEFAULT_BASE_DIVISOR
+from lightning_clr._tuning_args import _distributed
 from lightning_clr.callback import CyclicLearningRate
 
 
@@ -261,6 +262,8 @@ def find_bounds(study: Any, args: Any, make_trainer: Callable[..., pl.Trainer], 
                     known = (known[0], known[0] * DEFAULT_BASE_DIVISOR)
                 else:
                     known = (known[1] / DEFAULT_BASE_DIVISOR, known[1])
+    if known is not None and not _distributed(args.trainer_kwargs or {}):
+        return _announce(known)  # one process: no other rank needs the bounds broadcast in a fit
     clr = CyclicLearningRate(base_lr=args.base_lr, max_lr=args.max_lr, range_test=args.range_test)
     cb = BoundsCallback(clr, known, study, args.storage, args.study_name)
     pl.seed_everything(args.seed, verbose=False)
@@ -272,10 +275,14 @@ def find_bounds(study: Any, args: Any, make_trainer: Callable[..., pl.Trainer], 
     if "clr_base_lr" not in study.user_attrs:
         raise RuntimeError("tune_cycle_length: the range test stored no bounds in the study")
     attrs = study.user_attrs
-    base = args.base_lr or attrs["clr_base_lr"]
-    high = args.max_lr or attrs["clr_max_lr"]
-    rank_zero_info(f"tune_cycle_length: every trial uses base_lr={base:.4g}, max_lr={high:.4g} (stored in the study).")
-    return (base, high)
+    return _announce((args.base_lr or attrs["clr_base_lr"], args.max_lr or attrs["clr_max_lr"]))
+
+
+def _announce(bounds: tuple) -> tuple:
+    rank_zero_info(
+        f"tune_cycle_length: every trial uses base_lr={bounds[0]:.4g}, max_lr={bounds[1]:.4g} (stored in the study)."
+    )
+    return bounds
 
 
 def run_trial(

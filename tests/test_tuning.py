@@ -318,9 +318,11 @@ def test_range_test_runs_once_and_bounds_are_reused(tmp_path: Path) -> None:
         assert 0 < attrs["clr_base_lr"] < attrs["clr_max_lr"]
         for t in result.study.get_trials():
             assert (t.user_attrs["base_lr"], t.user_attrs["max_lr"]) == (attrs["clr_base_lr"], attrs["clr_max_lr"])
-        # a second worker on the same study reuses the stored bounds: no second range test
+        # a second worker on the same study reuses the stored bounds: no second range test, and in one
+        # process not even the short bounds fit (one model built: the trial's)
+        Net.built.clear()
         tune(tmp_path, n_trials=1, **kwargs)
-        assert len(calls) == 1
+        assert len(calls) == 1 and len(Net.built) == 1
         # unless the user asks for a range test in every trial
         tune(tmp_path, n_trials=2, range_test_per_trial=True, **{**kwargs, "storage": None})
         assert len(calls) == 3
