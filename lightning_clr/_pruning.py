@@ -161,6 +161,15 @@ class TrialCallback(Callback):
         if decision == "stop":  # every rank stops together
             trainer.should_stop = True
 
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Rank 0: a fit that another callback (EarlyStopping) ended mid-cycle leaves its history and epoch."""
+        last = max(self.history, default=0)
+        if trainer.global_rank != 0 or self.payload is None or last % (2 * self.payload["half_cycle_epochs"]) == 0:
+            return
+        trial = self._trial()
+        trial.set_user_attr("history", {str(k): v for k, v in self.history.items()})
+        trial.set_user_attr("stopped_at_epoch", last)
+
     def _judge(self, trainer: pl.Trainer, epoch: int, value: Any) -> Optional[str]:
         """Rank 0 at a cycle end: report to Optuna and decide."""
         trial = self._trial()
@@ -345,7 +354,15 @@ def run_trial(
     values = frozen.intermediate_values
     value = values[max(values)] if values else None
     if "error" in frozen.user_attrs or value is None or math.isnan(value):
-        if "error" not in frozen.user_attrs:
+        if "error" in frozen.user_attrs:
+            pass
+        elif value is None and "stopped_at_epoch" in frozen.user_attrs:
+            trial.set_user_attr("error", (
+                f"stopped at epoch {frozen.user_attrs['stopped_at_epoch']} by another callback (EarlyStopping?)"
+                f" before its first cycle end at epoch {2 * payload['half_cycle_epochs']}; only cycle-end values"
+                f" are compared. Give EarlyStopping a patience of at least 2 * max_half_cycle_epochs validations."
+            ))
+        else:
             trial.set_user_attr("error", f"the monitored metric {args.monitor!r} was {value} at the end of the trial")
         study.tell(trial, state=TrialState.FAIL)
     else:

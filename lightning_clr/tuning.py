@@ -294,6 +294,7 @@ def tune_cycle_length(
         )
         args.study_name = study.study_name
     user_callbacks = [c for c in trainer_kwargs.pop("callbacks", None) or [] if not isinstance(c, CyclicLearningRate)]
+    _warn_early_stopping(user_callbacks, max_half_cycle_epochs)
     trainer_kwargs.pop("logger", None)
     defaults = dict(
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=output_dir
@@ -352,6 +353,19 @@ def tune_cycle_length(
         if plot:
             result.plots = result.save_plots(output_dir)
     return result
+
+
+def _warn_early_stopping(callbacks: list[Any], max_half: int) -> None:
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    for cb in callbacks:
+        if isinstance(cb, EarlyStopping) and cb.patience < 2 * max_half:
+            rank_zero_warn(
+                f"tune_cycle_length: EarlyStopping(patience={cb.patience}) judges every validation, but the loss"
+                f" rises with the LR in the middle of a cycle; a trial it stops before its first cycle end is"
+                f" recorded as FAIL. A patience of at least 2 * max_half_cycle_epochs = {2 * max_half} lets every"
+                f" cycle finish."
+            )
 
 
 def _fresh(callbacks: list[Any]) -> list[Any]:

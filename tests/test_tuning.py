@@ -354,6 +354,38 @@ def test_missing_monitor_fails_the_trial_with_a_clear_error(tmp_path: Path) -> N
     assert result.best_half_cycle_epochs is None
 
 
+def test_early_stopping_before_the_first_cycle_end_is_a_clear_failure(tmp_path: Path) -> None:
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    stop_now = EarlyStopping(monitor="val_loss", stopping_threshold=1e9)  # stops at the first validation
+    kwargs = dict(n_trials=2, max_epochs=8, min_half_cycle_epochs=2, max_half_cycle_epochs=4, pruner="none")
+    with pytest.warns(UserWarning, match=r"EarlyStopping\(patience=3\).*2 \* max_half_cycle_epochs = 8"):
+        result = tune(tmp_path, trainer_kwargs={"accelerator": "cpu", "callbacks": [stop_now]}, **kwargs)
+    for t in result.study.get_trials():
+        assert t.state == TrialState.FAIL
+        assert t.user_attrs["stopped_at_epoch"] == 1 and list(t.user_attrs["history"]) == ["1"]
+        first_end = 2 * t.params["half_cycle_epochs"]
+        assert f"stopped at epoch 1 by another callback (EarlyStopping?) before its first cycle end at epoch" \
+               f" {first_end}" in t.user_attrs["error"]
+    # stopped mid-cycle after a cycle end: the trial's value is its last cycle-end value
+    late = dict(kwargs, n_trials=1, warm_start=False, min_half_cycle_epochs=1, max_half_cycle_epochs=1)
+    result = tune(tmp_path / "late", trainer_kwargs={"accelerator": "cpu", "callbacks": [StopAt(3)]}, **late)
+    (t,) = result.study.get_trials()
+    assert t.state == TrialState.COMPLETE and t.user_attrs["stopped_at_epoch"] == 3
+    assert list(t.intermediate_values) == [2] and t.value == t.user_attrs["history"]["2"]
+
+
+class StopAt(pl.Callback):
+    """A user's callback that ends the fit after epoch ``epoch`` (1-based)."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch + 1 == self.epoch:
+            trainer.should_stop = True
+
+
 # ---------------------------------------------------------------------------------------------- output
 def test_result_summary_plots_and_callback(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     import matplotlib
