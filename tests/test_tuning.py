@@ -247,7 +247,8 @@ def test_search_space_and_warm_start_within_range(tmp_path: Path) -> None:
 
 
 def test_direction_and_monitor_are_configurable(tmp_path: Path) -> None:
-    result = tune(tmp_path, monitor="val_score", direction="maximize", n_trials=3, pruner="none")
+    result = tune(tmp_path, monitor="val_score", direction="maximize", n_trials=3, pruner="none",
+                  max_half_cycle_epochs=3)  # three distinct half-cycles: best_value is one trial's value
     values = [t.value for t in result.study.get_trials()]
     assert all(v < 0 for v in values)  # val_score = -loss
     assert result.best_value == max(values)
