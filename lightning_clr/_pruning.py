@@ -167,8 +167,11 @@ class TrialCallback(Callback):
         if trainer.global_rank != 0 or self.payload is None or last % (2 * self.payload["half_cycle_epochs"]) == 0:
             return
         trial = self._trial()
-        trial.set_user_attr("history", {str(k): v for k, v in self.history.items()})
+        self._save_history(trial)
         trial.set_user_attr("stopped_at_epoch", last)
+
+    def _save_history(self, trial: Any) -> None:
+        trial.set_user_attr("history", {str(k): v for k, v in self.history.items()})
 
     def _judge(self, trainer: pl.Trainer, epoch: int, value: Any) -> Optional[str]:
         """Rank 0 at a cycle end: report to Optuna and decide."""
@@ -178,7 +181,7 @@ class TrialCallback(Callback):
                 f"tune_cycle_length: the monitored metric {self.monitor!r} was not logged by epoch {epoch};"
                 f" logged: {sorted(trainer.callback_metrics)}"
             )
-        trial.set_user_attr("history", {str(k): v for k, v in self.history.items()})
+        self._save_history(trial)
         trial.set_user_attr("steps_per_epoch", self.clr.steps_per_epoch)
         if math.isnan(float(value)):  # diverged: a failed trial, not a pruned one
             trial.set_user_attr("error", f"the monitored metric {self.monitor!r} is NaN at epoch {epoch}")
@@ -354,17 +357,20 @@ def run_trial(
     values = frozen.intermediate_values
     value = values[max(values)] if values else None
     if "error" in frozen.user_attrs or value is None or math.isnan(value):
-        if "error" in frozen.user_attrs:
-            pass
-        elif value is None and "stopped_at_epoch" in frozen.user_attrs:
-            trial.set_user_attr("error", (
-                f"stopped at epoch {frozen.user_attrs['stopped_at_epoch']} by another callback (EarlyStopping?)"
-                f" before its first cycle end at epoch {2 * payload['half_cycle_epochs']}; only cycle-end values"
-                f" are compared. Give EarlyStopping a patience of at least 2 * max_half_cycle_epochs validations."
-            ))
-        else:
-            trial.set_user_attr("error", f"the monitored metric {args.monitor!r} was {value} at the end of the trial")
+        if "error" not in frozen.user_attrs:
+            trial.set_user_attr("error", _failure(frozen, value, args.monitor, payload["half_cycle_epochs"]))
         study.tell(trial, state=TrialState.FAIL)
     else:
         study.tell(trial, value)
     return epochs
+
+
+def _failure(frozen: Any, value: Optional[float], monitor: str, half_cycle: int) -> str:
+    """Why a trial that raised nothing has no usable value."""
+    if value is None and "stopped_at_epoch" in frozen.user_attrs:
+        return (
+            f"stopped at epoch {frozen.user_attrs['stopped_at_epoch']} by another callback (EarlyStopping?)"
+            f" before its first cycle end at epoch {2 * half_cycle}; only cycle-end values are compared."
+            f" Give EarlyStopping a patience of at least 2 * max_half_cycle_epochs validations."
+        )
+    return f"the monitored metric {monitor!r} was {value} at the end of the trial"
