@@ -23,6 +23,29 @@ def loader(n: int = 64, batch_size: int = 8, shuffle: bool = False, seed: int = 
     return DataLoader(regression_data(n, seed=seed), batch_size=batch_size, shuffle=shuffle)
 
 
+def same_task_data(n: int, seed: int, dim: int = 8) -> TensorDataset:
+    """``n`` noisy samples of ONE fixed linear task (weights from seed 0), so that sets drawn with different
+    ``seed`` are training and validation sets of the same task."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, dim, generator=g)
+    y = x @ torch.randn(dim, 1, generator=torch.Generator().manual_seed(0)) + 0.1 * torch.randn(n, 1, generator=g)
+    return TensorDataset(x, y)
+
+
+class SameTaskData(pl.LightningDataModule):
+    """``n`` shuffled training samples (seed 0) and 32 validation samples (seed 1) of one linear task."""
+
+    def __init__(self, n: int = 64, batch_size: int = 8) -> None:
+        super().__init__()
+        self.n, self.batch_size = n, batch_size
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(same_task_data(self.n, 0), batch_size=self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(same_task_data(32, 1), batch_size=32)
+
+
 class TinyModel(pl.LightningModule):
     """A linear regressor whose optimizer is chosen by name."""
 

@@ -7,6 +7,7 @@ no server answers.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -24,10 +25,10 @@ import lightning.pytorch as pl
 import optuna
 import pytest
 import torch
+from helpers import SameTaskData
 from optuna.trial import TrialState
 from processes import clean_env, free_port
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_clr import CyclicLearningRate, RangeTestConfig, tune_cycle_length
 from lightning_clr._pruning import CycleEndMedianPruner
@@ -38,23 +39,7 @@ PG_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def _data(n: int, seed: int) -> TensorDataset:
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 8, generator=g)
-    y = x @ torch.randn(8, 1, generator=torch.Generator().manual_seed(0)) + 0.1 * torch.randn(n, 1, generator=g)
-    return TensorDataset(x, y)
-
-
-class DM(pl.LightningDataModule):
-    def __init__(self, n: int = 64, batch_size: int = 16) -> None:
-        super().__init__()
-        self.n, self.batch_size = n, batch_size
-
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(_data(self.n, 0), batch_size=self.batch_size, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(_data(32, 1), batch_size=32)
+DM = functools.partial(SameTaskData, n=64, batch_size=16)  # the tests' data module: 4 steps per epoch
 
 
 class Net(pl.LightningModule):

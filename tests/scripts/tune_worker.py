@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -24,28 +25,11 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_clr import CyclicLearningRate, tune_cycle_length
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/helpers, also in spawned children
+from helpers import SameTaskData as DataModule  # noqa: E402
 
-
-def data(n: int, seed: int) -> TensorDataset:
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 8, generator=g)
-    y = x @ torch.randn(8, 1, generator=torch.Generator().manual_seed(0)) + 0.1 * torch.randn(n, 1, generator=g)
-    return TensorDataset(x, y)
-
-
-class DataModule(pl.LightningDataModule):
-    def __init__(self, n: int = 64, batch_size: int = 8) -> None:
-        super().__init__()
-        self.n, self.batch_size = n, batch_size
-
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(data(self.n, 0), batch_size=self.batch_size, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(data(32, 1), batch_size=32)
+from lightning_clr import CyclicLearningRate, tune_cycle_length  # noqa: E402
 
 
 class Model(pl.LightningModule):
