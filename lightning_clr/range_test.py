@@ -27,11 +27,12 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torchmetrics import Metric
 
 from lightning_clr._rules import DEFAULT_BASE_DIVISOR, RULES
+from lightning_clr._sweep import refuse_sharded
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["RangeTestConfig", "RangeTestResult", "lr_range_test", "run_range_test"]
+__all__ = ["RangeTestConfig", "RangeTestResult", "lr_range_test", "refuse_sharded", "run_range_test"]
 
 MIN_NUM_STEPS = 10
 RESULT_FILENAME = "lr_range_test"  # .json and .png under the trainer's log_dir
