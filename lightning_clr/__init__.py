@@ -34,16 +34,31 @@ _LAZY: dict[str, str] = {
     "LightningCLRCLI": "lightning_clr.cli",  # needs jsonargparse (lightning-clr[cli])
 }
 
-__all__ = sorted([*_LAZY, "__version__"])
+__all__ = [
+    "ArgumentError",
+    "CyclePlan",
+    "CycleSettings",
+    "CycleTuningResult",
+    "CyclicLearningRate",
+    "CyclicSchedule",
+    "LightningCLRCLI",
+    "RangeTestConfig",
+    "RangeTestResult",
+    "__version__",
+    "cyclic_lr",
+    "cyclic_momentum",
+    "lr_range_test",
+    "tune_cycle_length",
+]
 
 if TYPE_CHECKING:  # pragma: no cover
+    from lightning_clr._plan import CyclePlan
+    from lightning_clr._settings import CycleSettings
     from lightning_clr._validation import ArgumentError
     from lightning_clr.callback import CyclicLearningRate
     from lightning_clr.cli import LightningCLRCLI
-    from lightning_clr._plan import CyclePlan
     from lightning_clr.range_test import RangeTestConfig, RangeTestResult, lr_range_test
     from lightning_clr.schedule import CyclicSchedule, cyclic_lr, cyclic_momentum
-    from lightning_clr._settings import CycleSettings
     from lightning_clr.tuning import CycleTuningResult, tune_cycle_length
 
 

@@ -257,7 +257,9 @@ def _reconcile_cycle(plan: CyclePlan, settings: CycleSettings, changed: set[str]
         take("step_size_down", down, plan.step_size_down)
 
 
-def _reconcile_scale_fn(plan: CyclePlan, settings: CycleSettings, updates: dict[str, Any], messages: list[str]) -> None:
+def _reconcile_scale_fn(
+    plan: CyclePlan, settings: CycleSettings, updates: dict[str, Any], messages: list[str]
+) -> None:
     path = settings.scale_fn_path
     if settings.scale_fn is None:
         if plan.custom_scale_fn:

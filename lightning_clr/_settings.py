@@ -99,10 +99,9 @@ class CycleSettings:
         )
         for name in ("step_size_up", "step_size_down"):  # numpy / 0-d tensor integers as plain ints
             value = getattr(self, name)
-            put(self, name, None if value is None else int(getattr(value, "item", lambda: value)()))
+            put(self, name, None if value is None else int(_plain(value)))
         for name in ("half_cycle_epochs", "gamma", "base_momentum", "max_momentum"):
-            value = getattr(self, name)
-            put(self, name, float(getattr(value, "item", lambda: value)()))
+            put(self, name, float(_plain(getattr(self, name))))
         if not isinstance(self.range_test, RangeTestConfig):
             raise ArgumentError("range_test", self.range_test, "a RangeTestConfig")
 
@@ -137,6 +136,11 @@ class CycleSettings:
             4.0
         """
         return dataclasses.replace(self, **changes)
+
+
+def _plain(value: Any) -> Any:
+    item = getattr(value, "item", None)
+    return item() if callable(item) else value
 
 
 def _show(values: tuple[float, ...]) -> Any:

@@ -333,7 +333,10 @@ class GroupWithoutLR(CountingModel):
     [
         (NoOptimizer(), {}, "needs an optimizer"),
         (GroupWithoutLR(), {}, r"param group 0 of optimizer 0 \(SGD\) has no 'lr'"),
-        (CountingModel(), dict(base_lr=[0.01, 0.02, 0.03], max_lr=0.1), r"`base_lr` must be one value or one per param group: the optimizer\(s\) have 1, got \[0\.01, 0\.02, 0\.03\]"),
+        (CountingModel(), dict(base_lr=[0.01, 0.02, 0.03], max_lr=0.1), (
+            r"`base_lr` must be one value or one per param group: the optimizer\(s\) have 1,"
+            r" got \[0\.01, 0\.02, 0\.03\]"
+        )),
     ],
 )
 def test_bad_setup_raises_before_any_training_step(model, kwargs, match):
