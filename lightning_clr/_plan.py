@@ -238,9 +238,12 @@ def reconcile(plan: CyclePlan, settings: CycleSettings) -> tuple[CyclePlan, list
     bad = [i for i, (b, m) in enumerate(zip(new_plan.base_lr, new_plan.max_lr)) if m < b]
     if bad:
         name = "max_lr" if "max_lr" in updates else "base_lr"
-        raise ArgumentError(name, _show(getattr(settings, name)),
-                            f"consistent with the checkpoint's other bound on resume (base_lr={_show(new_plan.base_lr)},"
-                            f" max_lr={_show(new_plan.max_lr)} has max < base in param group {bad[0]})")
+        raise ArgumentError(
+            name,
+            _show(getattr(settings, name)),
+            "consistent with the checkpoint's other bound on resume",
+            f"base_lr={_show(new_plan.base_lr)}, max_lr={_show(new_plan.max_lr)} has max < base in param group {bad[0]}",
+        )
     return new_plan, messages
 
 
