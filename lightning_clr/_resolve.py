@@ -18,7 +18,7 @@ from torch.optim import Optimizer
 from lightning_clr._plan import CyclePlan
 from lightning_clr._settings import CycleSettings
 from lightning_clr._validation import ArgumentError
-from lightning_clr.range_test import run_range_test
+from lightning_clr import range_test
 from lightning_clr.schedule import derive_step_sizes, whole_cycles
 
 __all__ = ["STREAM_CYCLES", "Cycle", "build_plan", "describe", "expand_bounds", "resolve_bounds", "resolve_cycle"]
@@ -127,7 +127,7 @@ def resolve_bounds(
             f"The range test needs a single optimizer, found {len(optimizers)}: give `base_lr` and"
             " `max_lr` explicitly to CyclicLearningRate."
         )
-    result = run_range_test(trainer, pl_module, settings.range_test)
+    result = range_test.run_range_test(trainer, pl_module, settings.range_test)
     found_base, found_max = _group_bounds(result, n)
     ref = max(range(n), key=lambda k: found_max[k])  # the group the sweep's LRs are quoted for
     if base is None and high is None:

@@ -86,6 +86,7 @@ class CycleSettings:
             raise ArgumentError("scale_fn", scale_fn, "a function of one number, or its import path 'pkg.module:fn'")
         for name in ("fit_whole_cycles", "cycle_momentum"):
             put(self, name, boolean(name, getattr(self, name)))
+        positive_float("half_cycle_epochs", self.half_cycle_epochs)  # None is not "not given" here
         validate_schedule_args(
             step_size_up=self.step_size_up,
             step_size_down=self.step_size_down,

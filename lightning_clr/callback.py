@@ -153,6 +153,11 @@ class CyclicLearningRate(Callback):
         return self._plan.steps_per_epoch if self._plan else None
 
     @property
+    def half_cycle_epochs(self) -> float:
+        """The given half-cycle in epochs (see :attr:`resolved_half_cycle_epochs` for the fit's)."""
+        return self._settings.half_cycle_epochs
+
+    @property
     def mode(self) -> str:
         return self._plan.mode if self._plan else self._settings.mode
 
