@@ -234,16 +234,17 @@ def reconcile(plan: CyclePlan, settings: CycleSettings) -> tuple[CyclePlan, list
             take(name, values, getattr(plan, name))
     _reconcile_cycle(plan, settings, changed, take)
     _reconcile_scale_fn(plan, settings, updates, messages)
-    new_plan = plan.replace(**updates) if updates else plan
-    bad = [i for i, (b, m) in enumerate(zip(new_plan.base_lr, new_plan.max_lr)) if m < b]
+    base, high = updates.get("base_lr", plan.base_lr), updates.get("max_lr", plan.max_lr)
+    bad = [i for i, (b, m) in enumerate(zip(base, high)) if m < b]
     if bad:
         name = "max_lr" if "max_lr" in updates else "base_lr"
         raise ArgumentError(
             name,
             _show(getattr(settings, name)),
             "consistent with the checkpoint's other bound on resume",
-            f"base_lr={_show(new_plan.base_lr)}, max_lr={_show(new_plan.max_lr)} has max < base in param group {bad[0]}",
+            f"base_lr={_show(base)}, max_lr={_show(high)} has max < base in param group {bad[0]}",
         )
+    new_plan = plan.replace(**updates) if updates else plan
     return new_plan, messages
 
 
