@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable, Literal, Optional, Union
 
 import lightning.pytorch as pl
@@ -208,7 +209,12 @@ class CyclicLearningRate(Callback):
         else:
             plan, steps = self._resolve(trainer, pl_module), [0] * len(self._optimizers)
         # Every rank follows rank 0's plan (its range test, its settings).
-        plan = trainer.strategy.broadcast(plan, src=0)
+        local, plan = plan, trainer.strategy.broadcast(plan, src=0)
+        if plan != local and plan.range_test == local.range_test:
+            warnings.warn(
+                f"CyclicLearningRate on global rank {trainer.global_rank}: this rank's settings resolve to another"
+                " plan than rank 0's; every rank follows rank 0's. " + describe(plan), stacklevel=1
+            )
         if plan.custom_scale_fn:
             check_scale_fn(plan, self._settings.scale_fn)  # type: ignore[arg-type]
         self._plan, self._steps = plan, steps
