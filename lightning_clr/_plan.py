@@ -42,6 +42,7 @@ class CyclePlan:
         scale_fn_path: Import path of a custom ``scale_fn``; ``custom_scale_fn`` is True whenever one was used
             (also a lambda, whose path is ``None``).
         cycle_momentum, base_momentum, max_momentum: The momentum cycle.
+        final_lr_ratio: The annealing tail's end, as a fraction of ``base_lr`` (1: none).
         steps_per_epoch: Optimizer steps per epoch and rank (``None`` for a dataloader without length).
         total_steps: The run's planned optimizer steps when known.
         half_cycle_epochs: The half-cycle the step sizes were derived from (``None`` when they were given).
@@ -61,6 +62,7 @@ class CyclePlan:
     cycle_momentum: bool = False
     base_momentum: float = 0.85
     max_momentum: float = 0.95
+    final_lr_ratio: float = 1.0
     steps_per_epoch: Optional[int] = None
     total_steps: Optional[int] = None
     half_cycle_epochs: Optional[float] = None
@@ -84,8 +86,9 @@ class CyclePlan:
         choice("mode", self.mode, MODES)
         choice("scale_mode", self.scale_mode, SCALE_MODES)
         put(self, "gamma", float_in("gamma", self.gamma, 0.0, 1.0, low_open=True))
-        validate_schedule_args(base_momentum=self.base_momentum, max_momentum=self.max_momentum)
-        for name in ("base_momentum", "max_momentum"):
+        validate_schedule_args(base_momentum=self.base_momentum, max_momentum=self.max_momentum,
+                               final_lr_ratio=self.final_lr_ratio)
+        for name in ("base_momentum", "max_momentum", "final_lr_ratio"):
             put(self, name, float(getattr(self, name)))
         for name in ("custom_scale_fn", "cycle_momentum"):
             put(self, name, boolean(name, getattr(self, name)))
@@ -94,6 +97,9 @@ class CyclePlan:
         for name in ("steps_per_epoch", "total_steps"):
             value = getattr(self, name)
             put(self, name, None if value is None else int_in(name, value, 1))
+        if self.final_lr_ratio != 1.0 and self.total_steps is None:
+            raise ArgumentError("final_lr_ratio", self.final_lr_ratio, "1.0 when the run's length is unknown",
+                                "the annealing tail ends at the run's last step: set max_epochs or max_steps")
         if self.half_cycle_epochs is not None:
             put(self, "half_cycle_epochs", positive_float("half_cycle_epochs", self.half_cycle_epochs))
         if self.range_test is not None and not isinstance(self.range_test, dict):
@@ -103,7 +109,8 @@ class CyclePlan:
     def schedule(self, scale_fn: Any = None) -> CyclicSchedule:
         """The pure schedule of this plan; ``scale_fn`` is the user's function (a plan holds no code)."""
         return CyclicSchedule(self.step_size_up, self.step_size_down, self.mode, self.gamma,
-                              scale_fn if self.custom_scale_fn else None, self.scale_mode)
+                              scale_fn if self.custom_scale_fn else None, self.scale_mode, self.total_steps,
+                              self.final_lr_ratio)
 
     @property
     def cycle_length(self) -> int:
@@ -198,7 +205,7 @@ def _from_v1(state: dict[str, Any]) -> tuple[CyclePlan, list[int]]:
 
 
 # ---------------------------------------------------------------------- resume rules
-_SCALARS = ("mode", "gamma", "scale_mode", "cycle_momentum", "base_momentum", "max_momentum")
+_SCALARS = ("mode", "gamma", "scale_mode", "cycle_momentum", "base_momentum", "max_momentum", "final_lr_ratio")
 
 
 def reconcile(plan: CyclePlan, settings: CycleSettings) -> tuple[CyclePlan, list[str]]:

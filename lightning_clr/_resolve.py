@@ -187,6 +187,7 @@ def build_plan(
         cycle_momentum=settings.cycle_momentum,
         base_momentum=settings.base_momentum,
         max_momentum=settings.max_momentum,
+        final_lr_ratio=settings.final_lr_ratio,
         steps_per_epoch=per_epoch,
         total_steps=total,
         half_cycle_epochs=half,

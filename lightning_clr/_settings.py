@@ -63,6 +63,7 @@ class CycleSettings:
     cycle_momentum: bool = False
     base_momentum: float = 0.85
     max_momentum: float = 0.95
+    final_lr_ratio: float = 1.0
     range_test: RangeTestConfig = field(default_factory=RangeTestConfig)
 
     def __post_init__(self) -> None:
@@ -97,11 +98,12 @@ class CycleSettings:
             max_momentum=self.max_momentum,
             scale_fn=self.scale_fn,
             half_cycle_epochs=self.half_cycle_epochs,
+            final_lr_ratio=self.final_lr_ratio,
         )
         for name in ("step_size_up", "step_size_down"):  # numpy / 0-d tensor integers as plain ints
             value = getattr(self, name)
             put(self, name, None if value is None else int(_plain(value)))
-        for name in ("half_cycle_epochs", "gamma", "base_momentum", "max_momentum"):
+        for name in ("half_cycle_epochs", "gamma", "base_momentum", "max_momentum", "final_lr_ratio"):
             put(self, name, float(_plain(getattr(self, name))))
         if not isinstance(self.range_test, RangeTestConfig):
             raise ArgumentError("range_test", self.range_test, "a RangeTestConfig")

@@ -49,6 +49,7 @@ class ScheduleWriter:
         self.steps = list(steps)
         self._schedule = plan.schedule(scale_fn)
         self._check_amplitude = plan.custom_scale_fn
+        self._anneals = plan.final_lr_ratio != 1.0
         self._index = {id(opt): i for i, opt in enumerate(optimizers)}
         self._groups: list[list[tuple[dict[str, Any], float, float, Optional[str]]]] = []
         keys = momentum_keys(optimizers, plan.cycle_momentum)
@@ -74,6 +75,7 @@ class ScheduleWriter:
         """Set LR (and momentum) of optimizer ``i``'s param groups for its current step count."""
         step = self.steps[i]
         point = self._schedule.point(step)
+        floor = self._schedule.floor(step) if self._anneals else 1.0
         if self._check_amplitude and not (0.0 <= point[1] < math.inf):
             raise ValueError(
                 f"CyclicLearningRate: the custom `scale_fn` returned {point[1]!r} at step {step}; it must return a"
@@ -81,7 +83,7 @@ class ScheduleWriter:
             )
         plan = self.plan
         for group, low, high, key in self._groups[i]:
-            group["lr"] = interpolate(low, high, point)
+            group["lr"] = interpolate(low * floor, high, point)
             if key is not None:
                 momentum = interpolate(plan.max_momentum, plan.base_momentum, point)
                 if key == "betas":

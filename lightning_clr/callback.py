@@ -58,6 +58,10 @@ class CyclicLearningRate(Callback):
             (docs/benchmarks.md measures why).
         base_momentum: Momentum at the LR peak.
         max_momentum: Momentum at the LR base.
+        final_lr_ratio: In (0, 1]. Below 1, an annealing tail: over the run's last ``step_size_down`` optimizer
+            steps the lower bound falls geometrically from ``base_lr`` to ``base_lr * final_lr_ratio``, so the run
+            ends below ``base_lr`` (Smith's 1cycle "annihilation" in the last falling half). Needs a known run
+            length (``max_epochs`` or ``max_steps``). 1.0: the run ends at ``base_lr``.
         range_test: Settings of the range test that runs when a bound is ``None``.
 
     Param groups keep their ratios: the range test sweeps one multiplier over the groups' configured LRs, so
@@ -96,13 +100,25 @@ class CyclicLearningRate(Callback):
         cycle_momentum: bool = False,
         base_momentum: float = 0.85,
         max_momentum: float = 0.95,
+        final_lr_ratio: float = 1.0,
         range_test: Optional[RangeTestConfig] = None,
     ) -> None:
         self._settings = CycleSettings(
-            base_lr=base_lr, max_lr=max_lr, step_size_up=step_size_up, step_size_down=step_size_down,
-            half_cycle_epochs=half_cycle_epochs, fit_whole_cycles=fit_whole_cycles, mode=mode, gamma=gamma,
-            scale_fn=scale_fn, scale_mode=scale_mode, cycle_momentum=cycle_momentum, base_momentum=base_momentum,
-            max_momentum=max_momentum, range_test=range_test if range_test is not None else RangeTestConfig(),
+            base_lr=base_lr,
+            max_lr=max_lr,
+            step_size_up=step_size_up,
+            step_size_down=step_size_down,
+            half_cycle_epochs=half_cycle_epochs,
+            fit_whole_cycles=fit_whole_cycles,
+            mode=mode,
+            gamma=gamma,
+            scale_fn=scale_fn,
+            scale_mode=scale_mode,
+            cycle_momentum=cycle_momentum,
+            base_momentum=base_momentum,
+            max_momentum=max_momentum,
+            final_lr_ratio=final_lr_ratio,
+            range_test=range_test if range_test is not None else RangeTestConfig(),
         )
         self._plan: Optional[CyclePlan] = None
         self._restored: Optional[tuple[CyclePlan, list[int]]] = None  # from load_state_dict, until train start

@@ -110,10 +110,17 @@ class CyclicSchedule:
     between any two bounds, so one point serves every param group (and momentum) of a step. This is the only
     place where the CLR formula lives: :func:`cyclic_lr`, :func:`cyclic_momentum` and the callback use it.
 
+    With ``final_lr_ratio`` < 1 and ``total_steps``, the lower bound itself anneals over the run's last
+    ``step_size_down`` steps, geometrically from ``base_lr`` to ``base_lr * final_lr_ratio`` at ``total_steps``
+    (an annihilation tail in the last falling half, as in Smith's 1cycle); :meth:`floor` is that factor.
+
     Example:
         >>> s = CyclicSchedule(step_size_up=2, step_size_down=2, mode="triangular2")
         >>> [s.lr(t, 0.1, 0.5) for t in (0, 2, 6)]
         [0.1, 0.5, 0.30000000000000004]
+        >>> tail = CyclicSchedule(step_size_up=2, step_size_down=2, total_steps=8, final_lr_ratio=0.01)
+        >>> [round(tail.lr(t, 0.1, 0.5), 6) for t in (4, 6, 7, 8)]
+        [0.1, 0.5, 0.255, 0.001]
     """
 
     step_size_up: float
@@ -122,6 +129,8 @@ class CyclicSchedule:
     gamma: float = 1.0
     scale_fn: Optional[Callable[[float], float]] = None
     scale_mode: str = "cycle"
+    total_steps: Optional[int] = None
+    final_lr_ratio: float = 1.0
 
     def point(self, step: int) -> tuple[float, float]:
         """``(scale_factor, amplitude)`` after ``step`` optimizer steps."""
@@ -131,8 +140,18 @@ class CyclicSchedule:
         )
         return scale_factor, amp
 
+    def floor(self, step: int) -> float:
+        """The factor on the lower bound at ``step``: 1 except in the annealing tail."""
+        if self.final_lr_ratio == 1.0 or self.total_steps is None:
+            return 1.0
+        tail = float(self.step_size_down if self.step_size_down is not None else self.step_size_up)
+        start = self.total_steps - tail
+        if step <= start:
+            return 1.0
+        return self.final_lr_ratio ** min(1.0, (step - start) / tail)
+
     def lr(self, step: int, base_lr: float, max_lr: float) -> float:
-        return interpolate(base_lr, max_lr, self.point(step))
+        return interpolate(base_lr * self.floor(step), max_lr, self.point(step))
 
     def momentum(self, step: int, base_momentum: float, max_momentum: float) -> float:
         """Inverse to the LR: ``max_momentum`` at ``base_lr``, ``base_momentum`` at the peak."""
@@ -150,6 +169,8 @@ def cyclic_lr(
     gamma: float = 1.0,
     scale_fn: Optional[Callable[[float], float]] = None,
     scale_mode: ScaleMode = "cycle",
+    total_steps: Optional[int] = None,
+    final_lr_ratio: float = 1.0,
 ) -> float:
     """The cyclical learning rate after ``step`` optimizer steps.
 
@@ -165,12 +186,16 @@ def cyclic_lr(
         gamma: Per-step decay for ``"exp_range"``. Smith used 0.99994.
         scale_fn: Custom amplitude function of the cycle number or the step.
         scale_mode: What ``scale_fn`` receives: ``"cycle"`` or ``"iterations"``.
+        total_steps: The run's length, for ``final_lr_ratio``.
+        final_lr_ratio: Below 1, the lower bound anneals over the last ``step_size_down`` steps before
+            ``total_steps`` down to ``base_lr * final_lr_ratio`` (see :class:`CyclicSchedule`).
 
     Example:
         >>> cyclic_lr(2000, base_lr=1e-3, max_lr=6e-3, step_size_up=2000)
         0.006
     """
-    schedule = CyclicSchedule(step_size_up, step_size_down, mode, gamma, scale_fn, scale_mode)
+    schedule = CyclicSchedule(step_size_up, step_size_down, mode, gamma, scale_fn, scale_mode, total_steps,
+                              final_lr_ratio)
     return schedule.lr(step, base_lr, max_lr)
 
 
@@ -250,6 +275,7 @@ def validate_schedule_args(
     max_momentum: Optional[float] = None,
     scale_fn: object = None,
     half_cycle_epochs: Optional[float] = None,
+    final_lr_ratio: float = 1.0,
 ) -> None:
     """Raise :class:`~lightning_clr._validation.ArgumentError` (a ``ValueError`` and a ``TypeError``) naming the
     first bad argument and its value. ``None`` means "not given yet" (resolved later) and passes.
@@ -271,6 +297,7 @@ def validate_schedule_args(
     elif number("gamma", gamma) != 1.0:
         reason = "a custom `scale_fn` sets the amplitude" if scale_fn is not None else f"mode={mode!r} ignores it"
         raise ArgumentError("gamma", gamma, "1.0 unless mode='exp_range'", reason)
+    float_in("final_lr_ratio", final_lr_ratio, 0.0, 1.0, low_open=True)
     for name, value in (("base_momentum", base_momentum), ("max_momentum", max_momentum)):
         if value is not None:
             float_in(name, value, 0.0, 1.0, high_open=True)

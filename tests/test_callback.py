@@ -357,3 +357,31 @@ def test_state_after_fit_holds_resolved_values():
     state = clr.state_dict()
     plan = state["plan"]
     assert plan["base_lr"] == [0.01, 0.01] and plan["max_lr"] == [0.1, 0.2] and state["steps"] == [5]
+
+
+def test_final_lr_ratio_anneals_the_last_falling_half_in_a_fit():
+    rec = LRRecorder()
+    clr = CyclicLearningRate(base_lr=0.01, max_lr=0.1, half_cycle_epochs=1.0, final_lr_ratio=0.01)
+    t = trainer(callbacks=[clr, rec], max_epochs=4)
+    t.fit(TinyModel(), loader(n=40, batch_size=8))  # 20 steps: 2 cycles of 5 up + 5 down
+    assert (clr.step_size_up, clr.step_size_down) == (5, 5) and clr.plan.total_steps == 20
+    kwargs = dict(base_lr=0.01, max_lr=0.1, step_size_up=5)
+    expected = [cyclic_lr(k, total_steps=20, final_lr_ratio=0.01, **kwargs) for k in range(20)]
+    assert [lrs[0] for lrs in rec.lrs] == expected
+    plain = [cyclic_lr(k, **kwargs) for k in range(20)]
+    assert expected[:16] == plain[:16] and all(e < p for e, p in zip(expected[16:], plain[16:]))
+    assert cyclic_lr(20, total_steps=20, final_lr_ratio=0.01, **kwargs) == pytest.approx(1e-4)  # the run's end
+
+
+def test_final_lr_ratio_needs_a_known_run_length():
+    clr = CyclicLearningRate(base_lr=0.01, max_lr=0.1, step_size_up=3, final_lr_ratio=0.1)
+    t = trainer(callbacks=[clr], max_epochs=-1, max_time={"seconds": 5})
+    with pytest.raises(ArgumentError, match=r"`final_lr_ratio` must be 1.0 when the run's length is unknown"):
+        t.fit(TinyModel(), torch.utils.data.DataLoader(_Stream(), batch_size=8))
+
+
+class _Stream(torch.utils.data.IterableDataset):
+    def __iter__(self):
+        data = loader(n=16, batch_size=1).dataset
+        while True:
+            yield from (data[i] for i in range(len(data)))

@@ -169,3 +169,20 @@ def test_docstring_examples_run():
     for module in (sched, _rules):
         failed, tried = doctest.testmod(module)
         assert tried > 0 and failed == 0, module.__name__
+
+
+@settings(max_examples=60, deadline=None)
+@given(up=st.integers(1, 20), down=st.integers(1, 20), cycles=st.integers(1, 4), ratio=st.floats(1e-4, 0.99))
+def test_annealing_tail_changes_only_the_last_falling_half_and_ends_at_the_ratio(up, down, cycles, ratio):
+    total = cycles * (up + down)
+    kwargs = dict(base_lr=0.01, max_lr=0.1, step_size_up=up, step_size_down=down)
+    for t in range(total + 1):
+        plain = cyclic_lr(t, **kwargs)
+        tail = cyclic_lr(t, total_steps=total, final_lr_ratio=ratio, **kwargs)
+        if t <= total - down:
+            assert tail == plain  # bitwise: no change before the tail
+        else:
+            assert tail < plain and tail >= 0.01 * ratio * (1 - 1e-12)
+    assert cyclic_lr(total, total_steps=total, final_lr_ratio=ratio, **kwargs) == pytest.approx(0.01 * ratio)
+    tail_lrs = [cyclic_lr(t, total_steps=total, final_lr_ratio=ratio, **kwargs) for t in range(total - down, total + 1)]
+    assert tail_lrs == sorted(tail_lrs, reverse=True)
