@@ -20,6 +20,7 @@ Example:
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, Callable, Optional
 
 from torch.optim import Optimizer
@@ -129,12 +130,14 @@ class ScheduleWriter:
         return self._any_pending
 
 
-def check_scale_fn(plan: CyclePlan, scale_fn: Callable[[float], float]) -> None:
+def check_scale_fn(
+    scale_fn: Callable[[float], float], scale_mode: str, cycle_length: int, total_steps: Optional[int]
+) -> None:
     """Evaluate a custom ``scale_fn`` at fit start on the values it will receive (cycle numbers or steps of the
     planned run, at most ``SCALE_FN_CHECKS`` of them); each must be a finite number >= 0."""
-    total = plan.total_steps or 10 * plan.cycle_length
-    if plan.scale_mode == "cycle":
-        inputs = range(1, min(total // plan.cycle_length + 2, SCALE_FN_CHECKS) + 1)
+    total = total_steps or 10 * cycle_length
+    if scale_mode == "cycle":
+        inputs = range(1, min(total // cycle_length + 2, SCALE_FN_CHECKS) + 1)
     else:
         inputs = range(0, min(total + 1, SCALE_FN_CHECKS))
     for x in inputs:
@@ -143,10 +146,10 @@ def check_scale_fn(plan: CyclePlan, scale_fn: Callable[[float], float]) -> None:
         except Exception as err:
             raise ValueError(
                 f"CyclicLearningRate: the custom `scale_fn` {scale_fn!r} raised {type(err).__name__}: {err} at"
-                f" {x} (scale_mode={plan.scale_mode!r})"
+                f" {x} (scale_mode={scale_mode!r})"
             ) from err
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0.0 <= value < math.inf):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (0.0 <= value < math.inf):
             raise ValueError(
                 f"CyclicLearningRate: the custom `scale_fn` {scale_fn!r} returned {value!r} at {x}"
-                f" (scale_mode={plan.scale_mode!r}); it must return a finite number >= 0"
+                f" (scale_mode={scale_mode!r}); it must return a finite number >= 0"
             )

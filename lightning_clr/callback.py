@@ -226,13 +226,11 @@ class CyclicLearningRate(Callback):
             plan, steps = self._resolve(trainer, pl_module), [0] * len(self._optimizers)
         # Every rank follows rank 0's plan (its range test, its settings).
         local, plan = plan, trainer.strategy.broadcast(plan, src=0)
-        if plan != local and plan.range_test == local.range_test:
+        if plan != local:
             warnings.warn(
                 f"CyclicLearningRate on global rank {trainer.global_rank}: this rank's settings resolve to another"
                 " plan than rank 0's; every rank follows rank 0's. " + describe(plan), stacklevel=1
             )
-        if plan.custom_scale_fn:
-            check_scale_fn(plan, self._settings.scale_fn)  # type: ignore[arg-type]
         self._plan, self._steps = plan, steps
         scaler = getattr(trainer.precision_plugin, "scaler", None)  # fp16 AMP's GradScaler, fixed for the fit
         self._writer = ScheduleWriter(plan, self._optimizers, steps, self._settings.scale_fn, scaler)
@@ -289,12 +287,17 @@ class CyclicLearningRate(Callback):
 
     def _resolve(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> CyclePlan:
         cycle = resolve_cycle(self._settings, trainer)  # before the range test: a bad run length fails first
+        if self._settings.scale_fn is not None:
+            check_scale_fn(self._settings.scale_fn, self._settings.scale_mode, cycle.step_size_up
+                           + cycle.step_size_down, cycle.total_steps)
         bounds = resolve_bounds(self._settings, trainer, pl_module, self._optimizers)
         self._result = bounds[2]
         return build_plan(self._settings, cycle, bounds, self._optimizers)
 
     def _resume(self, plan: CyclePlan, steps: list[int]) -> tuple[CyclePlan, list[int]]:
         plan, messages = reconcile(plan, self._settings)
+        if self._settings.scale_fn is not None:
+            check_scale_fn(self._settings.scale_fn, plan.scale_mode, plan.cycle_length, plan.total_steps)
         for message in messages:
             rank_zero_warn(f"CyclicLearningRate on resume: {message}.")
         rank_zero_info(
