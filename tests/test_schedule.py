@@ -162,7 +162,7 @@ def test_derived_cycles_fill_the_run_and_end_at_a_cycle_end(half, per_epoch, tot
 def test_docstring_examples_run():
     import doctest
 
-    from lightning_clr import _rules
+    from lightning_clr.range_test import _rules
 
     for module in (sched, _rules):
         failed, tried = doctest.testmod(module)

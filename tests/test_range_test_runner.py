@@ -24,7 +24,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_clr import CyclicLearningRate, RangeTestConfig, RangeTestResult, lr_range_test
-from lightning_clr._rules import suggest
+from lightning_clr.range_test._rules import suggest
 from lightning_clr.range_test import run_range_test
 
 
@@ -323,7 +323,7 @@ def test_range_test_outside_a_fit_is_refused() -> None:
 def test_sharded_strategy_is_refused_by_name() -> None:
     from lightning.pytorch.strategies import FSDPStrategy
 
-    from lightning_clr._sweep import refuse_sharded
+    from lightning_clr.range_test import refuse_sharded
 
     with pytest.raises(ValueError, match="FSDPStrategy"):
         refuse_sharded(FSDPStrategy())
@@ -514,7 +514,7 @@ def test_given_bounds_skip_the_test_or_fix_that_bound_only(given: str) -> None:
 
 # ---------------------------------------------------------------- the snapshot on its own
 def test_snapshot_removes_added_keys_and_state_and_restores_metrics_scaler_generators() -> None:
-    from lightning_clr._snapshot import Snapshot
+    from lightning_clr.range_test._snapshot import Snapshot
 
     model = nn.Module()
     model.lin = nn.Linear(4, 2)

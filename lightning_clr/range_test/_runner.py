@@ -26,7 +26,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torchmetrics import Metric
 
-from lightning_clr._rules import DEFAULT_BASE_DIVISOR, RULES
+from lightning_clr.range_test._rules import DEFAULT_BASE_DIVISOR, RULES
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -205,7 +205,7 @@ class RangeTestResult:
 
         Needs matplotlib (``pip install lightning-clr[plot]``).
         """
-        from lightning_clr.plotting import plot_range_test
+        from lightning_clr.range_test._plot import plot_range_test
 
         return plot_range_test(self, show_metric=show_metric)
 
@@ -233,7 +233,7 @@ def run_range_test(
         ...     def on_train_start(self, trainer, pl_module):
         ...         self.result = run_range_test(trainer, pl_module, RangeTestConfig(num_steps=50))
     """
-    from lightning_clr._sweep import sweep
+    from lightning_clr.range_test._sweep import sweep
 
     config = config if config is not None else RangeTestConfig()
     if not isinstance(config, RangeTestConfig):

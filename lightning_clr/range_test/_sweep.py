@@ -20,11 +20,11 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.signature_utils import is_param_in_hook_signature
 
-from lightning_clr._rules import BiasCorrectedEMA, suggest_all, sweep_lrs
-from lightning_clr._snapshot import Snapshot
+from lightning_clr.range_test._rules import BiasCorrectedEMA, suggest_all, sweep_lrs
+from lightning_clr.range_test._snapshot import Snapshot
 
 if TYPE_CHECKING:
-    from lightning_clr.range_test import RangeTestConfig, RangeTestResult
+    from lightning_clr.range_test._runner import RangeTestConfig, RangeTestResult
 
 SHARDED_STRATEGIES = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy", "XLAFSDPStrategy")
 
@@ -198,7 +198,7 @@ def _one_step(
 def sweep(
     trainer: pl.Trainer, pl_module: pl.LightningModule, config: RangeTestConfig, progress_bar: Optional[bool] = None
 ) -> RangeTestResult:
-    from lightning_clr.range_test import RangeTestResult
+    from lightning_clr.range_test._runner import RangeTestResult
 
     optimizer = check_supported(trainer, pl_module)
     fallback_lr = float(optimizer.param_groups[0]["lr"])

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-    from lightning_clr.range_test import RangeTestResult
+    from lightning_clr.range_test._types import RangeTestResult
 
 __all__ = ["plot_range_test"]
 
