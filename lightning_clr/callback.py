@@ -15,9 +15,8 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.optim import Optimizer
 
+from lightning_clr.range_test import RangeTestConfig, refuse_sharded
 from lightning_clr.range_test._rules import DEFAULT_BASE_DIVISOR
-from lightning_clr.range_test import refuse_sharded
-from lightning_clr.range_test import RangeTestConfig
 from lightning_clr.schedule import (
     amplitude,
     cycle_position,
