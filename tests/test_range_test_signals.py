@@ -65,15 +65,34 @@ def test_sigterm_ends_the_sweep_and_the_fit_as_promptly_as_lightning_ends_traini
         report.update(rc=rc, delay=report["at"] - sent, ended=ended)
         reports[mode] = report
     sweep, train = reports["sweep"], reports["train"]
-    print(json.dumps(reports))
     assert train["exception"] == "SIGTERMException" and train["delay"] < PROMPT  # Lightning's own reaction
     # the same end as Lightning's: its SIGTERMException, on_exception, the same status and exit code
     for key in ("exception", "status", "rc"):
         assert sweep[key] == train[key], (key, sweep, train)
     assert sweep["delay"] < PROMPT, sweep  # at the next step: not after the remaining ~1990 sweep steps
-    assert sweep["ended"] < train["ended"] + PROMPT, (sweep, train)  # and the process is gone as soon
+    # the process is gone soon after (its exit takes ~1-4 s here, as plain training's does); not ~100 s later
+    assert sweep["ended"] < 20, (sweep, train)
     assert 0 < sweep["sweep_steps"] < 200 and sweep["real_steps"] == 0 and sweep["global_step"] == 0
     assert sweep["restored"], "on_exception saw the sweep's weights, not the restored ones"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_sigterm_under_ddp_stops_every_rank_at_the_same_step_restored(tmp_path: Path) -> None:
+    """Two gloo ranks (strategy="ddp"), SIGTERM to rank 0's process (Lightning forwards it to rank 1). Without the
+    sweep's own handler, Lightning's in-handler broadcast hung both ranks in 2 of 5 runs here."""
+    proc, out = _start(tmp_path, "ddp")
+    sent, ended, output, rc = _terminate_when_started(proc, out)
+    reports = []
+    for name in ("report.json", "report1.json"):
+        assert (out / name).exists(), output[-3000:]
+        reports.append(json.loads((out / name).read_text()))
+    assert ended < 30, ended  # Lightning's DDP teardown takes ~6 s here, for plain DDP training too
+    assert rc == 0, output[-3000:]
+    for r in reports:
+        assert r["exception"] == "SIGTERMException" and r["status"] == "interrupted", r
+        assert r["at"] - sent < PROMPT and r["restored"] and r["real_steps"] == 0, r
+    assert reports[0]["sweep_steps"] == reports[1]["sweep_steps"] > 0  # the same step on both ranks
 
 
 class Interrupting(TinyModel):

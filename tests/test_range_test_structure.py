@@ -13,7 +13,8 @@ PACKAGE = Path(range_test.__file__).parent
 # Who may import whom, inside the subpackage: the runner calls the sweep, the sweep uses the rest.
 ALLOWED = {
     "_runner": {"_sweep", "_types"},
-    "_sweep": {"_guards", "_rules", "_snapshot", "_step", "_types"},
+    "_sweep": {"_guards", "_rules", "_signals", "_snapshot", "_step", "_types"},
+    "_signals": set(),
     "_types": {"_plot", "_rules"},
     "_step": set(),
     "_guards": set(),

@@ -5,7 +5,8 @@ sweep moves one multiplier over the param groups' configured LRs, so groups keep
 the reference group's (the largest configured LR). The decision value is the loss averaged over ranks, in one
 all-reduce per step that also carries each rank's SIGTERM flag, so every rank stops at the same step. A SIGTERM
 (``trainer.received_sigterm``, set by Lightning's signal connector) ends the sweep after the current step with
-Lightning's own ``SIGTERMException``, which ends the fit as Lightning ends training on SIGTERM. Everything is
+Lightning's own ``SIGTERMException``, which ends the fit as Lightning ends training on SIGTERM (see
+:mod:`~lightning_clr.range_test._signals`). Everything is
 restored in ``finally`` from an in-memory :class:`~lightning_clr.range_test._snapshot.Snapshot`, before any
 exception leaves the sweep.
 """
@@ -19,10 +20,10 @@ from typing import Any, Optional
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lightning_clr.range_test._guards import check_supported, configured_lrs
 from lightning_clr.range_test._rules import BiasCorrectedEMA, suggest_all, sweep_lrs
+from lightning_clr.range_test._signals import raise_sigterm, sigterm_without_collectives
 from lightning_clr.range_test._snapshot import Snapshot
 from lightning_clr.range_test._step import Batches, FeedMetric, Skips, metric_inputs, one_step
 from lightning_clr.range_test._types import RangeTestConfig, RangeTestResult, group_scales
@@ -130,15 +131,6 @@ def _reduce(trainer: pl.Trainer, local: torch.Tensor) -> tuple[float, bool]:
     return float(both[0]), float(both[1]) > 0
 
 
-def _stop_on_sigterm(trainer: pl.Trainer, step: int) -> None:
-    """As Lightning's training loop does: raise ``SIGTERMException``; under DDP after a barrier."""
-    rank_zero_info(f"LR range test: SIGTERM received; stopping the sweep after step {step} and restoring the model.")
-    if trainer.world_size > 1:
-        with contextlib.suppress(Exception):
-            trainer.strategy.barrier("lr_range_test_sigterm")
-    raise SIGTERMException()
-
-
 def sweep(
     trainer: pl.Trainer, pl_module: pl.LightningModule, config: RangeTestConfig, progress_bar: Optional[bool] = None
 ) -> RangeTestResult:
@@ -163,14 +155,14 @@ def sweep(
 
     bar = _progress_bar(trainer, config, len(lrs), progress_bar)
     try:
-        with _isolated(trainer, pl_module), torch.enable_grad():
+        with _isolated(trainer, pl_module), sigterm_without_collectives(trainer), torch.enable_grad():
             for step, lr in enumerate(lrs):
                 for group, scale in zip(optimizer.param_groups, scales):
                     group["lr"] = lr * scale
                 local = one_step(trainer, pl_module, optimizer, batches, skips, step, feed_metric)
                 value, sigterm = _reduce(trainer, local)
                 if sigterm:
-                    _stop_on_sigterm(trainer, step)
+                    raise_sigterm(trainer, step)
                 if metric is not None:
                     metric_values.append(float(metric.compute()))
                     metric.reset()

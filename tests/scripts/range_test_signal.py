@@ -63,7 +63,7 @@ class Report(Callback):
             "real_steps": pl_module.real_steps,
             "global_step": trainer.global_step,
         }
-        (self.out / "report.json").write_text(json.dumps(report))
+        (self.out / f"report{trainer.global_rank or ''}.json").write_text(json.dumps(report))
 
 
 def main() -> None:
@@ -73,11 +73,12 @@ def main() -> None:
     model = SlowModel(out)
     initial = {k: v.clone() for k, v in model.state_dict().items()}
     callbacks: list[Callback] = [Report(out, initial)]
-    if mode == "sweep":
+    if mode in ("sweep", "ddp"):
         config = RangeTestConfig(num_steps=2000, min_lr=1e-6, max_lr=1e-3, save=False, progress_bar=False)
         callbacks.append(CyclicLearningRate(range_test=config))
+    ddp = dict(devices=2, strategy="ddp") if mode in ("ddp", "ddp-train") else dict(devices=1)
     trainer = pl.Trainer(
-        accelerator="cpu", devices=1, max_epochs=1000, logger=False, enable_checkpointing=False,
+        accelerator="cpu", **ddp, max_epochs=1000, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks,
     )
     trainer.fit(model, DataLoader(data, batch_size=8))
