@@ -21,9 +21,9 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from optuna.trial import TrialState
 
-from lightning_clr._rules import DEFAULT_BASE_DIVISOR
 from lightning_clr._tuning_args import _distributed
 from lightning_clr.callback import CyclicLearningRate
+from lightning_clr.range_test._rules import DEFAULT_BASE_DIVISOR
 
 
 class CycleEndMedianPruner(optuna.pruners.BasePruner):

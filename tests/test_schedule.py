@@ -139,7 +139,7 @@ def test_schedule_module_does_not_import_lightning_or_torch():
 
     code = (
         "import sys\n"
-        "import lightning_clr.schedule as m, lightning_clr._validation, lightning_clr._rules\n"
+        "import lightning_clr.schedule as m, lightning_clr._validation\n"
         "assert 'torch' not in sys.modules and 'lightning' not in sys.modules, sorted(sys.modules)\n"
         "print(m.cyclic_lr(3, base_lr=0.1, max_lr=0.5, step_size_up=2))\n"
     )
@@ -164,7 +164,7 @@ def test_derived_cycles_fill_the_run_and_end_at_a_cycle_end(half, per_epoch, tot
 def test_docstring_examples_run():
     import doctest
 
-    from lightning_clr import _rules
+    from lightning_clr.range_test import _rules
 
     for module in (sched, _rules):
         failed, tried = doctest.testmod(module)
