@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 def raise_sigterm(trainer: pl.Trainer, step: int) -> None:
     """As Lightning's training loop does on SIGTERM: raise ``SIGTERMException``; under DDP after a barrier."""
-    rank_zero_info(f"LR range test: SIGTERM received; stopped the sweep after step {step} and restored the model.")
+    rank_zero_info(f"LR range test: SIGTERM received; stopping the sweep after step {step}, with the model restored.")
     if trainer.world_size > 1:
         with contextlib.suppress(Exception):
             trainer.strategy.barrier("lr_range_test_sigterm")
