@@ -140,6 +140,7 @@ class CollectiveCounter(Callback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.setup_total = self.total
+        self.setup_by_name = dict(self.by_name)
         self._train_start_total = self.total
         self._train_start_by_name = dict(self.by_name)
 
@@ -159,6 +160,7 @@ class CollectiveCounter(Callback):
     def report(self) -> dict[str, Any]:
         return {
             "before_training": self.setup_total,
+            "before_training_by_name": getattr(self, "setup_by_name", {}),
             "training_total": sum(self.train_by_name.values()),
             "training_by_name": self.train_by_name,
             "per_step": self.per_step,
