@@ -250,8 +250,8 @@ def _first_instability(ys: list[float], raw: Sequence[float], start: float, flat
     """Index of the first raw loss above ``INSTABILITY_FACTOR`` x the best smoothed loss so far, once the
     smoothed curve has started to fall. The smoothed curve lags the raw one by about ``1/smoothing`` points,
     so on a noisy curve its minimum can sit past the LR where single steps already blew up. On a noisy curve
-    (per-point noise ``sigma`` in log units) the raw loss must exceed that by ``INSTABILITY_SIGMAS`` sigmas
-    more, so that noise alone does not count as an instability."""
+    (per-point noise ``sigma`` in log units, 0 below ``NOISE_FREE``) the raw loss must exceed that by
+    ``INSTABILITY_SIGMAS`` sigmas more, so that noise alone does not count as an instability."""
     factor = INSTABILITY_FACTOR * math.exp(INSTABILITY_SIGMAS * sigma)
     best = min(ys[0], start)
     for k in range(1, min(len(ys), len(raw))):
@@ -426,7 +426,8 @@ def suggest(
             points,
         )
     if reading.raw is not None:
-        k = _first_instability(ys, reading.raw, start, FLAT_TOLERANCE * scale, reading.sigma)
+        noise = reading.sigma if reading.half_width else 0.0  # below NOISE_FREE, 1.3x is already > 5 sigmas
+        k = _first_instability(ys, reading.raw, start, FLAT_TOLERANCE * scale, noise)
         if k is not None:
             points["instability_lr"] = math.exp(xs[k])
             i_min = min(i_min, k)

@@ -132,6 +132,13 @@ def test_a_raw_spike_before_the_lagging_smoothed_minimum_caps_max_lr() -> None:
         assert capped.points["instability_lr"] == pytest.approx(GRID[i_spike], rel=1e-9)
         assert capped.max_lr <= GRID[i_spike] / DIVERGENCE_GAP * (1 + 1e-9), rule
         assert capped.max_lr <= plain.max_lr, rule
+    # On a low-noise curve the factor stays 1.3 exactly: the digits demo's first blow-up was 1.3-2x (seed 2 of
+    # the demo went from max_lr 0.30 to 0.63 and val acc 0.86 when it needed 1.39x).
+    raw = [v * (1.015 if i % 2 else 0.985) for i, v in enumerate(CURVE)]  # sigma 0.036, below NOISE_FREE
+    raw[i_spike] = 1.35 * min(CURVE[:i_spike])
+    assert suggest(GRID, CURVE, "smith", fallback_max_lr=0.01, raw=raw).points["instability_lr"] == pytest.approx(
+        GRID[i_spike], rel=1e-9
+    )
     # Raw noise of +20% / -10% (sigma 0.35 in log units, above NOISE_FREE) is not an instability: the first
     # one found is in the real rise above lr=1. Such noise switches the reading to the centered robust
     # smoothing of the raw losses; measured: smith 1.11x and steepest 1.12x the clean reading. (valley moves
