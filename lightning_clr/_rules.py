@@ -311,7 +311,8 @@ def _read_curve(lrs: Sequence[float], curve: Sequence[float], raw: Optional[Sequ
     if sigma < NOISE_FREE:
         j, start = _clean_start(ys, raw_ys)
         return _Reading(xs[j:], ys[j:], raw_ys[j:] if raw_ys is not None else None, sigma, 0, 0.0, start)
-    h = min(MAX_HALF_WIDTH, math.ceil(sigma / NOISE_PER_POINT))
+    # At most a fifteenth of the curve: on a 16-point sweep a wider window mixes the blow-up into the minimum.
+    h = min(MAX_HALF_WIDTH, math.ceil(sigma / NOISE_PER_POINT), max(1, len(source) // 15))
     smoothed = robust_smooth(source, h)
     noise = 1.25 * sigma / math.sqrt(2 * h + 1)  # a median of 2h+1 points has about 1.25x the mean's error
     ys = smoothed[h:]

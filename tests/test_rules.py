@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from lightning_clr._rules import (
     DIVERGENCE_GAP,
     MIN_POINTS,
+    NOISE_FREE,
     NOISY_DIVERGENCE_GAP,
     RULES,
     BiasCorrectedEMA,
@@ -308,3 +309,15 @@ def test_divergence_check_ignores_a_low_first_batch() -> None:
     assert not any(stops) and 0.9 < check.best < 1.0  # the EMA 10 points in, back near the true level
     assert [check.update(v) for v in (2.0, 3.5, 3.8)] == [False, False, True]  # a real blow-up still stops
     assert DivergenceCheck(4.0, smoothing=0.5, num_steps=100).warmup == 2  # at most the EMA's memory
+
+
+def test_a_short_noisy_sweep_keeps_its_dip() -> None:
+    # The raw losses of tests/test_ddp.py's 20-step sweep (1e-4 .. 10, stopped at step 15). With a window of 7
+    # the blow-up leaked into the 3-point dip at 0.1-0.25 and the drop read as noise (a fallback); the window is
+    # now at most a fifteenth of the curve.
+    raw = [11.51, 16.713, 9.055, 9.755, 7.394, 9.522, 8.072, 8.528, 10.563, 13.552, 6.834, 4.833, 5.327, 12.667,
+           71.565, 30862.594]
+    lrs = sweep_lrs(1e-4, 10.0, 20)[: len(raw)]
+    s = suggest(lrs, smooth(raw, 0.05), "smith", fallback_max_lr=0.01, diverged_at=lrs[-1], raw=raw)
+    assert not s.fallback and s.points["noise_sigma"] > NOISE_FREE, s.reason
+    assert 0.01 < s.max_lr < lrs[-3] / NOISY_DIVERGENCE_GAP
