@@ -19,7 +19,8 @@ ALLOWED = {
     "_step": set(),
     "_guards": set(),
     "_snapshot": set(),
-    "_rules": set(),
+    "_rules": {"_smoothing"},
+    "_smoothing": set(),
     "_plot": set(),
 }
 OPTIONAL = {"matplotlib", "tqdm"}  # extras imported lazily, inside the function that needs them

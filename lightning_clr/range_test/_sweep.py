@@ -22,7 +22,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lightning_clr.range_test._guards import check_supported, configured_lrs
-from lightning_clr.range_test._rules import BiasCorrectedEMA, suggest_all, sweep_lrs
+from lightning_clr.range_test._rules import BiasCorrectedEMA, DivergenceCheck, suggest_all, sweep_lrs
 from lightning_clr.range_test._signals import raise_sigterm, sigterm_without_collectives
 from lightning_clr.range_test._snapshot import Snapshot
 from lightning_clr.range_test._step import Batches, FeedMetric, Skips, metric_inputs, one_step
@@ -48,12 +48,12 @@ class Curve:
         0.4
     """
 
-    def __init__(self, smoothing: float, divergence_threshold: float) -> None:
+    def __init__(self, smoothing: float, divergence_threshold: float, num_steps: int = 100) -> None:
         self.threshold = divergence_threshold
         self.ema = BiasCorrectedEMA(smoothing)
+        self.check = DivergenceCheck(divergence_threshold, smoothing, num_steps)  # best counts after a warm-up
         self.losses: list[float] = []
         self.smoothed: list[float] = []
-        self.best: Optional[float] = None
         self.stop_reason: Optional[str] = None
         self.diverged_at: Optional[float] = None
 
@@ -67,10 +67,9 @@ class Curve:
             return True
         s = self.ema.update(value)
         self.smoothed.append(s)
-        self.best = s if self.best is None else min(self.best, s)
-        if self.best > 0 and s > self.threshold * self.best:
+        if self.check.update(s):
             self.stop_reason = (
-                f"the smoothed loss {s:.4g} exceeded {self.threshold:g} x the best {self.best:.4g}"
+                f"the smoothed loss {s:.4g} exceeded {self.threshold:g} x the best {self.check.best:.4g}"
                 f" at lr={lr:.3g} (step {step})"
             )
             self.diverged_at = lr
@@ -143,7 +142,7 @@ def sweep(
     snapshot = _capture(trainer, pl_module, optimizer)
     batches = Batches(trainer, pl_module)
     skips = Skips(limit=config.num_steps)
-    curve = Curve(config.smoothing, config.divergence_threshold)
+    curve = Curve(config.smoothing, config.divergence_threshold, len(lrs))
     metric_values: list[float] = []
     feed_metric: FeedMetric = None
     if metric is not None:
