@@ -38,8 +38,9 @@ def figure() -> Figure:
 def fitted(tmp_path: Any, logger: Any) -> pl.Trainer:
     """A real Trainer that has run two optimizer steps of a tiny model with ``logger``."""
     tr = pl.Trainer(
-        accelerator="cpu", devices=1, max_steps=2, log_every_n_steps=1, logger=logger, default_root_dir=str(tmp_path / "root"),
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        accelerator="cpu", devices=1, max_steps=2, log_every_n_steps=1, logger=logger,
+        default_root_dir=str(tmp_path / "root"), enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False,
     )
     tr.fit(TinyModel(), loader())
     return tr
@@ -67,8 +68,8 @@ def test_tensorboard_gets_the_figure_and_the_files(tmp_path: Any, in_empty_cwd: 
     logger = TensorBoardLogger(str(tmp_path / "tb"))
     tr = fitted(tmp_path, logger)
     written = publish(tr, "lr_range_test", json_text=JSON_TEXT, figure=figure())
-    assert assert_files(logger.log_dir) is None
-    assert sorted(written) == sorted(os.path.join(logger.log_dir, f) for f in ("lr_range_test.json", "lr_range_test.png"))
+    assert_files(logger.log_dir)
+    assert sorted(written) == [os.path.join(logger.log_dir, "lr_range_test" + s) for s in (".json", ".png")]
     logger.experiment.flush()
     events = EventAccumulator(logger.log_dir, size_guidance={"images": 0})
     events.Reload()
