@@ -71,7 +71,7 @@ def test_fashion_benchmark_quick_on_digits(tmp_path: Path) -> None:
     assert oracle in {f"grid_sgd_lr={lr:g}" for lr in cfg["grid"]}
     assert rec["oracle"]["final_acc"]["median"] > 0.5  # the best fixed LR learns the digits
     assert data["goals"], "the goal checks for clr_auto are computed"
-    md = (tmp_path / "digits_quick.md").read_text()
+    md = (docs / "digits_quick.md").read_text()
     for name in ("fixed_sgd", "fixed_adam", "lr_find", "one_cycle", "torch_cyclic", "clr_auto", "oracle"):
         assert f"| {name} |" in md
     for png in data["plots"]:
