@@ -65,10 +65,10 @@ def _directive(obj: Any) -> str:
 
 
 def _public_modules() -> list[str]:
-    return sorted(
-        f"lightning_clr.{info.name}" for info in pkgutil.iter_modules(lightning_clr.__path__)
-        if not info.name.startswith("_")
-    )
+    """Every module and subpackage below ``lightning_clr`` with no ``_``-prefixed part in its dotted name,
+    parents before their children."""
+    names = [info.name for info in pkgutil.walk_packages(lightning_clr.__path__, "lightning_clr.")]
+    return sorted(n for n in names if not any(part.startswith("_") for part in n.split(".")))
 
 
 def _page(title: str, module: str, names: list[str], intro: str) -> str:
@@ -83,14 +83,15 @@ def _page(title: str, module: str, names: list[str], intro: str) -> str:
 
 def write_api_pages() -> None:
     """``api/index.rst``: the root package's ``__all__``; ``api/<module>.rst``: the names of a public module's
-    ``__all__`` that the root does not re-export (documented once, where the user imports them from)."""
+    ``__all__`` that neither the root nor a parent module documents (each object once, at its shortest path)."""
     API_DIR.mkdir(exist_ok=True)
     root_names = [n for n in lightning_clr.__all__ if not n.startswith("_")]
-    root_objects = {id(getattr(lightning_clr, n)) for n in root_names}
+    documented = {id(getattr(lightning_clr, n)) for n in root_names}
     pages = {}
     for module_name in _public_modules():
         module = importlib.import_module(module_name)
-        extra = [n for n in getattr(module, "__all__", []) if id(getattr(module, n)) not in root_objects]
+        extra = [n for n in getattr(module, "__all__", []) if id(getattr(module, n)) not in documented]
+        documented |= {id(getattr(module, n)) for n in extra}
         if extra:
             pages[module_name] = _page(
                 f"``{module_name}``", module_name, extra,
@@ -130,9 +131,26 @@ def link_api_names(app: Any, doctree: nodes.document) -> None:
         xref += literal
 
 
+def resolve_short_names(app: Any, env: Any, node: Any, contnode: Any) -> Any:
+    """A docstring's short reference (``:func:`interpolate```, ``:meth:`CyclicSchedule.point```) resolved
+    against the reference's own entries, also when its object is documented at the root rather than in the
+    module whose names the docstring uses. Anything still unknown stays a warning."""
+    if node.get("refdomain") != "py":
+        return None
+    target = node["reftarget"].removeprefix("lightning_clr.")
+    full = API_TARGETS.get(target)
+    if full is None and "." in target:
+        head, rest = target.split(".", 1)
+        full = f"{API_TARGETS[head]}.{rest}" if head in API_TARGETS else None
+    if full is None or full == node["reftarget"]:
+        return None
+    return env.get_domain("py").resolve_xref(env, node["refdoc"], app.builder, node["reftype"], full, node, contnode)
+
+
 write_api_pages()
 
 
 def setup(app: Any) -> dict[str, Any]:
     app.connect("doctree-read", link_api_names)
+    app.connect("missing-reference", resolve_short_names)
     return {"parallel_read_safe": True}
