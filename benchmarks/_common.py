@@ -75,9 +75,37 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
+# Raw results (every run, every evaluation, LR traces) live here, out of docs/: only tables and plots go there.
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+DOCS_DIR = Path(__file__).resolve().parents[1] / "docs" / "benchmarks"
+
+
 def write_json(path: Path, data: Any) -> None:
+    """``data`` as indented JSON; gzip-compressed (reproducibly: no timestamp) when ``path`` ends in ``.gz``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=1, sort_keys=False) + "\n")
+    text = json.dumps(data, indent=1, sort_keys=False) + "\n"
+    if path.suffix == ".gz":
+        with open(path, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as f:
+            f.write(text.encode("utf-8"))
+    else:
+        path.write_text(text)
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file written by :func:`write_json`, compressed (``.gz``) or not."""
+    path = Path(path)
+    if path.suffix == ".gz":
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            return json.load(f)
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def results_dir(results: Optional[str], out_dir: Optional[str]) -> Path:
+    """Where a benchmark writes its raw JSON: ``--results-dir``; else beside an explicit ``--out-dir`` (a
+    smoke run into a temporary directory stays there); else ``benchmarks/results``."""
+    if results is not None:
+        return Path(results)
+    return Path(out_dir) if out_dir is not None else RESULTS_DIR
 
 
 # ---------------------------------------------------------------------------------------------- data

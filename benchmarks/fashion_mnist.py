@@ -23,12 +23,15 @@ the four ``*.gz`` files of github.com/zalandoresearch/fashion-mnist in ``--data-
 Usage:
     python benchmarks/fashion_mnist.py                      # full run (~40 min on 2 shared cores)
     python benchmarks/fashion_mnist.py --quick --dataset digits --out-dir /tmp/x   # seconds
+
+Outputs: the raw results (every run, evaluation and LR trace) as ``<name>.json.gz`` in ``--results-dir``
+(default ``benchmarks/results``; with an explicit ``--out-dir``, that directory), the table ``<name>.md`` and
+the plots in ``--out-dir`` (default ``docs/benchmarks``).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import re
 import sys
@@ -43,6 +46,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _common import (  # noqa: E402
+    DOCS_DIR,
     FASHION_DIR,
     ArrayDataModule,
     SmallCNN,
@@ -54,6 +58,8 @@ from _common import (  # noqa: E402
     make_trainer,
     progress,
     quiet_lightning,
+    read_json,
+    results_dir,
     train_loader,
     update_section,
     write_json,
@@ -84,7 +90,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                    "settings (other recipes) to aggregate together with this run's")
     p.add_argument("--aggregate-only", action="store_true", help="train nothing: aggregate the --merge files")
     p.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
-    p.add_argument("--out-dir", default=str(ROOT / "docs" / "benchmarks"))
+    p.add_argument("--out-dir", default=None, help="table and plots (default: docs/benchmarks)")
+    p.add_argument("--results-dir", default=None, help="raw results JSON (default: benchmarks/results, or --out-dir "
+                   "when given)")
     p.add_argument("--name", default=None, help="stem of the output files (default: dataset[_quick])")
     args = p.parse_args(argv)
     if args.dataset == "digits":
@@ -107,6 +115,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)!r}")
     args.name = args.name or (args.dataset + ("_quick" if args.quick else ""))
+    if args.aggregate_only and not args.merge:
+        raise SystemExit("--aggregate-only needs --merge files")
     return args
 
 
@@ -321,9 +331,17 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     quiet_lightning()
-    out_dir = Path(args.out_dir)
+    out_dir = Path(args.out_dir) if args.out_dir is not None else DOCS_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
-    bench = Bench(args)
+    raw_dir = results_dir(args.results_dir, args.out_dir)
+    if args.aggregate_only:  # nothing trains: the data's shape comes from the first merged file, not the data
+        first = read_json(Path(args.merge[0]))["config"]
+        bench: Any = None
+        shape = {k: first[k] for k in ("steps_per_epoch", "eval_every", "train_size", "test_size")}
+    else:
+        bench = Bench(args)
+        shape = {"steps_per_epoch": bench.steps_per_epoch, "eval_every": bench.eval_every,
+                 "train_size": len(bench.train_x), "test_size": len(bench.test_x)}
     jobs: list[str] = []
     for r in [] if args.aggregate_only else args.recipes:
         if r == "oracle":
@@ -336,14 +354,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     data: dict[str, Any] = {
         "command": " ".join(["python", *sys.argv]) if argv is None else "python benchmarks/fashion_mnist.py " +
         " ".join(argv),
-        "machine": machine_info(),
+        # Aggregating trains nothing: the machine that counts is the one of the (first) merged runs.
+        "machine": read_json(Path(args.merge[0]))["machine"] if args.aggregate_only else machine_info(),
         "config": {"dataset": args.dataset, "quick": args.quick, "seeds": args.seeds, "epochs": args.epochs,
-                   "batch_size": args.batch_size, "steps_per_epoch": bench.steps_per_epoch,
-                   "eval_every": bench.eval_every, "targets": args.targets, "grid": args.grid, "jobs": jobs,
-                   "train_size": len(bench.train_x), "test_size": len(bench.test_x)},
+                   "batch_size": args.batch_size, "steps_per_epoch": shape["steps_per_epoch"],
+                   "eval_every": shape["eval_every"], "targets": args.targets, "grid": args.grid, "jobs": jobs,
+                   "train_size": shape["train_size"], "test_size": shape["test_size"]},
         "runs": [], "errors": [],
     }
-    json_path, md_path = out_dir / f"{args.name}.json", out_dir / f"{args.name}.md"
+    json_path, md_path = raw_dir / f"{args.name}.json.gz", out_dir / f"{args.name}.md"
     n_jobs = len(jobs) * len(args.seeds)
     k = 0
     for seed in args.seeds:  # seed-major: the recipes interleave, so load on the shared machine hits all alike
@@ -364,7 +383,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             write_json(json_path, data)  # partial results survive an interruption
     data["wall_seconds"] = time.perf_counter() - t_start
     for path in args.merge:
-        merge(data, json.loads(Path(path).read_text()), path)
+        merge(data, read_json(Path(path)), path)
     data["aggregate"] = aggregate(data["runs"], args.targets, data["config"]["grid"]
                                   if any(r["recipe"].startswith("grid_") for r in data["runs"]) else [])
     data["goals"] = check_goals(data["aggregate"], args.targets)
@@ -372,8 +391,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     data["plots"] = plots(data, out_dir, args.name)
     write_json(json_path, data)
     md_path.write_text(markdown(data))
-    default_dir = (ROOT / "docs" / "benchmarks").resolve()
-    if out_dir.resolve() == default_dir and not args.quick and args.name == args.dataset:
+    if out_dir.resolve() == DOCS_DIR.resolve() and not args.quick and args.name == args.dataset:
         body = markdown(data).split("\n", 2)[2]  # without the title
         update_section(ROOT / "docs" / "benchmarks.md", args.name, body)
         progress("updated docs/benchmarks.md")

@@ -33,7 +33,16 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _common import TensorBatches, machine_info, make_trainer, quiet_lightning, update_section, write_json  # noqa: E402
+from _common import (  # noqa: E402
+    DOCS_DIR,
+    TensorBatches,
+    machine_info,
+    make_trainer,
+    quiet_lightning,
+    results_dir,
+    update_section,
+    write_json,
+)
 
 from lightning_clr import CyclicLearningRate  # noqa: E402
 
@@ -218,13 +227,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="few repetitions: a smoke run of seconds")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out-dir", default=str(ROOT / "docs" / "benchmarks"))
+    p.add_argument("--out-dir", default=None, help="the Markdown table (default: docs/benchmarks)")
+    p.add_argument("--results-dir", default=None, help="raw results JSON (default: benchmarks/results, or --out-dir "
+                   "when given)")
     p.add_argument("--doc", default=None, help="Markdown file whose 'overhead' section is updated "
                                                 "(default: docs/benchmarks.md for a full run into docs/benchmarks)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     quiet_lightning()
-    out_dir = Path(args.out_dir)
+    out_dir = Path(args.out_dir) if args.out_dir is not None else DOCS_DIR
+    raw_dir = results_dir(args.results_dir, args.out_dir)
     data: dict[str, Any] = {
         "command": "python benchmarks/overhead.py" + ("" if not (argv or sys.argv[1:]) else
                                                      " " + " ".join(argv if argv is not None else sys.argv[1:])),
@@ -239,14 +251,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     data["quick"] = args.quick
     text = markdown(data)
     stem = "overhead_quick" if args.quick else "overhead"
-    write_json(out_dir / f"{stem}.json", data)
+    write_json(raw_dir / f"{stem}.json", data)
+    out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"{stem}.md").write_text(text)
     doc = args.doc or (str(ROOT / "docs" / "benchmarks.md")
-                       if not args.quick and out_dir.resolve() == (ROOT / "docs" / "benchmarks").resolve() else None)
+                       if not args.quick and out_dir.resolve() == DOCS_DIR.resolve() else None)
     if doc:
         update_section(Path(doc), "overhead", text)
     print(text)
-    print(f"wrote {out_dir / f'{stem}.json'}, {out_dir / f'{stem}.md'}" + (f", updated {doc}" if doc else ""))
+    print(f"wrote {raw_dir / f'{stem}.json'}, {out_dir / f'{stem}.md'}" + (f", updated {doc}" if doc else ""))
     return 0
 
 

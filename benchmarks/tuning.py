@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from _common import FASHION_DIR, TensorBatches, load_fashion_mnist, quiet_lightning  # noqa: E402
+from _common import FASHION_DIR, RESULTS_DIR, TensorBatches, load_fashion_mnist, quiet_lightning, read_json  # noqa: E402
 
 from lightning_clr import CyclicLearningRate, tune_cycle_length  # noqa: E402
 
@@ -169,7 +169,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--n-startup-trials", type=int, default=2, help="completed trials before pruning starts")
     p.add_argument("--grid-only", action="store_true")
     p.add_argument("--grid-from", default=None, help="reuse the grid of an earlier JSON report with the same settings")
-    p.add_argument("--out", default=None, help="JSON report (default: docs/benchmarks/tuning.json; --quick: none)")
+    p.add_argument("--out", default=None, help="JSON report (default: benchmarks/results/tuning.json; --quick: none)")
     args = p.parse_args(argv)
     q = args.quick
     args.n_train = args.n_train or (2000 if q else 20000 if args.dataset == "fashion" else 1200)
@@ -182,7 +182,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     args.max_lr = args.max_lr or 0.2
     args.epoch_batches = args.epoch_batches if args.epoch_batches is not None else (0 if q else 32)
     if args.out is None and not q:
-        args.out = str(ROOT / "docs" / "benchmarks" / "tuning.json")
+        args.out = str(RESULTS_DIR / "tuning.json")
     return args
 
 
@@ -197,7 +197,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     per_seed: dict[int, list[float]] = {}
     grid_epochs = sum(epochs_for(h, args.budget) for h in grid)  # the grid's cost: one run per point
     if args.grid_from:
-        old = json.loads(Path(args.grid_from).read_text())
+        old = read_json(Path(args.grid_from))
         same = ("dataset", "n_train", "n_val", "hidden", "budget", "max_half", "grid_seeds", "batch_size", "base_lr",
                 "max_lr", "epoch_batches")
         diff = [k for k in same if old["args"].get(k) != getattr(args, k)]

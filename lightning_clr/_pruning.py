@@ -17,10 +17,10 @@ from typing import Any, Callable, Optional
 
 import lightning.pytorch as pl
 import optuna
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from optuna.trial import TrialState
 
+from lightning_clr._compat import callback_bases
 from lightning_clr._tuning_args import _distributed
 from lightning_clr.callback import CyclicLearningRate
 from lightning_clr.range_test._rules import DEFAULT_BASE_DIVISOR
@@ -74,7 +74,7 @@ class CycleEndMedianPruner(optuna.pruners.BasePruner):
         return mine < median if maximize else mine > median
 
 
-class TrialCallback(Callback):
+class TrialCallback(*callback_bases()):  # type: ignore[misc]  # a Callback of either Lightning package
     """Runs one trial's CLR configuration and its pruning on every rank of a (possibly distributed) fit.
 
     Rank 0 of the asking process builds it with ``payload`` (the trial's values) and ``trial``; other ranks
@@ -216,7 +216,7 @@ def destroy_process_group_at_exit() -> None:
     _DESTROY_REGISTERED = True
 
 
-class BoundsCallback(Callback):
+class BoundsCallback(*callback_bases()):  # type: ignore[misc]
     """Find the study's LR bounds once: rank 0 broadcasts bounds already stored in the study (the range test is
     then skipped); otherwise the ``CyclicLearningRate`` runs its range test in ``on_train_start``. Rank 0 stores
     the bounds in the study's ``user_attrs`` and the fit stops before its first training step.

@@ -13,11 +13,11 @@ import warnings
 from typing import Any, Callable, Literal, Optional, Union
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.optim import Optimizer
 from typing_extensions import override
 
+from lightning_clr._compat import callback_bases
 from lightning_clr._optimizers import remove_schedulers, training_optimizers
 from lightning_clr._plan import CyclePlan, reconcile
 from lightning_clr._resolve import build_plan, describe, expand_bounds, resolve_bounds, resolve_cycle
@@ -28,7 +28,7 @@ from lightning_clr.range_test import RangeTestConfig, RangeTestResult, refuse_sh
 __all__ = ["CyclicLearningRate"]
 
 
-class CyclicLearningRate(Callback):
+class CyclicLearningRate(*callback_bases()):  # a Callback of lightning.pytorch and of pytorch_lightning
     r"""Cyclical learning rate (Smith, 2015), set once per optimizer step through the Trainer's hooks.
 
     The LR after ``t`` optimizer steps is exactly what :class:`torch.optim.lr_scheduler.CyclicLR`

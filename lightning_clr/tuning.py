@@ -24,6 +24,7 @@ from typing import Any, Callable, Literal, Optional, Union
 import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from lightning_clr._compat import lightning_package
 from lightning_clr._tuning_args import _heuristic_half_cycles, _is_global_zero, _search_space, _spawns, _validate
 from lightning_clr.callback import CyclicLearningRate
 from lightning_clr.range_test import RangeTestConfig
@@ -300,18 +301,19 @@ def tune_cycle_length(
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=output_dir
     )
 
+    package = [pl]  # the Lightning package of the last built model: its Trainer must be of the same package
+
     def make_trainer(callbacks: list[Any], max_epochs: int, version: str = "", logger: bool = logger) -> pl.Trainer:
         log: Any = False
         if logger:
-            from lightning.pytorch.loggers import CSVLogger
-
-            log = CSVLogger(save_dir=output_dir, name="trials", version=version)
+            log = package[0].loggers.CSVLogger(save_dir=output_dir, name="trials", version=version)
         kwargs = {**defaults, **trainer_kwargs}
         callbacks = _fresh(user_callbacks) + callbacks  # fresh EarlyStopping etc. in every trial
-        return pl.Trainer(**kwargs, callbacks=callbacks, max_epochs=max_epochs, logger=log)
+        return package[0].Trainer(**kwargs, callbacks=callbacks, max_epochs=max_epochs, logger=log)
 
     def build() -> tuple[pl.LightningModule, Optional[pl.LightningDataModule]]:
         m = model(**(model_kwargs or {}))
+        package[0] = lightning_package(m)  # a `pytorch_lightning` model needs a `pytorch_lightning.Trainer`
         dm = datamodule(**(datamodule_kwargs or {})) if datamodule is not None else None
         return m, dm
 

@@ -35,9 +35,12 @@ def _run(args: list[str], timeout: int) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 @pytest.mark.timeout(480)
 def test_fashion_benchmark_quick_on_digits(tmp_path: Path) -> None:
-    _run(["benchmarks/fashion_mnist.py", "--quick", "--dataset", "digits", "--out-dir", str(tmp_path),
-          "--recipes", *QUICK_RECIPES], timeout=450)
-    data = json.loads((tmp_path / "digits_quick.json").read_text())
+    docs, results = tmp_path / "docs", tmp_path / "results"
+    _run(["benchmarks/fashion_mnist.py", "--quick", "--dataset", "digits", "--out-dir", str(docs),
+          "--results-dir", str(results), "--recipes", *QUICK_RECIPES], timeout=450)
+    assert sorted(p.name for p in results.iterdir()) == ["digits_quick.json.gz"]  # raw data: out of the docs
+    assert not list(docs.glob("*.json*")) and (docs / "digits_quick.md").is_file()
+    data = _common.read_json(results / "digits_quick.json.gz")
     assert data["errors"] == []
     cfg = data["config"]
     assert cfg["dataset"] == "digits" and cfg["quick"] is True
@@ -68,7 +71,7 @@ def test_fashion_benchmark_quick_on_digits(tmp_path: Path) -> None:
     assert oracle in {f"grid_sgd_lr={lr:g}" for lr in cfg["grid"]}
     assert rec["oracle"]["final_acc"]["median"] > 0.5  # the best fixed LR learns the digits
     assert data["goals"], "the goal checks for clr_auto are computed"
-    md = (tmp_path / "digits_quick.md").read_text()
+    md = (docs / "digits_quick.md").read_text()
     for name in ("fixed_sgd", "fixed_adam", "lr_find", "one_cycle", "torch_cyclic", "clr_auto", "oracle"):
         assert f"| {name} |" in md
     for png in data["plots"]:
@@ -108,6 +111,40 @@ def test_demo_quick(tmp_path: Path) -> None:
     assert "range test (" in proc.stdout  # the bounds came from the automatic range test
     for name in ("range_test.png", "lr_trace.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_docs_tables_regenerate_from_the_stored_results(tmp_path: Path) -> None:
+    """The published Fashion-MNIST table and plots come from the raw runs in benchmarks/results: aggregating the
+    stored parts again gives the same Markdown (bar the command line) and byte-identical plots."""
+    merged = _common.read_json(_common.RESULTS_DIR / "fashion_mnist.json.gz")["merged"]
+    parts = [m["path"] for m in merged]
+    assert parts and all(p.startswith("benchmarks/results/parts/") and (ROOT / p).is_file() for p in parts)
+    _run(["benchmarks/fashion_mnist.py", "--aggregate-only", "--out-dir", str(tmp_path / "docs"),
+          "--results-dir", str(tmp_path / "results"), "--merge", *parts], timeout=280)
+    published = (_common.DOCS_DIR / "fashion_mnist.md").read_text().splitlines()
+    regenerated = (tmp_path / "docs" / "fashion_mnist.md").read_text().splitlines()
+    command = [i for i, line in enumerate(published) if line.startswith("Command: ")]
+    assert len(published) > 50 and command == [i for i, line in enumerate(regenerated) if line.startswith("Command: ")]
+    assert [line for i, line in enumerate(regenerated) if i not in command] == \
+        [line for i, line in enumerate(published) if i not in command]
+    for plot in ("accuracy", "ablations", "lr"):
+        name = f"fashion_mnist_{plot}.png"
+        assert (tmp_path / "docs" / name).read_bytes() == (_common.DOCS_DIR / name).read_bytes(), name
+    assert not list(_common.DOCS_DIR.rglob("*.json*"))  # no raw data left beside the docs
+
+
+def test_json_gz_roundtrip_is_reproducible(tmp_path: Path) -> None:
+    data = {"runs": [{"acc": 0.9, "lr": [0.1, 0.2]}]}
+    _common.write_json(tmp_path / "a.json.gz", data)
+    first = (tmp_path / "a.json.gz").read_bytes()
+    _common.write_json(tmp_path / "a.json.gz", data)
+    assert (tmp_path / "a.json.gz").read_bytes() == first  # no timestamp in the gzip header: no spurious diffs
+    assert gzip.decompress(first).decode().startswith("{")
+    assert _common.read_json(tmp_path / "a.json.gz") == data
+    _common.write_json(tmp_path / "a.json", data)
+    assert _common.read_json(tmp_path / "a.json") == data == json.loads((tmp_path / "a.json").read_text())
 
 
 def test_read_idx_roundtrip_and_errors(tmp_path: Path) -> None:

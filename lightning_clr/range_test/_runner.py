@@ -18,9 +18,10 @@ import os
 from typing import TYPE_CHECKING, Any, Optional
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from lightning_clr._compat import callback_bases
+from lightning_clr._outputs import atomic_write_figure, atomic_write_text, publish
 from lightning_clr.range_test._sweep import sweep
 from lightning_clr.range_test._types import RangeTestConfig, RangeTestResult
 
@@ -45,9 +46,11 @@ def run_range_test(
     accumulation and gradient clipping. Callback hooks do not fire during it and ``self.log`` is a
     no-op; the LightningModule's own hooks do fire. A train dataloader shorter than the sweep is
     cycled. Afterwards parameters, buffers, gradients, optimizer and scheduler state, the GradScaler,
-    the RNG states and the fit loop's counters are bitwise what they were. With ``config.save``, the
-    curve (JSON) and plot (PNG) go under ``trainer.log_dir`` (only global rank 0 writes), and the figure
-    to loggers that take figures (TensorBoard).
+    the RNG states and the fit loop's counters are bitwise what they were. With ``config.save``, global
+    rank 0 writes the curve (JSON) and plot (PNG) into the trainer's loggers: TensorBoard and CSV get the
+    files in their directories (TensorBoard the figure too), MLflow artifacts of its run, W&B an image and
+    a file; with no such logger they go under
+    ``trainer.default_root_dir``.
 
     Example:
         >>> from lightning.pytorch.callbacks import Callback
@@ -68,36 +71,33 @@ def save_result(result: RangeTestResult, directory: str) -> tuple[list[str], Opt
     """Write the curve (``lr_range_test.json``) and, with matplotlib, the plot (``lr_range_test.png``) under
     ``directory``. Returns the paths written and the figure (``None`` without matplotlib, with a warning)."""
     os.makedirs(directory, exist_ok=True)
-    json_path = os.path.join(directory, RESULT_FILENAME + ".json")
-    result.to_json(json_path)
-    try:
-        figure = result.plot()
-    except ImportError as err:
-        rank_zero_warn(f"LR range test: curve saved to {json_path}, but not plotted: {err}")
+    json_path = atomic_write_text(os.path.join(directory, RESULT_FILENAME + ".json"), result.to_json())
+    figure = _figure(result, json_path)
+    if figure is None:
         return [json_path], None
-    png_path = os.path.join(directory, RESULT_FILENAME + ".png")
-    figure.savefig(png_path, dpi=100)
-    return [json_path, png_path], figure
+    return [json_path, atomic_write_figure(os.path.join(directory, RESULT_FILENAME + ".png"), figure)], figure
+
+
+def _figure(result: RangeTestResult, where: str) -> Optional[Figure]:
+    try:
+        return result.plot()
+    except ImportError as err:
+        rank_zero_warn(f"LR range test: the curve is saved ({where}), but not plotted: {err}")
+        return None
 
 
 def _save_outputs(trainer: pl.Trainer, result: RangeTestResult) -> None:
-    directory = trainer.log_dir or trainer.default_root_dir  # a collective under DDP: every rank calls it
+    """Into the logger the user chose (TensorBoard, CSV, MLflow, W&B), else under ``default_root_dir``: global
+    rank 0 alone writes, with no collective, and a failed write warns (the other ranks go on)."""
     if not trainer.is_global_zero:
         return
-    # Rank 0 alone writes: an error here must not stop it while the other ranks go on into a collective.
-    try:
-        paths, figure = save_result(result, directory)
-        for logger in trainer.loggers if figure is not None else []:
-            experiment = getattr(logger, "experiment", None)
-            if hasattr(experiment, "add_figure"):
-                experiment.add_figure("lr_range_test", figure, global_step=trainer.global_step, close=False)
-    except Exception as err:  # noqa: BLE001 - a failed save must not hang the other ranks
-        rank_zero_warn(f"LR range test: could not save the curve or its plot under {directory}: {err!r}")
-        return
-    rank_zero_info(f"LR range test: saved {' and '.join(paths)}")
+    figure = _figure(result, "in the trainer's loggers")
+    paths = publish(trainer, RESULT_FILENAME, json_text=result.to_json(), figure=figure)
+    if paths:
+        rank_zero_info(f"LR range test: saved {' and '.join(paths)}")
 
 
-class _StandaloneRangeTest(Callback):
+class _StandaloneRangeTest(*callback_bases()):
     """Runs the range test at ``on_train_start`` of a private fit, then stops the fit before any step."""
 
     def __init__(self, config: RangeTestConfig, progress_bar: bool) -> None:

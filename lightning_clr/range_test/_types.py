@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal, Optional
 
 from torchmetrics import Metric
 
+from lightning_clr._outputs import atomic_write_text
 from lightning_clr._validation import ArgumentError, boolean, choice, float_in, int_in, positive_float
 from lightning_clr.range_test._plot import plot_range_test
 from lightning_clr.range_test._rules import DEFAULT_BASE_DIVISOR, RULES
@@ -242,11 +243,11 @@ class RangeTestResult:
         )
 
     def to_json(self, path: Optional[str] = None) -> str:
-        """The result as strict JSON text (no NaN/Infinity literals); also written to ``path`` when given."""
+        """The result as strict JSON text (no NaN/Infinity literals); also written to ``path`` when given
+        (atomically: a temp file renamed onto ``path``, so a symlink there is replaced, never followed)."""
         text = json.dumps(self.to_dict(), indent=1, allow_nan=False)
         if path is not None:
-            with open(path, "w", encoding="utf-8") as f:
-                f.write(text)
+            atomic_write_text(path, text)
         return text
 
     @classmethod
