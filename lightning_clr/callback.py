@@ -184,7 +184,7 @@ class CyclicLearningRate(*callback_bases()):  # a Callback of lightning.pytorch 
 
     @property
     def range_test_result(self) -> Optional[RangeTestResult]:
-        """The range test's result: this fit's, or the one stored in the resumed checkpoint."""
+        """This fit's range-test result, or the one stored in the resumed checkpoint (``None`` when none ran)."""
         if self._result is None and self._plan is not None and self._plan.range_test is not None:
             self._result = RangeTestResult.from_dict(self._plan.range_test)
         return self._result
