@@ -17,6 +17,7 @@ from lightning_clr.schedule import cyclic_lr, cyclic_momentum
 __version__ = "0.1.0"
 
 __all__ = [
+    "CyclePruningCallback",
     "CycleTuningResult",
     "CyclicLearningRate",
     "LightningCLRCLI",
@@ -26,12 +27,15 @@ __all__ = [
     "cyclic_lr",
     "cyclic_momentum",
     "lr_range_test",
+    "suggest_cycle",
     "tune_cycle_length",
 ]
 
 # Names whose modules import optional extras (optuna, matplotlib): imported on first use.
 _LAZY: dict[str, str] = {
+    "CyclePruningCallback": "lightning_clr.tuning",
     "CycleTuningResult": "lightning_clr.tuning",
+    "suggest_cycle": "lightning_clr.tuning",
     "tune_cycle_length": "lightning_clr.tuning",
     "LightningCLRCLI": "lightning_clr.cli",  # needs jsonargparse (lightning-clr[cli])
 }

@@ -10,7 +10,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from lightning_clr._sampler import DistinctHalfCycleSampler
+from lightning_clr.tuning._sampler import DistinctHalfCycleSampler
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 H = {"half_cycle_epochs": IntDistribution(1, 11)}

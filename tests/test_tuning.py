@@ -7,6 +7,7 @@ no server answers.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -31,11 +32,12 @@ from processes import clean_env, free_port
 from torch import nn
 
 from lightning_clr import CyclicLearningRate, RangeTestConfig, tune_cycle_length
-from lightning_clr._pruning import CycleEndMedianPruner
+from lightning_clr.tuning import OutputConfig, SearchSpace, StudyConfig
+from lightning_clr.tuning._pruners import CycleEndMedianPruner
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "scripts" / "tune_worker.py"
-PG_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
+PG_URL = "postgresql://postgres@127.0.0.1:5432/test"  # the plain URL of Optuna's docs (psycopg 3)
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -84,7 +86,13 @@ def tune(tmp_path: Path, **kwargs: Any) -> Any:
     )
     args.update(kwargs)
     model = args.pop("model", Net)
-    return tune_cycle_length(model, args.pop("datamodule", DM), **args)
+    groups = {name: {k: args.pop(k) for k in list(args) if k in fields(cls)}
+              for name, cls in (("search", SearchSpace), ("study", StudyConfig), ("output", OutputConfig))}
+    return tune_cycle_length(model, args.pop("datamodule", DM), **args, **groups)
+
+
+def fields(cls: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}
 
 
 def worker(out: Path, *args: str, torchrun: bool = False, wait: bool = True, timeout: int = 240) -> Any:
@@ -573,7 +581,7 @@ def test_values_are_finite_in_the_trial_table(tmp_path: Path) -> None:
 def test_a_setting_suggested_twice_is_judged_by_its_mean_not_its_luckiest_run() -> None:
     from optuna.distributions import IntDistribution
 
-    from lightning_clr.tuning import _result
+    from lightning_clr.tuning._result import result_of as _result
 
     study = optuna.create_study(direction="minimize")
     dist = {"half_cycle_epochs": IntDistribution(1, 12)}
