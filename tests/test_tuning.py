@@ -163,13 +163,15 @@ def test_package_import_does_not_import_optuna() -> None:
     ("kwargs", "name"),
     [
         ({"n_trials": 0}, "n_trials"),
-        ({"min_half_cycle_epochs": 3, "max_half_cycle_epochs": 2}, "max_half_cycle_epochs"),
-        ({"min_half_cycle_epochs": 1, "max_half_cycle_epochs": 4, "half_cycle_step": 2}, "half_cycle_step"),
-        ({"modes": ["zigzag"]}, "modes"),
+        ({"min_half_cycle_epochs": 3, "max_half_cycle_epochs": 2}, "search.max_half_cycle_epochs"),
+        ({"min_half_cycle_epochs": 1, "max_half_cycle_epochs": 4, "half_cycle_step": 2}, "search.half_cycle_step"),
+        ({"modes": ["zigzag"]}, "search.modes"),
         ({"base_lr": 0.1, "max_lr": 0.01}, "max_lr"),
-        ({"direction": "down"}, "direction"),
-        ({"min_max_lr_scale": 0.0}, "min_max_lr_scale"),
-        ({"heartbeat_interval": 2.0, "grace_period": 1.0}, "grace_period"),
+        ({"direction": "down"}, "study.direction"),
+        ({"sampler": "grid"}, "study.sampler"),
+        ({"pruner": object()}, "study.pruner"),
+        ({"min_max_lr_scale": 0.0}, "search.min_max_lr_scale"),
+        ({"heartbeat_interval": 2.0, "grace_period": 1.0}, "study.grace_period"),
         ({"timeout": 5.0, "trainer_kwargs": {"devices": 2}}, "timeout"),
         ({"model": "Net"}, "model"),
         ({"trainer_kwargs": {"max_epochs": -1}, "max_epochs": None}, r"trainer_kwargs\['max_epochs'\]"),
@@ -182,14 +184,27 @@ def test_bad_arguments_fail_before_training(tmp_path: Path, kwargs: dict[str, An
     assert Net.built == []  # no model was built, so no training step ran
 
 
+def test_a_monitor_the_model_never_logs_is_refused_before_any_trial(tmp_path: Path) -> None:
+    """Before: every trial trained to its first cycle end, failed, and the study ended with no result."""
+    Net.built.clear()
+    storage = str(tmp_path / "s.journal")
+    with pytest.raises(ValueError, match=r"`monitor` must be a metric that the model logs.*'val_loss'.*got 'nosuch'"):
+        tune(tmp_path, monitor="nosuch", storage=storage, study_name="probe")
+    assert len(Net.built) == 1  # the one throwaway model of the probe (one training batch)
+    study = optuna.load_study(study_name="probe", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(storage)))
+    assert study.trials == []
+
+
 # ---------------------------------------------------------------------------------------------- trials
 def test_trials_are_real_fits_with_fresh_models_seeds_and_logger_versions(tmp_path: Path) -> None:
     Net.built.clear()
     result = tune(tmp_path, n_trials=3, logger=True, seed=7, pruner="none")
     trials = result.study.get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
-    assert len(Net.built) == 3 and len({id(m) for m in Net.built}) == 3
-    for trial, model in zip(trials, Net.built):
+    probe, *built = Net.built  # the first: the monitor probe's throwaway model
+    assert len(built) == 3 and len({id(m) for m in built}) == 3
+    for trial, model in zip(trials, built):
         assert trial.user_attrs["seed"] == 7 + trial.number
         torch.manual_seed(7 + trial.number)
         expected = Net.__new__(Net)
@@ -279,7 +294,7 @@ def test_pruned_trial_stops_at_a_cycle_end(tmp_path: Path) -> None:
 
     def factory() -> Net:  # the third trial's model is badly off: it must be pruned at its first cycle end
         made.append(1)
-        return Net(val_scale=100.0 if len(made) == 3 else 1.0)
+        return Net(val_scale=100.0 if len(made) == 4 else 1.0)  # the first model: the monitor probe's
 
     result = tune(tmp_path, model=factory, n_trials=3, max_epochs=8, min_half_cycle_epochs=1,
                   max_half_cycle_epochs=1, n_startup_trials=2)
@@ -316,7 +331,7 @@ def test_range_test_runs_once_and_bounds_are_reused(tmp_path: Path) -> None:
         # process not even the short bounds fit (one model built: the trial's)
         Net.built.clear()
         tune(tmp_path, n_trials=1, **kwargs)
-        assert len(calls) == 1 and len(Net.built) == 1
+        assert len(calls) == 1 and len(Net.built) == 2  # the monitor probe's and the trial's
         # unless the user asks for a range test in every trial
         tune(tmp_path, n_trials=2, range_test_per_trial=True, **{**kwargs, "storage": None})
         assert len(calls) == 3
@@ -330,7 +345,7 @@ def test_failing_trials_are_recorded_and_the_study_goes_on(tmp_path: Path) -> No
 
     def factory() -> Net:
         made.append(1)
-        return Net(fail=len(made) == 1, nan=len(made) == 2)
+        return Net(fail=len(made) == 2, nan=len(made) == 3)  # the first model: the monitor probe's
 
     result = tune(tmp_path, model=factory, n_trials=3, max_epochs=8)
     t0, t1, t2 = result.study.get_trials()
@@ -342,7 +357,15 @@ def test_failing_trials_are_recorded_and_the_study_goes_on(tmp_path: Path) -> No
 
 
 def test_missing_monitor_fails_the_trial_with_a_clear_error(tmp_path: Path) -> None:
-    result = tune(tmp_path, monitor="val_acc", n_trials=1)
+    """A metric logged by the probe's batch but not by the trial's fit (here: only in a first epoch)."""
+
+    class SometimesNet(Net):
+        def validation_step(self, batch: Any, batch_idx: int) -> None:
+            super().validation_step(batch, batch_idx)
+            if self.trainer.current_epoch == 0 and self.trainer.max_epochs == 1:  # the probe's one epoch
+                self.log("val_acc", 0.5)
+
+    result = tune(tmp_path, model=SometimesNet, monitor="val_acc", n_trials=1)
     (t,) = result.study.get_trials()
     assert t.state == TrialState.FAIL and "'val_acc'" in t.user_attrs["error"] and "val_loss" in t.user_attrs["error"]
     assert result.best_half_cycle_epochs is None
@@ -596,3 +619,157 @@ def test_a_setting_suggested_twice_is_judged_by_its_mean_not_its_luckiest_run() 
     study.add_trial(optuna.trial.create_trial(params={"half_cycle_epochs": 10}, distributions=dist, value=0.65))
     result = _result(study, "val_loss", "minimize", 0, (None, None))
     assert result.best_half_cycle_epochs == 12 and result.best_value == pytest.approx(0.50)
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+DIGITS = ["--model", "examples.digits.DigitsClassifier", "--data", "examples.digits.DigitsDataModule"]
+TINY = ["--trainer.max_epochs=2", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1",
+        "--clr.base_lr=0.01", "--clr.max_lr=0.1", "--search.min_half_cycle_epochs=1",
+        "--search.max_half_cycle_epochs=1", "--output.plot=false", "--output.progress_bar=false"]
+
+
+def lightning_clr_tune(cwd: Path, *argv: str, timeout: int = 240) -> subprocess.CompletedProcess:
+    env = clean_env(PYTHONPATH=os.pathsep.join([str(ROOT), str(cwd)]), PYTHONWARNINGS="ignore")
+    cmd = [sys.executable, "-m", "lightning_clr.cli", "tune", *argv]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [
+        (["--monitor=nosuch"], "--monitor: `monitor` must be a metric that the model logs"),
+        (["--n_trials=0"], "--n_trials: `n_trials` must be a whole number >= 1, got 0"),
+        (["--search.min_half_cycle_epochs=3", "--search.max_half_cycle_epochs=2"], "`search.max_half_cycle_epochs`"),
+        (["--study.pruner=halving"], "study.pruner"),
+    ],
+    ids=["monitor", "n_trials", "reversed-range", "pruner"],
+)
+def test_cli_tune_bad_argument_is_one_line_exit_2_before_any_trial(tmp_path: Path, argv: list[str], flag: str) -> None:
+    """Before: --monitor nosuch failed every trial and exited 0; the other two were 25-line tracebacks."""
+    storage = tmp_path / "s.journal"
+    proc = lightning_clr_tune(tmp_path, *DIGITS, *TINY, f"--study.storage={storage}", "--study.study_name=x",
+                              f"--output.output_dir={tmp_path / 'out'}", *argv)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and flag in errors[0], proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    if storage.exists():  # the study may exist; no trial was asked for
+        study = optuna.load_study(study_name="x", storage=optuna.storages.JournalStorage(
+            optuna.storages.journal.JournalFileBackend(str(storage))))
+        assert study.trials == []
+    assert not (tmp_path / "out" / "trials").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_cli_tune_exits_non_zero_when_no_trial_completed(tmp_path: Path) -> None:
+    (tmp_path / "broken.py").write_text(
+        "from examples.digits import DigitsClassifier\n\n\n"
+        "class Broken(DigitsClassifier):\n"
+        "    def training_step(self, batch, batch_idx):\n"
+        "        raise RuntimeError('a bug in training_step')\n"
+    )
+    proc = lightning_clr_tune(tmp_path, "--model=broken.Broken", "--data=examples.digits.DigitsDataModule", *TINY,
+                              "--n_trials=2", f"--output.output_dir={tmp_path / 'out'}")
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "no trial completed (trial states: FAIL" in proc.stderr
+    assert "a bug in training_step" in (tmp_path / "out" / "summary.txt").read_text()
+
+
+# ---------------------------------------------------------------------------------------------- storage faults
+def test_plain_database_urls_get_an_installed_driver() -> None:
+    """SQLAlchemy 2.1 maps postgresql:// to psycopg 3 and mysql:// to mysqlclient: the [tune] extra brings
+    psycopg 3 and PyMySQL, and a plain mysql:// URL is mapped to PyMySQL when mysqlclient is missing."""
+    import importlib.util
+
+    from lightning_clr.tuning._storage import database_url
+
+    assert database_url("postgresql://u@h/db") == "postgresql+psycopg://u@h/db"
+    assert importlib.util.find_spec("psycopg") is not None and importlib.util.find_spec("pymysql") is not None
+    expected = "mysql+mysqldb" if importlib.util.find_spec("MySQLdb") else "mysql+pymysql"
+    assert database_url("mysql://u@h/db") == f"{expected}://u@h/db"
+    assert database_url("postgresql+psycopg2://u@h/db") == "postgresql+psycopg2://u@h/db"  # explicit: kept
+    assert database_url("sqlite:///x.db") == "sqlite:///x.db"
+
+
+@pytest.mark.parametrize("url", ["postgresql://postgres@127.0.0.1:1/test", "mysql://root:secret@127.0.0.1:1/test"])
+def test_a_database_that_refuses_connections_is_one_line(tmp_path: Path, url: str) -> None:
+    from lightning_clr.tuning import StorageError
+
+    Net.built.clear()
+    with pytest.raises(StorageError) as info:
+        tune(tmp_path, storage=url, study_name="refused")
+    message = str(info.value)
+    assert "\n" not in message and url.split("@")[1] in message, message
+    assert "refused" in message.lower(), message  # the real cause, not "invalid data in the commit"
+    assert "secret" not in message  # the password is hidden
+    assert Net.built == []
+
+
+@pytest.mark.slow
+@needs_pg
+@pytest.mark.timeout(180)
+def test_a_database_that_stops_accepting_connections_mid_trial(tmp_path: Path) -> None:
+    """Before: "invalid data in the commit, e.g. exceeding max length"; the real cause only in the chain."""
+    import psycopg
+
+    from lightning_clr.tuning import StorageError
+
+    db = f"lclr_refuse_{uuid.uuid4().hex[:8]}"
+    admin = psycopg.connect("postgresql://postgres@127.0.0.1:5432/test", autocommit=True)
+    admin.execute(f"CREATE DATABASE {db}")
+    url = f"postgresql://postgres@127.0.0.1:5432/{db}"
+
+    class CutOff(Net):
+        def on_train_epoch_start(self) -> None:
+            if self.current_epoch == 1 and len(Net.built) == 2:  # the first trial, after its first epoch
+                admin.execute(f"ALTER DATABASE {db} ALLOW_CONNECTIONS false")
+                admin.execute(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}'")
+
+    try:
+        Net.built.clear()
+        with pytest.raises(StorageError) as info:
+            tune(tmp_path, model=CutOff, storage=url, study_name="cut", max_epochs=4, max_half_cycle_epochs=1,
+                 n_trials=2)
+        message = str(info.value)
+        assert "\n" not in message and db in message, message
+        assert "invalid data in the commit" not in message, message
+        causes = ("terminating connection due to administrator command", "not currently accepting connections")
+        assert any(cause in message for cause in causes), message
+        admin.execute(f"ALTER DATABASE {db} ALLOW_CONNECTIONS true")
+        (trial,) = optuna.load_study(study_name="cut", storage=url).trials
+        assert trial.state == TrialState.RUNNING  # left for the next worker's heartbeat sweep
+    finally:
+        admin.execute(f"ALTER DATABASE {db} ALLOW_CONNECTIONS true")
+        admin.execute(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}'")
+        admin.execute(f"DROP DATABASE IF EXISTS {db}")
+        admin.close()
+
+
+def _immutable(path: Path, on: bool) -> bool:
+    """``chattr +i``: a file that even root cannot write (a read-only journal, as a plain user meets it)."""
+    return shutil.which("chattr") is not None and subprocess.run(
+        ["chattr", "+i" if on else "-i", str(path)], capture_output=True).returncode == 0
+
+
+def test_a_read_only_journal_is_one_line(tmp_path: Path) -> None:
+    """Before: a bare PermissionError from deep inside a trial."""
+    from lightning_clr.tuning import StorageError
+
+    journal = tmp_path / "ro.journal"
+    optuna.create_study(study_name="ro", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(journal))))
+    if os.geteuid() == 0 and not _immutable(journal, True):
+        pytest.skip("root ignores file modes, and chattr +i is not available here")
+    if os.geteuid() != 0:
+        journal.chmod(0o444)
+    try:
+        with pytest.raises(StorageError) as info:
+            tune(tmp_path, storage=str(journal), study_name="ro")
+    finally:
+        _immutable(journal, False)
+        journal.chmod(0o644)
+    message = str(info.value)
+    assert "\n" not in message and str(journal) in message and "PermissionError" in message, message

@@ -15,9 +15,10 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
-from typing import Any, Literal, Optional, Union
+from typing import Any, Iterator, Literal, Optional, Union
 
 from lightning_clr._validation import ArgumentError, boolean, choice, int_in, positive_float
 from lightning_clr.schedule import MODES
@@ -58,6 +59,10 @@ class SearchSpace:
     distinct: bool = True
 
     def __post_init__(self) -> None:
+        with _group("search"):
+            self._check()
+
+    def _check(self) -> None:
         low = int_in("min_half_cycle_epochs", self.min_half_cycle_epochs, 1)
         int_in("max_half_cycle_epochs", self.max_half_cycle_epochs, low, what="at least min_half_cycle_epochs")
         step = int_in("half_cycle_step", self.half_cycle_step, 1)
@@ -123,6 +128,10 @@ class StudyConfig:
     grace_period: Optional[float] = None
 
     def __post_init__(self) -> None:
+        with _group("study"):
+            self._check()
+
+    def _check(self) -> None:
         for name in ("storage", "study_name"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or not value):
@@ -163,11 +172,24 @@ class OutputConfig:
     progress_bar: bool = True
 
     def __post_init__(self) -> None:
+        with _group("output"):
+            self._check()
+
+    def _check(self) -> None:
         if not isinstance(self.output_dir, (str, os.PathLike)) or not str(self.output_dir):
             raise ArgumentError("output_dir", self.output_dir, "a directory path")
         object.__setattr__(self, "output_dir", str(self.output_dir))
         for name in ("logger", "plot", "progress_bar"):
             boolean(name, getattr(self, name))
+
+
+@contextlib.contextmanager
+def _group(prefix: str) -> Iterator[None]:
+    """Name a field by its group, as the command line does: ``search.max_half_cycle_epochs``."""
+    try:
+        yield
+    except ArgumentError as err:
+        raise ArgumentError(f"{prefix}.{err.argument}", err.value, err.requirement) from None
 
 
 def _optuna_or_name(name: str, value: Any, names: tuple[str, ...], base: str) -> None:

@@ -76,13 +76,16 @@ def make_storage(spec: Any) -> Any:
 
 def storage_name(storage: Any) -> str:
     """The storage as a user wrote it, without a password."""
+    for _ in range(4):  # Optuna's _CachedStorage wraps the RDBStorage, JournalStorage its file backend
+        if isinstance(storage, str) or hasattr(storage, "url") or hasattr(storage, "_file_path"):
+            break
+        storage = getattr(storage, "_backend", storage)
     if isinstance(storage, str):
         name = storage
     elif hasattr(storage, "url"):
         name = str(storage.url)
     else:
-        backend = getattr(storage, "_backend", None)
-        name = str(getattr(backend, "_file_path", type(storage).__name__))
+        name = str(getattr(storage, "_file_path", type(storage).__name__))
     return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", name)
 
 

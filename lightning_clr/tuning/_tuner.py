@@ -64,9 +64,9 @@ def tune_cycle_length(
     max_lr: Optional[float] = None,
     range_test: Optional[RangeTestConfig] = None,
     range_test_per_trial: bool = False,
-    search: Optional[SearchSpace] = None,
-    study: Optional[StudyConfig] = None,
-    output: Optional[OutputConfig] = None,
+    search: SearchSpace = SearchSpace(),  # noqa: B008 (frozen: a shared default is safe)
+    study: StudyConfig = StudyConfig(),  # noqa: B008
+    output: OutputConfig = OutputConfig(),  # noqa: B008
 ) -> CycleTuningResult:
     """Tune the CLR half-cycle length (in epochs) with Optuna; every trial is a real Lightning fit.
 
@@ -120,6 +120,8 @@ def tune_cycle_length(
     if the_study is not None:
         run = dataclasses.replace(run, study=dataclasses.replace(run.study, study_name=the_study.study_name))
     make_trainer, build = _factories(run)
+    if not distributed(trainer_kwargs) and not spawns(trainer_kwargs.get("strategy")):
+        _probe_monitor(run, build)
     space = optuna_space(optuna, run.search)
     bounds: tuple = (run.base_lr, run.max_lr)
     if run.range_test_per_trial:
@@ -250,6 +252,24 @@ def _factories(run: TuneRun) -> tuple[Callable[..., pl.Trainer], Callable[[], An
         return m, dm
 
     return make_trainer, build
+
+
+def _probe_monitor(run: TuneRun, build: Callable[[], Any]) -> None:
+    """One training and one validation batch of a throwaway model (one process only): a ``monitor`` that the
+    model never logs is refused before any trial trains, instead of failing every trial at its first cycle end."""
+    kwargs = {k: v for k, v in run.trainer_kwargs.items() if k not in ("callbacks", "logger", "max_epochs")}
+    kwargs.update(max_epochs=1, limit_train_batches=1, limit_val_batches=1, num_sanity_val_steps=0, logger=False,
+                  enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                  default_root_dir=run.output.output_dir)
+    try:
+        model, dm = build()
+        trainer = pl.Trainer(**kwargs)
+        trainer.fit(model, datamodule=dm)
+    except Exception:  # a model that fails is the trials' business: each one records the error
+        return
+    if run.monitor not in trainer.callback_metrics:
+        raise ArgumentError("monitor", run.monitor, "a metric that the model logs; after one training and one"
+                            f" validation batch it logs {sorted(trainer.callback_metrics)}")
 
 
 def _warm_start(study: Any, search: SearchSpace, space: dict[str, Any]) -> None:
