@@ -12,6 +12,7 @@ import functools
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import socket
@@ -773,3 +774,54 @@ def test_a_read_only_journal_is_one_line(tmp_path: Path) -> None:
         journal.chmod(0o644)
     message = str(info.value)
     assert "\n" not in message and str(journal) in message and "PermissionError" in message, message
+
+
+# ---------------------------------------------------------------------------------------------- after the work
+def test_the_history_plots_best_line_is_best_value() -> None:
+    """Before: "best so far" was drawn at the luckiest single run (0.40), best_value the setting's mean (0.45)."""
+    from optuna.distributions import IntDistribution
+
+    from lightning_clr.tuning._result import result_of
+
+    study = optuna.create_study(direction="minimize")
+    dist = {"half_cycle_epochs": IntDistribution(1, 12)}
+    for h, value in ((12, 0.40), (12, 0.60), (10, 0.45)):
+        study.add_trial(optuna.trial.create_trial(params={"half_cycle_epochs": h}, distributions=dist, value=value))
+    result = result_of(study, "val_loss", "minimize", 0, (None, None))
+    (line,) = result.history_figure().axes[0].get_lines()
+    assert list(line.get_ydata()) == pytest.approx([0.40, 0.50, 0.45])
+    assert line.get_ydata()[-1] == pytest.approx(result.best_value)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_without_matplotlib_the_plots_are_skipped_with_one_warning(tmp_path: Path) -> None:
+    """Before: every trial trained, then ImportError for matplotlib (plot=True is the default)."""
+    import sysconfig
+
+    # An environment without matplotlib: this venv's site-packages, linked entry by entry, but matplotlib's.
+    site = tmp_path / "site"
+    site.mkdir()
+    for entry in Path(sysconfig.get_paths()["purelib"]).iterdir():
+        if not entry.name.lower().startswith(("matplotlib", "mpl_toolkits", "pylab")) and entry.suffix != ".pth":
+            (site / entry.name).symlink_to(entry)
+    code = f"""
+import sys, warnings
+sys.path.insert(0, {str(ROOT / "tests")!r})
+import importlib.util
+assert importlib.util.find_spec("matplotlib") is None
+from test_tuning import tune
+from pathlib import Path
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    result = tune(Path({str(tmp_path)!r}), n_trials=1, plot=True)
+plots = [str(w.message) for w in caught if "matplotlib" in str(w.message)]
+print("WARNINGS", len(plots), plots)
+print("BEST", result.best_half_cycle_epochs, result.plots)
+"""
+    env = clean_env(PYTHONPATH=os.pathsep.join([str(site), str(ROOT)]))
+    proc = subprocess.run([sys.executable, "-S", "-c", code], env=env, capture_output=True, text=True, timeout=200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "WARNINGS 1 " in proc.stdout and "pip install lightning-clr[plot]" in proc.stdout, proc.stdout
+    assert re.search(r"BEST \d+ \[\]", proc.stdout), proc.stdout  # a result, no plot paths
+    assert (tmp_path / "tuning" / "summary.txt").exists() and not list(tmp_path.rglob("*.png"))

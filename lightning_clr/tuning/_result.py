@@ -131,24 +131,30 @@ class CycleTuningResult:
             out.append((t.number, pick(sum(v) / len(v) for v in runs.values())))
         return out
 
+    def history_figure(self) -> Any:
+        """The optimization history as a matplotlib ``Figure``: every trial's value, and the best so far as
+        ``best_value`` judges it (the mean of a setting's runs)."""
+        rows = [r for r in self.trials() if r["value"] is not None and r["state"] in ("COMPLETE", "PRUNED")]
+        fig, ax = _figure()
+        done = self.best_so_far()
+        if done:
+            ax.step([n for n, _ in done], [v for _, v in done], where="post", color="red",
+                    label="best so far (mean of a setting's runs)")
+        for state, marker in (("COMPLETE", "o"), ("PRUNED", "x")):
+            pts = [(r["number"], r["value"]) for r in rows if r["state"] == state]
+            if pts:
+                ax.scatter(*zip(*pts), marker=marker, label=state.lower())
+        ax.set(xlabel="trial", ylabel=self.monitor, title="Optimization history")
+        ax.legend()
+        fig.tight_layout()
+        return fig
+
     def save_plots(self, output_dir: str) -> list[str]:
         """Save ``optimization_history.png`` and ``cycle_length.png`` under ``output_dir``; return their paths."""
         rows = [r for r in self.trials() if r["value"] is not None and r["state"] in ("COMPLETE", "PRUNED")]
         os.makedirs(output_dir, exist_ok=True)
         paths = [os.path.join(output_dir, "optimization_history.png"), os.path.join(output_dir, "cycle_length.png")]
-        fig, ax = _figure()
-        for state, marker in (("COMPLETE", "o"), ("PRUNED", "x")):
-            pts = [(r["number"], r["value"]) for r in rows if r["state"] == state]
-            if pts:
-                ax.scatter(*zip(*pts), marker=marker, label=state.lower())
-        done = self.best_so_far()
-        if done:
-            ax.step([n for n, _ in done], [v for _, v in done], where="post", color="red",
-                    label="best so far (mean of a setting's runs)")
-        ax.set(xlabel="trial", ylabel=self.monitor, title="Optimization history")
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(paths[0], dpi=100)
+        self.history_figure().savefig(paths[0], dpi=100)
         fig, ax = _figure()
         for state, marker in (("COMPLETE", "o"), ("PRUNED", "x")):
             pts = [(r["half_cycle_epochs"], r["value"]) for r in rows if r["state"] == state]
