@@ -290,6 +290,54 @@ def test_pruner_compares_only_cycle_end_values_up_to_the_same_epoch() -> None:
     assert not trial3.should_prune()
 
 
+def _reported(study: optuna.Study, values: dict[int, float], dist: dict[str, Any]) -> optuna.Trial:
+    trial = study.ask(dist)
+    for step, value in values.items():
+        trial.report(value, step=step)
+    return trial
+
+
+def test_cycle_halving_rungs_are_met_by_the_first_cycle_end_past_them() -> None:
+    from optuna.distributions import IntDistribution
+
+    from lightning_clr.tuning import CycleHalvingPruner
+
+    dist = {"half_cycle_epochs": IntDistribution(1, 12)}
+    study = optuna.create_study(pruner=CycleHalvingPruner(min_resource=2, reduction_factor=3))
+    for values in ({4: 0.50, 8: 0.40, 12: 0.35}, {4: 0.60, 8: 0.45}, {4: 0.55, 8: 0.50}):
+        study.tell(_reported(study, values, dist), list(values.values())[-1])
+    # a long cycle first reports at epoch 10: it meets rungs 2 and 6 there, and is judged at rung 6 against the
+    # others' values at their first cycle ends at or after epoch 6 (0.40, 0.45, 0.50): kept only if the best
+    long = _reported(study, {10: 0.42}, dist)
+    assert long.should_prune()  # 0.42 > 0.40: not in the best third of 4
+    best = _reported(study, {10: 0.39}, dist)
+    assert not best.should_prune()
+    # no rung between its previous cycle end (10) and this one (14): never judged there
+    best.report(0.9, step=14)
+    assert not best.should_prune()
+    # a value reported mid-way between rungs is not compared; the next rung (18) judges again
+    best.report(0.9, step=20)
+    assert not best.should_prune()  # nobody else reached rung 18
+    maximize = optuna.create_study(direction="maximize", pruner=CycleHalvingPruner(min_resource=2))
+    maximize.tell(_reported(maximize, {2: 0.9}, dist), 0.9)
+    assert _reported(maximize, {2: 0.5}, dist).should_prune()
+    assert not _reported(maximize, {2: 0.95}, dist).should_prune()
+
+
+def test_cycle_halving_prunes_a_bad_trial_in_the_tuner(tmp_path: Path) -> None:
+    made = []
+
+    def factory() -> Net:
+        made.append(1)
+        return Net(val_scale=100.0 if len(made) == 4 else 1.0)  # the first model: the monitor probe's
+
+    result = tune(tmp_path, model=factory, n_trials=3, max_epochs=8, min_half_cycle_epochs=1,
+                  max_half_cycle_epochs=1, pruner="cycle_halving")
+    trials = result.study.get_trials()
+    assert [t.state for t in trials][-1] == TrialState.PRUNED
+    assert trials[-1].user_attrs["pruned_at_epoch"] == 2  # rung 0: its first cycle end
+
+
 def test_pruned_trial_stops_at_a_cycle_end(tmp_path: Path) -> None:
     made = []
 
@@ -521,6 +569,42 @@ def test_killed_worker_trial_is_failed_by_the_next_worker_journal(tmp_path: Path
 def test_killed_worker_trial_is_failed_by_the_next_worker_postgresql(tmp_path: Path, pg_study_name: str) -> None:
     _kill_mid_trial(tmp_path, PG_URL, pg_study_name, lambda: optuna.load_study(study_name=pg_study_name,
                                                                                 storage=PG_URL))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_live_trial_past_the_grace_period_is_not_failed_by_another_workers_sweep(tmp_path: Path) -> None:
+    """Issue 11's blind spot: a tuner that never wrote its heartbeat would pass the kill tests (the dead
+    worker's trial is old either way) but would have its live trials failed by every other worker."""
+    storage = str(tmp_path / "live.journal")
+
+    def load() -> Any:
+        return optuna.load_study(study_name="live", storage=optuna.storages.JournalStorage(
+            optuna.storages.journal.JournalFileBackend(storage)))
+
+    args = ["--storage", storage, "--study-name", "live", "--heartbeat", "0.5", "--grace", "2", "--no-warm-start",
+            "--n-trials", "1"]
+    slow = worker(tmp_path / "slow", *args, "--sleep", "0.2", "--max-epochs", "24", "--max-half", "1", wait=False)
+    deadline = time.time() + 120
+    running: list = []
+    while time.time() < deadline and not running:
+        time.sleep(0.5)
+        try:
+            running = load().get_trials(states=(TrialState.RUNNING,))
+        except KeyError:
+            continue
+        assert slow.poll() is None, slow.communicate()[0][-3000:]
+    assert running, "the slow worker never started a trial"
+    time.sleep(4.0)  # its trial is now older than the grace period: only its heartbeat keeps it alive
+    assert slow.poll() is None and load().trials[0].state == TrialState.RUNNING
+    sweeper = worker(tmp_path / "sweeper", *args)  # sweeps stale RUNNING trials before its own trial
+    assert "marked stale" not in sweeper.stdout + sweeper.stderr
+    out, _ = slow.communicate(timeout=240)
+    assert slow.returncode == 0, out[-4000:]
+    first, second = sorted(load().trials, key=lambda t: t.number)
+    assert first.state == TrialState.COMPLETE and "error" not in first.user_attrs, first.user_attrs
+    assert second.state == TrialState.COMPLETE
+    assert (first.datetime_complete - first.datetime_start).total_seconds() > 2 * 2  # it really outlived grace
 
 
 # ---------------------------------------------------------------------------------------------- DDP
