@@ -77,7 +77,7 @@ def test_the_same_half_cycle_with_another_mode_is_not_a_repeat() -> None:
 
 @pytest.mark.parametrize("distinct", [True, False])
 def test_tuner_trials_are_distinct_unless_turned_off(tmp_path: Path, distinct: bool) -> None:
-    from test_tuning import tune
+    from tuning_helpers import tune
 
     result = tune(tmp_path, n_trials=6, max_epochs=2, min_half_cycle_epochs=1, max_half_cycle_epochs=6,
                   pruner="none", n_startup_trials=1, distinct=distinct, seed=3)
