@@ -120,7 +120,7 @@ class CyclePruningCallback(Callback):
         self.reports: dict[int, float] = {}
         self.params: dict[str, Any] = {}
         self._cycles = 0
-        self._ref: Optional[tuple[Any, Any, int]] = None  # (storage, pruner, trial_id) to re-open after a spawn
+        self._ref: Optional[tuple[Any, Any, int, str]] = None  # (storage, pruner, trial id, study name): for a spawn
         if trial is not None:
             storage = trial.study._storage
             in_memory = type(storage).__name__ == "InMemoryStorage"
