@@ -1,7 +1,7 @@
 """Overhead of the ``CyclicLearningRate`` callback, in one process.
 
 1. Per optimizer step, in microseconds (median of blocks of calls):
-   - ``callback._apply(i)``: computing and writing LR and momentum into the param groups;
+   - the callback's writer, ``ScheduleWriter.apply(i)``: computing and writing LR and momentum into the param groups;
    - the callback's hook path per step, ``on_before_optimizer_step`` + ``on_train_batch_end``
      (what Lightning calls around every optimizer step);
    - ``torch.optim.lr_scheduler.CyclicLR.step()`` on the same kind of optimizer (SGD with momentum,
@@ -93,7 +93,7 @@ def per_call_us(fns: dict[str, Callable[[], Any]], calls: int, blocks: int) -> d
 def per_step_costs(calls: int, blocks: int) -> dict[str, Any]:
     # A real fit of a few steps wires the callback up (optimizer, param groups, bounds, cycle length).
     model = TinyMLP()
-    clr = CyclicLearningRate(base_lr=1e-3, max_lr=6e-3, step_size_up=2000)
+    clr = CyclicLearningRate(base_lr=1e-3, max_lr=6e-3, step_size_up=2000, cycle_momentum=True)  # as CyclicLR
     trainer = make_trainer([clr], max_epochs=1, max_steps=4)
     trainer.fit(model, train_dataloaders=tiny_loader(128, 32))
     opt = trainer.optimizers[0]
@@ -107,7 +107,7 @@ def per_step_costs(calls: int, blocks: int) -> dict[str, Any]:
     sched = torch.optim.lr_scheduler.CyclicLR(ref_opt, base_lr=1e-3, max_lr=6e-3, step_size_up=2000)
     ref_opt.step()  # avoid torch's "scheduler.step() before optimizer.step()" warning
     costs: dict[str, Any] = per_call_us(
-        {"callback_apply": lambda: clr._apply(0), "callback_hooks": hooks, "torch_cycliclr_step": sched.step},
+        {"callback_apply": lambda: clr._writer.apply(0), "callback_hooks": hooks, "torch_cycliclr_step": sched.step},
         calls, blocks)
     return {**costs, "calls_per_block": calls, "blocks": blocks}
 
@@ -188,7 +188,7 @@ def markdown(data: dict[str, Any]) -> str:
         "",
         "| what | µs per step |",
         "|---|---|",
-        f"| `CyclicLearningRate._apply` (LR + momentum into the param group) | {cell(s['callback_apply'])} |",
+        f"| the callback's writer, `ScheduleWriter.apply` (LR + momentum into the param group) | {cell(s['callback_apply'])} |",
         f"| callback hook path (`on_before_optimizer_step` + `on_train_batch_end`) | {cell(s['callback_hooks'])} |",
         f"| `torch.optim.lr_scheduler.CyclicLR.step()` | {cell(s['torch_cycliclr_step'])} |",
         "",

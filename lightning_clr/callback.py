@@ -1,45 +1,31 @@
-"""The ``CyclicLearningRate`` callback: Lightning glue around :mod:`lightning_clr.schedule`.
+"""The ``CyclicLearningRate`` callback: small Lightning hooks around three separate things.
 
-Data flows one way: the callback resolves the bounds (from the user, a checkpoint, or the range
-test in :mod:`lightning_clr.range_test`), resolves the cycle length, and then sets
-``lr = f(step)`` on the optimizer's param groups once per optimizer step.
+- ``settings`` (:class:`~lightning_clr.CycleSettings`): what the user asked for, validated in ``__init__``;
+- ``plan`` (:class:`~lightning_clr.CyclePlan`): what a fit resolved from them at train start (a fit without
+  ``ckpt_path`` always resolves a new one) or what a checkpoint restored; immutable, it is the checkpoint state;
+- the per-step writer (:class:`~lightning_clr._writer.ScheduleWriter`), which sets ``lr = f(step)`` once per
+  optimizer step through the pure functions of :mod:`lightning_clr.schedule`.
 """
 
 from __future__ import annotations
 
-import math
+import warnings
 from typing import Any, Callable, Literal, Optional, Union
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.optim import Optimizer
+from typing_extensions import override
 
-from lightning_clr._rules import DEFAULT_BASE_DIVISOR
-from lightning_clr._sweep import refuse_sharded
-from lightning_clr.range_test import RangeTestConfig
-from lightning_clr.schedule import (
-    amplitude,
-    cycle_position,
-    derive_step_sizes,
-    import_scale_fn,
-    scale_fn_path,
-    validate_schedule_args,
-)
+from lightning_clr._optimizers import remove_schedulers, training_optimizers
+from lightning_clr._plan import CyclePlan, reconcile
+from lightning_clr._resolve import build_plan, describe, expand_bounds, resolve_bounds, resolve_cycle
+from lightning_clr._settings import DEFAULT_HALF_CYCLE_EPOCHS, CycleSettings
+from lightning_clr._writer import ScheduleWriter, check_scale_fn
+from lightning_clr.range_test import RangeTestConfig, RangeTestResult, refuse_sharded
 
 __all__ = ["CyclicLearningRate"]
-
-Bound = Union[float, list[float], None]
-DEFAULT_HALF_CYCLE_EPOCHS = 2.0
-
-
-def _as_list(name: str, value: Bound) -> Optional[list[float]]:
-    if value is None:
-        return None
-    values = list(value) if isinstance(value, (list, tuple)) else [value]
-    if not values:
-        raise ValueError(f"`{name}` must not be an empty list")
-    return values
 
 
 class CyclicLearningRate(Callback):
@@ -53,7 +39,8 @@ class CyclicLearningRate(Callback):
         base_lr: Lower LR bound, one float or one per param group. ``None``: found by the range test.
         max_lr: Upper LR bound, one float or one per param group. ``None``: found by the range test.
         step_size_up: Optimizer steps in the rising half-cycle. ``None``: ``half_cycle_epochs`` times the
-            optimizer steps per epoch (per rank, after ``accumulate_grad_batches``).
+            optimizer steps per epoch (per rank, after ``accumulate_grad_batches``); for a train dataloader
+            without a length, ``Trainer(max_steps)`` is split into 3 whole cycles.
         step_size_down: Optimizer steps in the falling half-cycle. ``None``: same as ``step_size_up``.
         half_cycle_epochs: Half-cycle length in epochs when ``step_size_up`` is ``None``. Smith advises 2-10.
         fit_whole_cycles: When ``step_size_up`` is derived and the run's length is known
@@ -61,18 +48,28 @@ class CyclicLearningRate(Callback):
             it ends at a cycle end, where the LR is back at ``base_lr`` (the falling half may then be up to
             one step per cycle longer than the rising half).
         mode: ``"triangular"``, ``"triangular2"`` or ``"exp_range"``.
-        gamma: Per-step amplitude decay for ``"exp_range"``, in (0, 1].
-        scale_fn: A custom amplitude function, or its import path ``"pkg.module:function"``. A function is
-            saved in checkpoints by import path; a lambda or local function is not saved (a warning says so).
+        gamma: Per-step amplitude decay for ``"exp_range"``, in (0, 1]; must stay 1.0 for the other modes.
+        scale_fn: A custom amplitude function, or its import path ``"pkg.module:function"``. It is checked at fit
+            start on the values it will receive (finite, >= 0). A checkpoint stores its path but never imports
+            it: pass the function again when resuming.
         scale_mode: What ``scale_fn`` receives: ``"cycle"`` or ``"iterations"``.
         cycle_momentum: Cycle momentum (or Adam's beta1) inversely to the LR, only on param groups that
-            already use momentum (> 0) or betas. Never switches momentum on. Off by default: with
-            ``base_lr = max_lr / 4``, momentum 0.95 at the base and 0.85 at the peak nearly cancel the cycle of
-            the effective step ``lr / (1 - momentum)`` (5x against 6.7x ``max_lr``), and on Fashion-MNIST
-            turning it off raised the final accuracy (docs/benchmarks.md).
+            already use momentum (> 0) or betas. Never switches momentum on. Off by default
+            (docs/benchmarks.md measures why).
         base_momentum: Momentum at the LR peak.
         max_momentum: Momentum at the LR base.
+        final_lr_ratio: In (0, 1]. Below 1, an annealing tail: over the run's last ``step_size_down`` optimizer
+            steps the lower bound falls geometrically from ``base_lr`` to ``base_lr * final_lr_ratio``, so the run
+            ends below ``base_lr`` (Smith's 1cycle "annihilation" in the last falling half). Needs a known run
+            length (``max_epochs`` or ``max_steps``). 1.0: the run ends at ``base_lr``.
         range_test: Settings of the range test that runs when a bound is ``None``.
+
+    Param groups keep their ratios: the range test sweeps one multiplier over the groups' configured LRs, so
+    a backbone at 1e-4 and a head at 1e-3 get bounds 10x apart; one bound given per group keeps its ratios too.
+
+    Resume (``trainer.fit(ckpt_path=...)``): the plan comes from the checkpoint and the range test does not run.
+    A setting left at its default takes the checkpoint's value; one given explicitly that differs takes effect
+    from the resumed step on, with a warning naming the argument and both values.
 
     Example:
         >>> import lightning.pytorch as pl
@@ -84,8 +81,8 @@ class CyclicLearningRate(Callback):
     of bounds gives one value per param group across all optimizers, in order. The range test needs a
     single optimizer; give both bounds explicitly otherwise.
 
-    A scheduler returned by ``configure_optimizers`` is removed at fit start, with a warning: the
-    callback owns the LR.
+    A scheduler returned by ``configure_optimizers`` is removed at fit start, with a warning, and what it
+    changed in the param groups (OneCycleLR's momentum, ``initial_lr``, ...) is undone: the callback owns the LR.
     """
 
     def __init__(
@@ -103,396 +100,224 @@ class CyclicLearningRate(Callback):
         cycle_momentum: bool = False,
         base_momentum: float = 0.85,
         max_momentum: float = 0.95,
+        final_lr_ratio: float = 1.0,
         range_test: Optional[RangeTestConfig] = None,
     ) -> None:
-        base_list = _as_list("base_lr", base_lr)
-        max_list = _as_list("max_lr", max_lr)
-        for name, values in (("base_lr", base_list), ("max_lr", max_list)):
-            for v in values or []:
-                validate_schedule_args(**{name: v})
-        if base_list is not None and max_list is not None:
-            if len(base_list) != len(max_list) and 1 not in (len(base_list), len(max_list)):
-                raise ValueError(
-                    f"`base_lr` and `max_lr` must have the same number of values, got {base_lr!r} and {max_lr!r}"
-                )
-            n = max(len(base_list), len(max_list))
-            for b, m in zip(base_list * (n // len(base_list)), max_list * (n // len(max_list))):
-                if m < b:
-                    raise ValueError(f"`max_lr` ({max_lr!r}) must be >= `base_lr` ({base_lr!r})")
-        if isinstance(scale_fn, str):
-            scale_fn = import_scale_fn(scale_fn)
-        if scale_fn is not None and not callable(scale_fn):
-            raise ValueError(f"`scale_fn` must be a callable or an import path, got {scale_fn!r}")
-        for name, value in (("step_size_up", step_size_up), ("step_size_down", step_size_down)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-                raise ValueError(f"`{name}` must be an int >= 1 (optimizer steps), got {value!r}")
-        validate_schedule_args(
+        self._settings = CycleSettings(
+            base_lr=base_lr,
+            max_lr=max_lr,
             step_size_up=step_size_up,
             step_size_down=step_size_down,
+            half_cycle_epochs=half_cycle_epochs,
+            fit_whole_cycles=fit_whole_cycles,
             mode=mode,
             gamma=gamma,
+            scale_fn=scale_fn,
             scale_mode=scale_mode,
+            cycle_momentum=cycle_momentum,
             base_momentum=base_momentum,
             max_momentum=max_momentum,
-            scale_fn=scale_fn,
-            half_cycle_epochs=half_cycle_epochs,
+            final_lr_ratio=final_lr_ratio,
+            range_test=range_test if range_test is not None else RangeTestConfig(),
         )
-        if range_test is not None and not isinstance(range_test, RangeTestConfig):
-            raise ValueError(f"`range_test` must be a RangeTestConfig, got {range_test!r}")
-
-        self._user_base_lr = base_list
-        self._user_max_lr = max_list
-        self._user_step_size_down = step_size_down
-        self.half_cycle_epochs = float(half_cycle_epochs)
-        self.fit_whole_cycles = fit_whole_cycles
-        self.mode = mode
-        self.gamma = float(gamma)
-        self.scale_fn: Optional[Callable[[float], float]] = scale_fn
-        self.scale_mode = scale_mode
-        self.cycle_momentum = cycle_momentum
-        self.base_momentum = float(base_momentum)
-        self.max_momentum = float(max_momentum)
-        self.range_test = range_test if range_test is not None else RangeTestConfig()
-
-        # Resolved at fit start (or restored from a checkpoint).
-        self.base_lr: Union[float, list[float], None] = base_lr
-        self.max_lr: Union[float, list[float], None] = max_lr
-        self.step_size_up: Optional[int] = step_size_up
-        self.step_size_down: Optional[int] = step_size_down
-        self.range_test_result: Any = None  # RangeTestResult when the test ran
-        self.steps_per_epoch: Optional[int] = None
-
-        self._base: list[float] = []  # one per param group, across all optimizers
-        self._max: list[float] = []
-        self._steps: list[int] = []  # optimizer steps taken, one count per optimizer
-        self._restored = False
-        self._restored_range_test: Optional[dict[str, Any]] = None
-        # Per optimizer: its param groups' flat indices, which momentum key each group cycles.
+        self._plan: Optional[CyclePlan] = None
+        self._restored: Optional[tuple[CyclePlan, list[int]]] = None  # from load_state_dict, until train start
+        self._result: Optional[RangeTestResult] = None  # the range test of this fit
+        self._steps: list[int] = []
         self._optimizers: list[Optimizer] = []
-        self._opt_index: dict[int, int] = {}
-        self._group_slices: list[range] = []
-        self._momentum_keys: list[Optional[str]] = []
-        self._applied: list[int] = []
-        self._pending: list[bool] = []
-        self._scale_before: Optional[float] = None
-        self._scaler: Any = None
-        self._any_pending = False
+        self._writer: Optional[ScheduleWriter] = None
         self._warned_scale_fn = False
+        self._announce = False
 
-    # ------------------------------------------------------------------ properties
+    # ------------------------------------------------------------------ read-only views
     @property
-    def resolved_half_cycle_epochs(self) -> Optional[float]:
-        """The half-cycle in epochs after fit start (``step_size_up / steps_per_epoch``)."""
-        if self.step_size_up is None or not self.steps_per_epoch:
-            return None
-        return self.step_size_up / self.steps_per_epoch
+    def settings(self) -> CycleSettings:
+        """The validated arguments (frozen)."""
+        return self._settings
+
+    @property
+    def plan(self) -> Optional[CyclePlan]:
+        """The resolved plan of the current or last fit; ``None`` before train start."""
+        return self._plan
 
     @property
     def steps(self) -> list[int]:
         """Optimizer steps taken under the schedule, one count per optimizer."""
-        self._settle()
+        if self._writer is not None:
+            self._writer.settle()
+            return list(self._writer.steps)
         return list(self._steps)
 
+    @property
+    def base_lr(self) -> Union[float, list[float], None]:
+        """The resolved lower bound (one float when all param groups share it), else the given one."""
+        return _one_or_list(self._plan.base_lr if self._plan else self._settings.base_lr)
+
+    @property
+    def max_lr(self) -> Union[float, list[float], None]:
+        return _one_or_list(self._plan.max_lr if self._plan else self._settings.max_lr)
+
+    @property
+    def step_size_up(self) -> Optional[int]:
+        return self._plan.step_size_up if self._plan else self._settings.step_size_up
+
+    @property
+    def step_size_down(self) -> Optional[int]:
+        return self._plan.step_size_down if self._plan else self._settings.step_size_down
+
+    @property
+    def steps_per_epoch(self) -> Optional[int]:
+        return self._plan.steps_per_epoch if self._plan else None
+
+    @property
+    def half_cycle_epochs(self) -> float:
+        """The given half-cycle in epochs (see :attr:`resolved_half_cycle_epochs` for the fit's)."""
+        return self._settings.half_cycle_epochs
+
+    @property
+    def mode(self) -> str:
+        return self._plan.mode if self._plan else self._settings.mode
+
+    @property
+    def range_test(self) -> RangeTestConfig:
+        return self._settings.range_test
+
+    @property
+    def range_test_result(self) -> Optional[RangeTestResult]:
+        """The range test's result: this fit's, or the one stored in the resumed checkpoint."""
+        if self._result is None and self._plan is not None and self._plan.range_test is not None:
+            self._result = RangeTestResult.from_dict(self._plan.range_test)
+        return self._result
+
+    @property
+    def resolved_half_cycle_epochs(self) -> Optional[float]:
+        """The half-cycle in epochs after fit start (``step_size_up / steps_per_epoch``)."""
+        plan = self._plan
+        return plan.step_size_up / plan.steps_per_epoch if plan and plan.steps_per_epoch else None
+
     # ------------------------------------------------------------------ hooks
+    @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage == "fit":
-            # A new fit starts at step 0; load_state_dict (called after setup on resume) overrides this.
-            self._restored = False
-            self._steps = []
-            self._refuse_sharded_range_test(trainer)
-
-    def _refuse_sharded_range_test(self, trainer: pl.Trainer) -> None:
-        """Before the model is sharded: the range test snapshots the full parameters on every rank."""
-        if trainer.fast_dev_run or self._base or (self._user_base_lr is not None and self._user_max_lr is not None):
+        if stage != "fit":
             return
-        try:
-            refuse_sharded(trainer.strategy)
-        except ValueError as err:
-            raise ValueError(
-                f"CyclicLearningRate(base_lr={self._user_base_lr!r}, max_lr={self._user_max_lr!r}) leaves a bound"
-                f" to the range test. {err}"
-            ) from None
+        # A new fit resolves a new plan; load_state_dict (called after setup on resume) brings the old one.
+        self._plan, self._restored, self._result, self._writer, self._steps = None, None, None, None, []
+        if self._settings.needs_range_test and not trainer.fast_dev_run:
+            self._refuse_sharded(trainer)
 
+    @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        optimizers = [opt for opt in trainer.optimizers if type(opt).__name__ != "_MockOptimizer"]
-        if not optimizers:
-            raise ValueError(
-                "CyclicLearningRate needs an optimizer, but `configure_optimizers` returned none."
-                " Return a torch optimizer from `configure_optimizers`."
-            )
-        self._optimizers = optimizers
-        self._opt_index = {id(opt): i for i, opt in enumerate(optimizers)}
-        self._group_slices, start = [], 0
-        for i, opt in enumerate(optimizers):
-            for j, group in enumerate(opt.param_groups):
-                if "lr" not in group:
-                    raise ValueError(
-                        f"CyclicLearningRate: param group {j} of optimizer {i} ({type(opt).__name__}) has no 'lr'"
-                    )
-            self._group_slices.append(range(start, start + len(opt.param_groups)))
-            start += len(opt.param_groups)
-        for name, values in (("base_lr", self._user_base_lr), ("max_lr", self._user_max_lr)):
-            if values is not None and len(values) not in (1, start):
-                raise ValueError(
-                    f"`{name}` has {len(values)} values, but the optimizer(s) have {start} param groups:"
-                    f" give one value, or one per param group ({name}={values!r})"
-                )
-        self._remove_configured_schedulers(trainer)
-        self._momentum_keys = [self._momentum_key(g) for opt in optimizers for g in opt.param_groups]
-        if not self._steps:
-            self._steps = [0] * len(optimizers)
-        if len(self._steps) != len(optimizers):
-            raise ValueError(
-                f"The checkpoint's CyclicLearningRate state has {len(self._steps)} optimizer step counts,"
-                f" but the model has {len(optimizers)} optimizers"
-            )
+        self._optimizers = training_optimizers(trainer)
+        counts = tuple(len(opt.param_groups) for opt in self._optimizers)
+        if self._restored is not None:
+            _check_restored_shape(self._restored, counts)
+        else:  # list lengths only the optimizer can check: before anything trains
+            for name in ("base_lr", "max_lr"):
+                values = getattr(self._settings, name)
+                if values is not None:
+                    expand_bounds(name, values, sum(counts))
+        remove_schedulers(trainer, self._optimizers)
 
+    @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._resolve_bounds(trainer, pl_module)
-        self._resolve_cycle_length(trainer)
-        self._applied = [-1] * len(self._optimizers)
-        self._pending = [False] * len(self._optimizers)
-        self._any_pending = False
+        if self._restored is not None:
+            plan, steps = self._resume(*self._restored)
+        else:
+            plan, steps = self._resolve(trainer, pl_module), [0] * len(self._optimizers)
+        # Every rank follows rank 0's plan (its range test, its settings).
+        local, plan = plan, trainer.strategy.broadcast(plan, src=0)
+        if plan != local:
+            warnings.warn(
+                f"CyclicLearningRate on global rank {trainer.global_rank}: this rank's settings resolve to another"
+                " plan than rank 0's; every rank follows rank 0's. " + describe(plan), stacklevel=1
+            )
+        self._plan, self._steps = plan, steps
         scaler = getattr(trainer.precision_plugin, "scaler", None)  # fp16 AMP's GradScaler, fixed for the fit
-        self._scaler = scaler if scaler is not None and scaler.is_enabled() else None
-        for i in range(len(self._optimizers)):
-            self._apply(i)
+        self._writer = ScheduleWriter(plan, self._optimizers, steps, self._settings.scale_fn, scaler)
+        self._writer.start()
+        self._announce = True
 
+    @override
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._announce and self._plan is not None:  # only a fit that trains tells about its cycle
+            self._announce = False
+            rank_zero_info(describe(self._plan))
+
+    @override
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Optimizer
     ) -> None:
-        i = self._opt_index.get(id(optimizer))
-        if i is None or not self._applied:
-            return
-        if self._any_pending:  # manual optimization: an earlier step of this batch
-            self._settle()
-        if self._applied[i] != self._steps[i]:
-            self._apply(i)
-        self._pending[i] = self._any_pending = True
-        if self._scaler is not None:
-            self._scale_before = float(self._scaler.get_scale())
+        if self._writer is not None:
+            self._writer.before_step(optimizer)
 
+    @override
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any, **kwargs: Any) -> None:
-        if self._any_pending:
-            self._settle()
+        writer = self._writer
+        if writer is not None and writer.pending:
+            writer.settle()
 
+    @override
     def state_dict(self) -> dict[str, Any]:
-        self._settle()
-        path = scale_fn_path(self.scale_fn) if self.scale_fn is not None else None
-        if self.scale_fn is not None and path is None and not self._warned_scale_fn:
+        if self._plan is None:
+            return {}  # nothing resolved yet: Lightning saves no state for this callback
+        if self._plan.custom_scale_fn and self._plan.scale_fn_path is None and not self._warned_scale_fn:
             self._warned_scale_fn = True
             rank_zero_warn(
-                f"CyclicLearningRate: the custom `scale_fn` {self.scale_fn!r} is not saved in the checkpoint (a lambda"
-                " or local function cannot be imported back). Pass it again when resuming, or use a module-level"
-                " function or its import path 'pkg.module:function', which is saved."
+                f"CyclicLearningRate: the custom `scale_fn` {self._settings.scale_fn!r} is not saved in the checkpoint"
+                " (a lambda or local function has no import path). Pass it again when resuming."
             )
-        result = self.range_test_result
-        return {
-            "version": 1,
-            "base_lr": list(self._base),
-            "max_lr": list(self._max),
-            "step_size_up": self.step_size_up,
-            "step_size_down": self.step_size_down,
-            "steps_per_epoch": self.steps_per_epoch,
-            "steps": list(self._steps),
-            "mode": self.mode,
-            "gamma": self.gamma,
-            "scale_fn": path,
-            "range_test": result.to_dict() if result is not None else self._restored_range_test,
-        }
+        return self._plan.to_state(self.steps)
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if not state_dict.get("base_lr"):
-            return  # saved before the bounds were resolved
-        self._base = [float(v) for v in state_dict["base_lr"]]
-        self._max = [float(v) for v in state_dict["max_lr"]]
-        self.step_size_up = int(state_dict["step_size_up"])
-        self.step_size_down = int(state_dict["step_size_down"])
-        self.steps_per_epoch = state_dict.get("steps_per_epoch")
-        self._steps = [int(v) for v in state_dict["steps"]]
-        self._restored_range_test = state_dict.get("range_test")
-        self._restored = True
-        path = state_dict.get("scale_fn")
-        if path and self.scale_fn is None:
-            self.scale_fn = import_scale_fn(path)
+        if state_dict:
+            self._restored = CyclePlan.from_state(state_dict)  # validated: a bad state raises, naming the key
 
     # ------------------------------------------------------------------ internals
-    def _momentum_key(self, group: dict[str, Any]) -> Optional[str]:
-        if not self.cycle_momentum:
-            return None
-        if "betas" in group:
-            return "betas"
-        momentum = group.get("momentum")
-        if isinstance(momentum, (int, float)) and momentum > 0:
-            return "momentum"
+    def _refuse_sharded(self, trainer: pl.Trainer) -> None:
+        """Before the model is sharded: the range test snapshots the full parameters on every rank."""
+        try:
+            refuse_sharded(trainer.strategy)
+        except ValueError as err:
+            s = self._settings
+            raise ValueError(
+                f"CyclicLearningRate(base_lr={_one_or_list(s.base_lr)!r}, max_lr={_one_or_list(s.max_lr)!r})"
+                f" leaves a bound to the range test. {err}"
+            ) from None
+
+    def _resolve(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> CyclePlan:
+        cycle = resolve_cycle(self._settings, trainer)  # before the range test: a bad run length fails first
+        if self._settings.scale_fn is not None:
+            check_scale_fn(self._settings.scale_fn, self._settings.scale_mode, cycle.step_size_up
+                           + cycle.step_size_down, cycle.total_steps)
+        bounds = resolve_bounds(self._settings, trainer, pl_module, self._optimizers)
+        self._result = bounds[2]
+        return build_plan(self._settings, cycle, bounds, self._optimizers)
+
+    def _resume(self, plan: CyclePlan, steps: list[int]) -> tuple[CyclePlan, list[int]]:
+        plan, messages = reconcile(plan, self._settings)
+        if self._settings.scale_fn is not None:
+            check_scale_fn(self._settings.scale_fn, plan.scale_mode, plan.cycle_length, plan.total_steps)
+        for message in messages:
+            rank_zero_warn(f"CyclicLearningRate on resume: {message}.")
+        rank_zero_info(
+            f"CyclicLearningRate: resumed at step {steps} with the checkpoint's plan; the range test does not run"
+            " again."
+        )
+        self._restored = None
+        return plan, list(steps)
+
+
+def _check_restored_shape(restored: tuple[CyclePlan, list[int]], counts: tuple[int, ...]) -> None:
+    plan, _ = restored
+    if plan.group_counts != counts:
+        raise ValueError(
+            f"The checkpoint's CyclicLearningRate plan covers param groups {list(plan.group_counts)} (per optimizer),"
+            f" but the model's optimizer(s) have {list(counts)}. Resume with the same `configure_optimizers`."
+        )
+
+
+def _one_or_list(values: Optional[tuple[float, ...]]) -> Union[float, list[float], None]:
+    if values is None:
         return None
-
-    def _remove_configured_schedulers(self, trainer: pl.Trainer) -> None:
-        configs = trainer.strategy.lr_scheduler_configs
-        ours = {id(opt) for opt in self._optimizers}
-        keep = [c for c in configs if id(c.scheduler.optimizer) not in ours]
-        for config in configs:
-            if id(config.scheduler.optimizer) not in ours:
-                continue
-            scheduler = config.scheduler
-            rank_zero_warn(
-                f"CyclicLearningRate replaces the {type(scheduler).__name__} scheduler (interval={config.interval!r})"
-                f" that `configure_optimizers` returned for {type(scheduler.optimizer).__name__}: the callback now"
-                " sets the LR once per optimizer step. Remove the scheduler to silence this warning."
-            )
-            self._undo_cyclic_lr_momentum(scheduler)
-        trainer.strategy.lr_scheduler_configs = keep
-
-    @staticmethod
-    def _undo_cyclic_lr_momentum(scheduler: Any) -> None:
-        # torch's CyclicLR switches momentum ON for SGD(momentum=0) at construction. Put it back.
-        if not getattr(scheduler, "cycle_momentum", False):
-            return
-        optimizer = scheduler.optimizer
-        for group in optimizer.param_groups:
-            group.pop("max_momentum", None)
-            group.pop("base_momentum", None)
-            if "momentum" in group and optimizer.defaults.get("momentum", None) == 0:
-                group["momentum"] = 0
-
-    def _resolve_bounds(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        n_groups = sum(len(s) for s in self._group_slices)
-        if self._restored:
-            if len(self._base) != n_groups:
-                raise ValueError(
-                    f"The checkpoint's CyclicLearningRate bounds cover {len(self._base)} param groups,"
-                    f" but the optimizer(s) have {n_groups}"
-                )
-            rank_zero_info(
-                f"CyclicLearningRate: resumed at step {self._steps} with bounds restored from the checkpoint"
-                f" (base_lr={_fmt(self._base)}, max_lr={_fmt(self._max)}); the range test does not run again."
-            )
-        else:
-            base, high = self._user_base_lr, self._user_max_lr
-            if self._base and len(self._base) == n_groups:  # resolved by an earlier fit of this callback
-                base, high = self._base, self._max
-            elif base is None or high is None:
-                base, high = self._bounds_from_range_test(trainer, pl_module, base, high)
-            self._base = base * n_groups if len(base) == 1 else list(base)
-            self._max = high * n_groups if len(high) == 1 else list(high)
-            # Every rank must use the same bounds: rank 0's win.
-            self._base, self._max = trainer.strategy.broadcast((self._base, self._max), src=0)
-        for b, m in zip(self._base, self._max):
-            if m < b:
-                raise ValueError(f"`max_lr` ({_fmt(self._max)}) must be >= `base_lr` ({_fmt(self._base)})")
-        self.base_lr = self._base[0] if len(set(self._base)) == 1 else list(self._base)
-        self.max_lr = self._max[0] if len(set(self._max)) == 1 else list(self._max)
-
-    def _bounds_from_range_test(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        base: Optional[list[float]],
-        high: Optional[list[float]],
-    ) -> tuple[list[float], list[float]]:
-        if trainer.fast_dev_run:
-            current = float(self._optimizers[0].param_groups[0]["lr"])
-            high = high or [current]
-            base = base or [h / DEFAULT_BASE_DIVISOR for h in high]
-            rank_zero_info(
-                f"CyclicLearningRate: `fast_dev_run` skips the range test; using fallback bounds"
-                f" base_lr={_fmt(base)}, max_lr={_fmt(high)} (max_lr = the optimizer's LR, base_lr = max_lr / 4)."
-            )
-            return base, high
-        if len(self._optimizers) > 1:
-            raise ValueError(
-                f"The range test needs a single optimizer, found {len(self._optimizers)}: give `base_lr` and"
-                " `max_lr` explicitly to CyclicLearningRate."
-            )
-        from lightning_clr.range_test import run_range_test
-
-        result = run_range_test(trainer, pl_module, self.range_test)
-        self.range_test_result = result
-        found_base, found_max = float(result.base_lr), float(result.max_lr)
-        if high is None and base is not None and found_max < max(base):
-            rank_zero_warn(
-                f"CyclicLearningRate: the range test's max_lr {found_max:.3g} is below the given base_lr"
-                f" {_fmt(base)}; using max_lr = 4 x base_lr."
-            )
-            high = [b * DEFAULT_BASE_DIVISOR for b in base]
-        if base is None and high is not None and found_base > min(high):
-            rank_zero_warn(
-                f"CyclicLearningRate: the range test's base_lr {found_base:.3g} is above the given max_lr"
-                f" {_fmt(high)}; using base_lr = max_lr / 4."
-            )
-            base = [h / DEFAULT_BASE_DIVISOR for h in high]
-        base = base or [found_base]
-        high = high or [found_max]
-        rank_zero_info(
-            f"CyclicLearningRate: range test chose base_lr={_fmt(base)}, max_lr={_fmt(high)} ({result.rule!r} rule)."
-        )
-        return base, high
-
-    def _resolve_cycle_length(self, trainer: pl.Trainer) -> None:
-        batches = trainer.num_training_batches
-        if batches != float("inf") and batches > 0:
-            self.steps_per_epoch = max(1, math.ceil(batches / trainer.accumulate_grad_batches))
-        if self.step_size_up is not None:  # given, restored from a checkpoint, or resolved by an earlier fit
-            if self.step_size_down is None:
-                self.step_size_down = self.step_size_up
-            return
-        if self.steps_per_epoch is None:
-            raise ValueError(
-                "CyclicLearningRate cannot derive `step_size_up` because the train dataloader has no length"
-                " (an IterableDataset?): pass `step_size_up` in optimizer steps."
-            )
-        total = trainer.estimated_stepping_batches if self.fit_whole_cycles else None
-        self.step_size_up, self.step_size_down = derive_step_sizes(
-            self.half_cycle_epochs, self.steps_per_epoch, total_steps=total, step_size_down=self._user_step_size_down
-        )
-        rank_zero_info(
-            f"CyclicLearningRate: step_size_up={self.step_size_up} optimizer steps"
-            f" ({self.step_size_up / self.steps_per_epoch:.3g} epochs of {self.steps_per_epoch} steps per rank)."
-        )
-
-    def _apply(self, i: int) -> None:
-        """Set LR (and momentum) of optimizer ``i``'s param groups for its current step count."""
-        step = self._steps[i]
-        cycle, scale_factor = cycle_position(step, self.step_size_up, self.step_size_down)  # type: ignore[arg-type]
-        amp = amplitude(
-            step, cycle, mode=self.mode, gamma=self.gamma, scale_fn=self.scale_fn, scale_mode=self.scale_mode
-        )
-        groups = self._optimizers[i].param_groups
-        for k, group in zip(self._group_slices[i], groups):
-            low, high = self._base[k], self._max[k]
-            group["lr"] = low + (high - low) * scale_factor * amp
-            key = self._momentum_keys[k]
-            if key is not None:
-                momentum = self.max_momentum - (self.max_momentum - self.base_momentum) * scale_factor * amp
-                if key == "betas":
-                    group["betas"] = (momentum, *group["betas"][1:])
-                else:
-                    group["momentum"] = momentum
-        self._applied[i] = step
-
-    def _settle(self) -> None:
-        """Count the optimizer steps that completed since ``on_before_optimizer_step`` and move the LR on.
-
-        A step that AMP's GradScaler skipped (inf/NaN gradients) lowers the scale and is not counted.
-        """
-        if not self._any_pending:
-            return
-        self._any_pending = False
-        skipped = False
-        if self._scale_before is not None:
-            skipped = float(self._scaler.get_scale()) < self._scale_before
-            self._scale_before = None
-        for i, pending in enumerate(self._pending):
-            if pending:
-                self._pending[i] = False
-                if not skipped:
-                    self._steps[i] += 1
-                    self._apply(i)
-
-
-def _fmt(values: Any) -> str:
-    if isinstance(values, (list, tuple)):
-        if len(set(values)) == 1:
-            return f"{values[0]:.4g}"
-        return "[" + ", ".join(f"{v:.4g}" for v in values) + "]"
-    return f"{values:.4g}"
+    return values[0] if len(set(values)) == 1 else list(values)

@@ -73,7 +73,11 @@ def _plain(namespace: Any) -> dict[str, Any]:
 
 
 def _flag_for(prefix: str, err: Exception) -> str:
-    """The flag an error message is about: its first `name` in backticks, under ``prefix``."""
+    """The flag an error is about: an ArgumentError's ``argument``, else its message's first `name` in backticks,
+    under ``prefix``."""
+    argument = getattr(err, "argument", None)
+    if isinstance(argument, str):
+        return f"{prefix}.{argument}"
     names = re.findall(r"`(\w+)`", str(err))
     return f"{prefix}.{names[0]}" if names else prefix
 
@@ -88,7 +92,7 @@ def validate_clr_args(prefix: str, init_args: dict[str, Any]) -> None:
         try:
             kwargs["range_test"] = RangeTestConfig(**fields)
         except (ValueError, TypeError) as err:
-            _fail(f"{_flag_for(prefix + '.range_test', err)}: {err}")
+            _fail(f"{_flag_for(prefix, err)}: {err}")  # the argument is `range_test.<field>`
     if kwargs.get("scale_fn") is not None and not isinstance(kwargs["scale_fn"], str):
         kwargs["scale_fn"] = None  # a callable resolved by jsonargparse; nothing to check here
     try:

@@ -16,10 +16,24 @@ from __future__ import annotations
 
 import importlib
 import math
+from dataclasses import dataclass
 from typing import Callable, Literal, Optional
+
+from lightning_clr._validation import (
+    MAX_STEPS,
+    ArgumentError,
+    choice,
+    float_in,
+    int_in,
+    number,
+    positive_float,
+)
 
 __all__ = [
     "MODES",
+    "CyclicSchedule",
+    "interpolate",
+    "whole_cycles",
     "amplitude",
     "cycle_position",
     "cyclic_lr",
@@ -79,6 +93,71 @@ def amplitude(
     return scale_fn(cycle) if scale_mode == "cycle" else scale_fn(step)
 
 
+def interpolate(low: float, high: float, point: tuple[float, float]) -> float:
+    """``low + (high - low) * scale_factor * amplitude``, in torch's order of operations (bitwise equal).
+
+    ``point`` is :meth:`CyclicSchedule.point`. With ``low`` > ``high`` it runs the other way, as momentum does.
+    """
+    scale_factor, amp = point
+    return low + (high - low) * scale_factor * amp
+
+
+@dataclass(frozen=True)
+class CyclicSchedule:
+    """The shape of a cycle, independent of the bounds: the value at step ``t`` is a pure function of ``t``.
+
+    :meth:`point` gives ``(scale_factor, amplitude)`` once per step; :func:`interpolate` turns it into a value
+    between any two bounds, so one point serves every param group (and momentum) of a step. This is the only
+    place where the CLR formula lives: :func:`cyclic_lr`, :func:`cyclic_momentum` and the callback use it.
+
+    With ``final_lr_ratio`` < 1 and ``total_steps``, the lower bound itself anneals over the run's last
+    ``step_size_down`` steps, geometrically from ``base_lr`` to ``base_lr * final_lr_ratio`` at ``total_steps``
+    (an annihilation tail in the last falling half, as in Smith's 1cycle); :meth:`floor` is that factor.
+
+    Example:
+        >>> s = CyclicSchedule(step_size_up=2, step_size_down=2, mode="triangular2")
+        >>> [s.lr(t, 0.1, 0.5) for t in (0, 2, 6)]
+        [0.1, 0.5, 0.30000000000000004]
+        >>> tail = CyclicSchedule(step_size_up=2, step_size_down=2, total_steps=8, final_lr_ratio=0.01)
+        >>> [round(tail.lr(t, 0.1, 0.5), 6) for t in (4, 6, 7, 8)]
+        [0.1, 0.5, 0.255, 0.001]
+    """
+
+    step_size_up: float
+    step_size_down: Optional[float] = None
+    mode: str = "triangular"
+    gamma: float = 1.0
+    scale_fn: Optional[Callable[[float], float]] = None
+    scale_mode: str = "cycle"
+    total_steps: Optional[int] = None
+    final_lr_ratio: float = 1.0
+
+    def point(self, step: int) -> tuple[float, float]:
+        """``(scale_factor, amplitude)`` after ``step`` optimizer steps."""
+        cycle, scale_factor = cycle_position(step, self.step_size_up, self.step_size_down)
+        amp = amplitude(
+            step, cycle, mode=self.mode, gamma=self.gamma, scale_fn=self.scale_fn, scale_mode=self.scale_mode
+        )
+        return scale_factor, amp
+
+    def floor(self, step: int) -> float:
+        """The factor on the lower bound at ``step``: 1 except in the annealing tail."""
+        if self.final_lr_ratio == 1.0 or self.total_steps is None:
+            return 1.0
+        tail = float(self.step_size_down if self.step_size_down is not None else self.step_size_up)
+        start = self.total_steps - tail
+        if step <= start:
+            return 1.0
+        return self.final_lr_ratio ** min(1.0, (step - start) / tail)
+
+    def lr(self, step: int, base_lr: float, max_lr: float) -> float:
+        return interpolate(base_lr * self.floor(step), max_lr, self.point(step))
+
+    def momentum(self, step: int, base_momentum: float, max_momentum: float) -> float:
+        """Inverse to the LR: ``max_momentum`` at ``base_lr``, ``base_momentum`` at the peak."""
+        return interpolate(max_momentum, base_momentum, self.point(step))
+
+
 def cyclic_lr(
     step: int,
     *,
@@ -90,6 +169,8 @@ def cyclic_lr(
     gamma: float = 1.0,
     scale_fn: Optional[Callable[[float], float]] = None,
     scale_mode: ScaleMode = "cycle",
+    total_steps: Optional[int] = None,
+    final_lr_ratio: float = 1.0,
 ) -> float:
     """The cyclical learning rate after ``step`` optimizer steps.
 
@@ -105,15 +186,17 @@ def cyclic_lr(
         gamma: Per-step decay for ``"exp_range"``. Smith used 0.99994.
         scale_fn: Custom amplitude function of the cycle number or the step.
         scale_mode: What ``scale_fn`` receives: ``"cycle"`` or ``"iterations"``.
+        total_steps: The run's length, for ``final_lr_ratio``.
+        final_lr_ratio: Below 1, the lower bound anneals over the last ``step_size_down`` steps before
+            ``total_steps`` down to ``base_lr * final_lr_ratio`` (see :class:`CyclicSchedule`).
 
     Example:
         >>> cyclic_lr(2000, base_lr=1e-3, max_lr=6e-3, step_size_up=2000)
         0.006
     """
-    cycle, scale_factor = cycle_position(step, step_size_up, step_size_down)
-    base_height = (max_lr - base_lr) * scale_factor
-    amp = amplitude(step, cycle, mode=mode, gamma=gamma, scale_fn=scale_fn, scale_mode=scale_mode)
-    return base_lr + base_height * amp
+    schedule = CyclicSchedule(step_size_up, step_size_down, mode, gamma, scale_fn, scale_mode, total_steps,
+                              final_lr_ratio)
+    return schedule.lr(step, base_lr, max_lr)
 
 
 def cyclic_momentum(
@@ -135,10 +218,22 @@ def cyclic_momentum(
         >>> cyclic_momentum(4, base_momentum=0.85, max_momentum=0.95, step_size_up=4)
         0.85
     """
-    cycle, scale_factor = cycle_position(step, step_size_up, step_size_down)
-    base_height = (max_momentum - base_momentum) * scale_factor
-    amp = amplitude(step, cycle, mode=mode, gamma=gamma, scale_fn=scale_fn, scale_mode=scale_mode)
-    return max_momentum - base_height * amp
+    schedule = CyclicSchedule(step_size_up, step_size_down, mode, gamma, scale_fn, scale_mode)
+    return schedule.momentum(step, base_momentum, max_momentum)
+
+
+def whole_cycles(total_steps: int, cycles: int) -> tuple[int, int]:
+    """``(step_size_up, step_size_down)`` for ``cycles`` whole cycles filling ``total_steps``: the falling half
+    takes up the rounding, so the last cycle ends fewer than ``cycles`` steps before the end.
+
+    Example:
+        >>> whole_cycles(50, 2)
+        (12, 13)
+    """
+    cycles = max(1, int(cycles))
+    up = max(1, int(total_steps) // (2 * cycles))
+    down = max(1, int(total_steps) // cycles - up)
+    return up, down
 
 
 def derive_step_sizes(
@@ -151,8 +246,8 @@ def derive_step_sizes(
     """``(step_size_up, step_size_down)`` in optimizer steps for a half-cycle given in epochs.
 
     With ``total_steps`` (the run's length, when known and finite) and no explicit ``step_size_down``, the
-    cycle is rounded so that a whole number of cycles fills the run and it ends back at ``base_lr``: the
-    falling half takes up the rounding, so the last cycle ends fewer than ``cycles`` steps before the end.
+    cycle is rounded so that a whole number of cycles fills the run and it ends back at ``base_lr``
+    (:func:`whole_cycles`).
 
     Example:
         >>> derive_step_sizes(2.0, 5, total_steps=50)  # 2 cycles of 12 up + 13 down
@@ -163,17 +258,8 @@ def derive_step_sizes(
     up = max(1, round(half_cycle_epochs * steps_per_epoch))
     down = step_size_down or up
     if step_size_down is None and total_steps is not None and math.isfinite(total_steps) and total_steps > 0:
-        cycles = max(1, round(total_steps / (up + down)))
-        up = max(1, int(total_steps) // (2 * cycles))
-        down = max(1, int(total_steps) // cycles - up)
+        return whole_cycles(int(total_steps), round(total_steps / (up + down)))
     return up, down
-
-
-def _finite_positive(name: str, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"`{name}` must be a number, got {value!r}")
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"`{name}` must be a finite number > 0, got {value!r}")
 
 
 def validate_schedule_args(
@@ -189,39 +275,38 @@ def validate_schedule_args(
     max_momentum: Optional[float] = None,
     scale_fn: object = None,
     half_cycle_epochs: Optional[float] = None,
+    final_lr_ratio: float = 1.0,
 ) -> None:
-    """Raise ``ValueError``/``TypeError`` naming the first bad argument and its value.
-
-    ``None`` means "not given yet" (resolved later) and passes.
+    """Raise :class:`~lightning_clr._validation.ArgumentError` (a ``ValueError`` and a ``TypeError``) naming the
+    first bad argument and its value. ``None`` means "not given yet" (resolved later) and passes.
     """
     for name, value in (("base_lr", base_lr), ("max_lr", max_lr), ("half_cycle_epochs", half_cycle_epochs)):
         if value is not None:
-            _finite_positive(name, value)
+            positive_float(name, value)
+    if half_cycle_epochs is not None and half_cycle_epochs > MAX_STEPS:
+        raise ArgumentError("half_cycle_epochs", half_cycle_epochs, f"at most {MAX_STEPS:.0e} epochs")
     if base_lr is not None and max_lr is not None and max_lr < base_lr:
-        raise ValueError(f"`max_lr` ({max_lr!r}) must be >= `base_lr` ({base_lr!r})")
+        raise ArgumentError("max_lr", max_lr, f">= `base_lr` ({base_lr!r})")
     for name, value in (("step_size_up", step_size_up), ("step_size_down", step_size_down)):
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ValueError(f"`{name}` must be a whole number of optimizer steps >= 1, got {value!r}")
-        if value < 1:
-            raise ValueError(f"`{name}` must be >= 1 optimizer step, got {value!r}")
-    if scale_fn is None and mode not in MODES:
-        raise ValueError(f"`mode` must be one of {', '.join(map(repr, MODES))}, got {mode!r}")
-    if scale_mode not in SCALE_MODES:
-        raise ValueError(f"`scale_mode` must be 'cycle' or 'iterations', got {scale_mode!r}")
+        if value is not None:
+            int_in(name, value, 1, MAX_STEPS, "optimizer steps")
+    choice("mode", mode, MODES)
+    choice("scale_mode", scale_mode, SCALE_MODES)
     if mode == "exp_range" and scale_fn is None:
-        if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not (0 < gamma <= 1):
-            raise ValueError(f"`gamma` must be in (0, 1] with mode='exp_range', got {gamma!r}")
+        float_in("gamma", gamma, 0.0, 1.0, low_open=True)
+    elif number("gamma", gamma) != 1.0:
+        reason = "a custom `scale_fn` sets the amplitude" if scale_fn is not None else f"mode={mode!r} ignores it"
+        raise ArgumentError("gamma", gamma, "1.0 unless mode='exp_range'", reason)
+    float_in("final_lr_ratio", final_lr_ratio, 0.0, 1.0, low_open=True)
     for name, value in (("base_momentum", base_momentum), ("max_momentum", max_momentum)):
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 <= value < 1):
-            raise ValueError(f"`{name}` must be in [0, 1), got {value!r}")
+        if value is not None:
+            float_in(name, value, 0.0, 1.0, high_open=True)
     if base_momentum is not None and max_momentum is not None and base_momentum > max_momentum:
-        raise ValueError(
-            f"`base_momentum` ({base_momentum!r}) must be <= `max_momentum` ({max_momentum!r}):"
-            " momentum runs inversely to the LR, from max_momentum at base_lr down to base_momentum at max_lr"
+        raise ArgumentError(
+            "base_momentum",
+            base_momentum,
+            f"<= `max_momentum` ({max_momentum!r})",
+            "momentum runs inversely to the LR, from max_momentum at base_lr down to base_momentum at max_lr",
         )
 
 
@@ -234,22 +319,32 @@ def scale_fn_path(fn: Callable[[float], float]) -> Optional[str]:
     try:
         if import_scale_fn(f"{module}:{qualname}") is not fn:
             return None
-    except (ImportError, AttributeError, ValueError):
+    except ValueError:
         return None
     return f"{module}:{qualname}"
 
 
-def import_scale_fn(path: str) -> Callable[[float], float]:
-    """Import a scale function from ``"package.module:function"`` (or ``"package.module.function"``)."""
+def import_scale_fn(path: str, argument: str = "scale_fn") -> Callable[[float], float]:
+    """Import a scale function from ``"package.module:function"`` (or ``"package.module.function"``).
+
+    Importing runs the module's code: call it only on a path the user named, never on one read from a
+    checkpoint. A bad path raises :class:`~lightning_clr._validation.ArgumentError` naming ``argument``.
+    """
+    requirement = "an import path like 'mypkg.schedules:my_scale' of a function"
+    if not isinstance(path, str):
+        raise ArgumentError(argument, path, requirement)
     if ":" in path:
         module_name, _, attr = path.partition(":")
     else:
         module_name, _, attr = path.rpartition(".")
     if not module_name or not attr:
-        raise ValueError(f"`scale_fn` must be an import path like 'mypkg.schedules:my_scale', got {path!r}")
-    obj: object = importlib.import_module(module_name)
-    for part in attr.split("."):
-        obj = getattr(obj, part)
+        raise ArgumentError(argument, path, requirement)
+    try:
+        obj: object = importlib.import_module(module_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as err:
+        raise ArgumentError(argument, path, requirement, f"{type(err).__name__}: {err}") from None
     if not callable(obj):
-        raise ValueError(f"`scale_fn` {path!r} does not name a callable")
+        raise ArgumentError(argument, path, requirement, "it names something that is not callable")
     return obj  # type: ignore[return-value]

@@ -16,7 +16,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.plugins import MixedPrecision
 
-from lightning_clr import CyclicLearningRate, cyclic_lr, cyclic_momentum
+from lightning_clr import ArgumentError, CyclicLearningRate, cyclic_lr, cyclic_momentum
 
 
 def half_scale(cycle: float) -> float:
@@ -188,7 +188,7 @@ def test_resume_continues_the_lr_sequence_bitwise(tmp_path, stop_at):
     first, _, _ = _fit(tmp_path / "b", max_steps=stop_at, every=stop_at, shuffle=False)
     ckpt = next((tmp_path / "b").glob(f"*step={stop_at}.ckpt"))
     state = torch.load(ckpt, weights_only=False)["callbacks"]["CyclicLearningRate"]
-    assert state["steps"] == [stop_at] and state["step_size_up"] == 3
+    assert state["steps"] == [stop_at] and state["plan"]["step_size_up"] == 3
     pickle.dumps(state)
     second, t2, resumed_model = _fit(tmp_path / "c", max_steps=17, ckpt_path=ckpt, shuffle=False)
     assert t2.global_step == 17
@@ -201,18 +201,18 @@ def test_resume_continues_the_lr_sequence_bitwise(tmp_path, stop_at):
 
 def test_scale_fn_is_saved_by_import_path_and_a_lambda_is_not(tmp_path):
     clr = CyclicLearningRate(base_lr=0.01, max_lr=0.1, step_size_up=2, scale_fn=f"{__name__}:half_scale")
-    assert clr.scale_fn is half_scale
+    assert clr.settings.scale_fn is half_scale
     trainer(callbacks=[clr], max_epochs=1).fit(TinyModel(), loader(n=16))
     state = clr.state_dict()
-    assert state["scale_fn"] == f"{__name__}:half_scale"
+    assert state["plan"]["scale_fn_path"] == f"{__name__}:half_scale" and state["plan"]["custom_scale_fn"]
     fresh = CyclicLearningRate()
     fresh.load_state_dict(pickle.loads(pickle.dumps(state)))
-    assert fresh.scale_fn is half_scale and fresh.step_size_up == 2
+    assert fresh.settings.scale_fn is None  # a checkpoint's path is data: loading never imports it
     clr = CyclicLearningRate(base_lr=0.01, max_lr=0.1, step_size_up=2, scale_fn=lambda c: 1.0)
     trainer(callbacks=[clr], max_epochs=1).fit(TinyModel(), loader(n=16))
     with pytest.warns(UserWarning, match="not saved in the checkpoint"):
         state = clr.state_dict()
-    assert state["scale_fn"] is None
+    assert state["plan"]["scale_fn_path"] is None and state["plan"]["custom_scale_fn"]
     pickle.dumps(state)
 
 
@@ -288,23 +288,23 @@ def test_fast_dev_run_without_bounds_uses_explicit_fallback_bounds(caplog):
         (dict(base_lr=-0.1), r"`base_lr`.*-0\.1"),
         (dict(max_lr=float("nan")), r"`max_lr`.*nan"),
         (dict(base_lr=float("inf")), r"`base_lr`.*inf"),
-        (dict(base_lr=0.1, max_lr=0.01), r"`max_lr` \(0\.01\) must be >= `base_lr` \(0\.1\)"),
-        (dict(base_lr=[0.1, 0.1], max_lr=[0.2, 0.01]), r"`max_lr` \(\[0\.2, 0\.01\]\)"),
-        (dict(step_size_up=0), r"`step_size_up` must be >= 1.*got 0"),
+        (dict(base_lr=0.1, max_lr=0.01), r"`max_lr` must be >= `base_lr` \(0\.1\).*got 0\.01"),
+        (dict(base_lr=[0.1, 0.1], max_lr=[0.2, 0.01]), r"`max_lr` must be >= .*got \[0\.2, 0\.01\]"),
+        (dict(step_size_up=0), r"`step_size_up` must be a whole number in \[1, 1e\+09\].*got 0"),
         (dict(step_size_down=-3), r"`step_size_down`.*-3"),
-        (dict(step_size_up=2.5), r"`step_size_up` must be an int.*2\.5"),
+        (dict(step_size_up=2.5), r"`step_size_up` must be a whole number.*2\.5"),
         (dict(mode="foo"), r"`mode` must be one of .*'foo'"),
         (dict(mode="exp_range", gamma=0.0), r"`gamma`.*0\.0"),
         (dict(mode="exp_range", gamma=1.01), r"`gamma`.*1\.01"),
-        (dict(base_momentum=0.95, max_momentum=0.85), r"`base_momentum` \(0\.95\) must be <= `max_momentum`"),
-        (dict(max_momentum=1.0), r"`max_momentum` must be in \[0, 1\), got 1\.0"),
+        (dict(base_momentum=0.95, max_momentum=0.85), r"`base_momentum` must be <= `max_momentum` \(0\.85\)"),
+        (dict(max_momentum=1.0), r"`max_momentum` must be a number in \[0, 1\), got 1\.0"),
         (dict(base_momentum=-0.5), r"`base_momentum`.*-0\.5"),
         (dict(half_cycle_epochs=0), r"`half_cycle_epochs`.*got 0"),
-        (dict(scale_fn="not_a_module_xyz:f"), r"not_a_module_xyz"),
+        (dict(scale_fn="not_a_module_xyz:f"), r"`scale_fn`.*not_a_module_xyz"),
     ],
 )
 def test_bad_arguments_raise_in_init_naming_argument_and_value(kwargs, match):
-    with pytest.raises((ValueError, ImportError), match=match):
+    with pytest.raises(ArgumentError, match=match):
         CyclicLearningRate(**kwargs)
 
 
@@ -333,7 +333,10 @@ class GroupWithoutLR(CountingModel):
     [
         (NoOptimizer(), {}, "needs an optimizer"),
         (GroupWithoutLR(), {}, r"param group 0 of optimizer 0 \(SGD\) has no 'lr'"),
-        (CountingModel(), dict(base_lr=[0.01, 0.02, 0.03], max_lr=0.1), r"`base_lr` has 3 values.*1 param groups"),
+        (CountingModel(), dict(base_lr=[0.01, 0.02, 0.03], max_lr=0.1), (
+            r"`base_lr` must be one value or one per param group: the optimizer\(s\) have 1,"
+            r" got \[0\.01, 0\.02, 0\.03\]"
+        )),
     ],
 )
 def test_bad_setup_raises_before_any_training_step(model, kwargs, match):
@@ -352,4 +355,33 @@ def test_state_after_fit_holds_resolved_values():
     trainer(callbacks=[clr], max_epochs=1).fit(TinyModel(param_groups=2), loader(n=40))
     assert clr.base_lr == 0.01 and clr.max_lr == [0.1, 0.2] and clr.step_size_up == 5
     state = clr.state_dict()
-    assert state["base_lr"] == [0.01, 0.01] and state["max_lr"] == [0.1, 0.2] and state["steps"] == [5]
+    plan = state["plan"]
+    assert plan["base_lr"] == [0.01, 0.01] and plan["max_lr"] == [0.1, 0.2] and state["steps"] == [5]
+
+
+def test_final_lr_ratio_anneals_the_last_falling_half_in_a_fit():
+    rec = LRRecorder()
+    clr = CyclicLearningRate(base_lr=0.01, max_lr=0.1, half_cycle_epochs=1.0, final_lr_ratio=0.01)
+    t = trainer(callbacks=[clr, rec], max_epochs=4)
+    t.fit(TinyModel(), loader(n=40, batch_size=8))  # 20 steps: 2 cycles of 5 up + 5 down
+    assert (clr.step_size_up, clr.step_size_down) == (5, 5) and clr.plan.total_steps == 20
+    kwargs = dict(base_lr=0.01, max_lr=0.1, step_size_up=5)
+    expected = [cyclic_lr(k, total_steps=20, final_lr_ratio=0.01, **kwargs) for k in range(20)]
+    assert [lrs[0] for lrs in rec.lrs] == expected
+    plain = [cyclic_lr(k, **kwargs) for k in range(20)]
+    assert expected[:16] == plain[:16] and all(e < p for e, p in zip(expected[16:], plain[16:]))
+    assert cyclic_lr(20, total_steps=20, final_lr_ratio=0.01, **kwargs) == pytest.approx(1e-4)  # the run's end
+
+
+def test_final_lr_ratio_needs_a_known_run_length():
+    clr = CyclicLearningRate(base_lr=0.01, max_lr=0.1, step_size_up=3, final_lr_ratio=0.1)
+    t = trainer(callbacks=[clr], max_epochs=-1, max_time={"seconds": 5})
+    with pytest.raises(ArgumentError, match=r"`final_lr_ratio` must be 1.0 when the run's length is unknown"):
+        t.fit(TinyModel(), torch.utils.data.DataLoader(_Stream(), batch_size=8))
+
+
+class _Stream(torch.utils.data.IterableDataset):
+    def __iter__(self):
+        data = loader(n=16, batch_size=1).dataset
+        while True:
+            yield from (data[i] for i in range(len(data)))

@@ -215,7 +215,10 @@ BAD_VALUES = [
     # (argv after `lightning-clr fit --model ... --data ...`, texts the error must contain)
     (["--clr.max_lr=-1"], ["--clr.max_lr: `max_lr` must be a finite number > 0, got -1.0"]),
     (["--clr.mode=foo"], ['Parser key "clr.mode"', "Got value: foo"]),
-    (["--clr.range_test.num_steps=5"], ["--clr.range_test.num_steps: range test `num_steps` must be"]),
+    (
+        ["--clr.range_test.num_steps=5"],
+        ["--clr.range_test.num_steps: `range_test.num_steps` must be a whole number in [10, 100000], got 5"],
+    ),
     (
         ["--trainer.callbacks+=lightning_clr.CyclicLearningRate", "--trainer.callbacks.max_lr=-1"],
         ["--trainer.callbacks.max_lr: `max_lr` must be a finite number > 0, got -1.0"],

@@ -319,11 +319,25 @@ def test_resume_on_two_ranks_continues_the_uninterrupted_fit(fork_run: list[dict
     resumed = launch("ddp_fork", tmp_path / "resumed", *FIT_ARGS, "--resume", str(ckpt / "last.ckpt"))
     full = fork_run[0]
     for r in resumed:
-        assert r["range_test"] is None and r["sweep_training_steps"] == 0, "the range test ran again"
+        assert r["sweep_training_steps"] == 0, "the range test ran again"
+        assert r["range_test"] == full["range_test"]  # the checkpoint's result, not a new one
         for key in ("base_lr", "max_lr", "step_size_up", "global_step", "clr_steps"):
             assert r[key] == full[key], key
         assert r["lrs"] == full["lrs"][first[0]["global_step"]:]
         assert r["weights"] == full["weights"]
+
+
+# ----------------------------------------------------------------------------- ranks that disagree
+@pytest.mark.timeout(TIMEOUT + 60)
+def test_every_rank_follows_rank_zeros_plan_when_their_settings_differ(tmp_path: Path) -> None:
+    """Rank 1 is given another max_lr and half-cycle than rank 0: the plan is broadcast from rank 0, so both
+    ranks step with rank 0's bounds and cycle (this fails if the broadcast is dropped)."""
+    reports = launch("ddp", tmp_path, "--bounds", "explicit", "--rank-dependent", "--batch-size", "32")
+    r0, r1 = reports
+    assert r0["max_lr"] == pytest.approx(0.08) and r0["steps_per_epoch"] == 4 and r0["step_size_up"] == 4
+    for key in ("base_lr", "max_lr", "step_size_up", "step_size_down", "lrs"):
+        assert r1[key] == r0[key], key
+    assert r1["weights"] == r0["weights"]
 
 
 # ----------------------------------------------------------------------------- the example

@@ -20,8 +20,8 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from optuna.trial import TrialState
 
-from lightning_clr._rules import DEFAULT_BASE_DIVISOR
 from lightning_clr.callback import CyclicLearningRate
+from lightning_clr.range_test._rules import DEFAULT_BASE_DIVISOR
 from lightning_clr.tuning._config import TuneRun, distributed
 from lightning_clr.tuning._objective import CyclePruningCallback, _configure
 from lightning_clr.tuning._storage import Heartbeat, StorageError, make_storage, storage_errors

@@ -52,6 +52,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--ckpt-dir", default=None, help="save last.ckpt there at every epoch end")
     p.add_argument("--stop-after-epochs", type=int, default=None, help="stop early, as a preempted job does")
     p.add_argument("--resume", default=None, help="fit(ckpt_path=...)")
+    p.add_argument("--rank-dependent", action="store_true",
+                   help="each rank builds its callback with other explicit settings (max_lr, half-cycle x (1 + rank))")
     return p.parse_args(argv)
 
 
@@ -62,8 +64,9 @@ def build(opts: argparse.Namespace) -> tuple[pl.Trainer, DDPModel, list[Any]]:
     callbacks: list[Any] = [before]  # before the CLR callback: sees the state before the range test
     if not opts.no_clr:
         if opts.bounds == "explicit":
-            clr = CyclicLearningRate(base_lr=EXPLICIT_BASE_LR, max_lr=EXPLICIT_MAX_LR,
-                                     half_cycle_epochs=opts.half_cycle_epochs)
+            factor = 1 + rank_from_env() if opts.rank_dependent else 1
+            clr = CyclicLearningRate(base_lr=EXPLICIT_BASE_LR, max_lr=EXPLICIT_MAX_LR * factor,
+                                     half_cycle_epochs=opts.half_cycle_epochs * factor)
         else:
             config = RangeTestConfig(min_lr=opts.range_min_lr, max_lr=opts.range_max_lr, num_steps=opts.range_steps,
                                      save=False, progress_bar=False)

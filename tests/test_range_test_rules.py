@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lightning_clr._rules import (
+from lightning_clr.range_test._rules import (
     DIVERGENCE_GAP,
     MIN_POINTS,
     RULES,

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-    from lightning_clr.range_test import RangeTestResult
+    from lightning_clr.range_test._types import RangeTestResult
 
 __all__ = ["plot_range_test"]
 
@@ -51,7 +51,10 @@ def plot_range_test(result: RangeTestResult, ax: Optional[Axes] = None, show_met
     ax.plot(lrs, result.losses, color="0.7", linewidth=1, label="loss")
     ax.plot(lrs, result.smoothed_losses, color="C0", linewidth=2, label="smoothed loss")
     ax.set_xscale("log")
-    ax.set_xlabel("learning rate")
+    if len(result.group_lrs) > 1:  # the curve is the reference group's; the others moved by their fixed ratio
+        ax.set_xlabel(f"learning rate of param group {result.reference_group} (the largest; others keep their ratio)")
+    else:
+        ax.set_xlabel("learning rate")
     ax.set_ylabel("training loss")
     finite = [v for v in result.smoothed_losses if v == v and abs(v) != float("inf")]
     if finite:  # keep a divergence spike from squashing the interesting part of the curve

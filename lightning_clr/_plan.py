@@ -1,0 +1,297 @@
+"""What a fit resolved: the immutable :class:`CyclePlan`, which is also the checkpoint state.
+
+A plan holds everything the LR at step ``t`` depends on (bounds per param group, step sizes, mode, ...), so the
+schedule of a run is ``plan`` + the optimizer step counts. It is validated when built and when loaded from a
+checkpoint, and a checkpoint never brings code: its ``scale_fn_path`` is only compared with the path of the
+function the user passed, never imported. :func:`reconcile` applies the resume rules. Torch-free.
+
+Example:
+    >>> plan = CyclePlan(base_lr=(0.01,), max_lr=(0.1,), group_counts=(1,), step_size_up=4, step_size_down=4)
+    >>> state = plan.to_state(steps=[3])
+    >>> CyclePlan.from_state(state) == (plan, [3])
+    True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from lightning_clr._settings import CycleSettings
+from lightning_clr._validation import MAX_STEPS, ArgumentError, boolean, choice, float_in, int_in, positive_float
+from lightning_clr.schedule import MODES, SCALE_MODES, CyclicSchedule, validate_schedule_args
+
+__all__ = ["STATE_VERSION", "CyclePlan", "reconcile"]
+
+STATE_VERSION = 2
+_KEYS_V1 = ("base_lr", "max_lr", "step_size_up", "step_size_down", "steps_per_epoch", "steps", "mode", "gamma",
+            "scale_fn", "range_test")
+
+
+@dataclass(frozen=True)
+class CyclePlan:
+    """The resolved cycle of one fit: immutable, the checkpoint state, validated on construction.
+
+    Attributes:
+        base_lr, max_lr: One bound per param group, across all optimizers in order.
+        group_counts: Param groups per optimizer.
+        step_size_up, step_size_down: Optimizer steps of the rising and falling half-cycles.
+        mode, gamma, scale_mode: The amplitude rule (see :func:`lightning_clr.cyclic_lr`).
+        scale_fn_path: Import path of a custom ``scale_fn``; ``custom_scale_fn`` is True whenever one was used
+            (also a lambda, whose path is ``None``).
+        cycle_momentum, base_momentum, max_momentum: The momentum cycle.
+        final_lr_ratio: The annealing tail's end, as a fraction of ``base_lr`` (1: none).
+        steps_per_epoch: Optimizer steps per epoch and rank (``None`` for a dataloader without length).
+        total_steps: The run's planned optimizer steps when known.
+        half_cycle_epochs: The half-cycle the step sizes were derived from (``None`` when they were given).
+        range_test: The range test's result as a dict (``RangeTestResult.to_dict()``), when it ran.
+    """
+
+    base_lr: tuple[float, ...]
+    max_lr: tuple[float, ...]
+    group_counts: tuple[int, ...]
+    step_size_up: int
+    step_size_down: int
+    mode: str = "triangular"
+    gamma: float = 1.0
+    scale_mode: str = "cycle"
+    scale_fn_path: Optional[str] = None
+    custom_scale_fn: bool = False
+    cycle_momentum: bool = False
+    base_momentum: float = 0.85
+    max_momentum: float = 0.95
+    final_lr_ratio: float = 1.0
+    steps_per_epoch: Optional[int] = None
+    total_steps: Optional[int] = None
+    half_cycle_epochs: Optional[float] = None
+    range_test: Optional[dict[str, Any]] = None
+
+    def __post_init__(self) -> None:
+        put = object.__setattr__
+        put(self, "group_counts", tuple(int_in(f"group_counts[{i}]", n, 1) for i, n in enumerate(
+            _sequence("group_counts", self.group_counts))))
+        n = sum(self.group_counts)
+        for name in ("base_lr", "max_lr"):
+            values = _sequence(name, getattr(self, name))
+            if len(values) != n:
+                raise ArgumentError(name, list(values), f"one value per param group ({n})")
+            put(self, name, tuple(positive_float(f"{name}[{i}]", v) for i, v in enumerate(values)))
+        for i, (b, m) in enumerate(zip(self.base_lr, self.max_lr)):
+            if m < b:
+                raise ArgumentError(f"max_lr[{i}]", m, f">= base_lr[{i}] ({b!r})")
+        put(self, "step_size_up", int_in("step_size_up", self.step_size_up, 1, MAX_STEPS))
+        put(self, "step_size_down", int_in("step_size_down", self.step_size_down, 1, MAX_STEPS))
+        choice("mode", self.mode, MODES)
+        choice("scale_mode", self.scale_mode, SCALE_MODES)
+        put(self, "gamma", float_in("gamma", self.gamma, 0.0, 1.0, low_open=True))
+        validate_schedule_args(base_momentum=self.base_momentum, max_momentum=self.max_momentum,
+                               final_lr_ratio=self.final_lr_ratio)
+        for name in ("base_momentum", "max_momentum", "final_lr_ratio"):
+            put(self, name, float(getattr(self, name)))
+        for name in ("custom_scale_fn", "cycle_momentum"):
+            put(self, name, boolean(name, getattr(self, name)))
+        if self.scale_fn_path is not None and not isinstance(self.scale_fn_path, str):
+            raise ArgumentError("scale_fn_path", self.scale_fn_path, "None or an import path string")
+        for name in ("steps_per_epoch", "total_steps"):
+            value = getattr(self, name)
+            put(self, name, None if value is None else int_in(name, value, 1))
+        if self.final_lr_ratio != 1.0 and self.total_steps is None:
+            raise ArgumentError("final_lr_ratio", self.final_lr_ratio, "1.0 when the run's length is unknown",
+                                "the annealing tail ends at the run's last step: set max_epochs or max_steps")
+        if self.half_cycle_epochs is not None:
+            put(self, "half_cycle_epochs", positive_float("half_cycle_epochs", self.half_cycle_epochs))
+        if self.range_test is not None and not isinstance(self.range_test, dict):
+            raise ArgumentError("range_test", self.range_test, "None or a dict")
+
+    # ------------------------------------------------------------------ views
+    def schedule(self, scale_fn: Any = None) -> CyclicSchedule:
+        """The pure schedule of this plan; ``scale_fn`` is the user's function (a plan holds no code)."""
+        return CyclicSchedule(self.step_size_up, self.step_size_down, self.mode, self.gamma,
+                              scale_fn if self.custom_scale_fn else None, self.scale_mode, self.total_steps,
+                              self.final_lr_ratio)
+
+    @property
+    def cycle_length(self) -> int:
+        return self.step_size_up + self.step_size_down
+
+    def replace(self, **changes: Any) -> CyclePlan:
+        return dataclasses.replace(self, **changes)
+
+    # ------------------------------------------------------------------ checkpoint state
+    def to_state(self, steps: list[int]) -> dict[str, Any]:
+        """The checkpoint state: plain Python values only (safe for ``torch.load(weights_only=True)``)."""
+        plan = dataclasses.asdict(self)
+        for name in ("base_lr", "max_lr", "group_counts"):
+            plan[name] = list(plan[name])
+        return {"version": STATE_VERSION, "plan": plan, "steps": [int(s) for s in steps]}
+
+    @classmethod
+    def from_state(cls, state: Any) -> tuple[CyclePlan, list[int]]:
+        """Validate a checkpoint state and return ``(plan, steps)``; a bad state raises a ``ValueError`` that
+        names the key. Reads this version and the first release's (version 1)."""
+        if not isinstance(state, dict):
+            raise _bad_state("(the state)", state, "a dict")
+        version = state.get("version")
+        if version == 1:
+            return _from_v1(state)
+        if version != STATE_VERSION:
+            raise _bad_state("version", version, f"{STATE_VERSION} (or 1, the first release's)")
+        for key in ("plan", "steps"):
+            if key not in state:
+                raise _bad_state(key, "<missing>", "present")
+        plan_state = state["plan"]
+        if not isinstance(plan_state, dict):
+            raise _bad_state("plan", plan_state, "a dict")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        missing = sorted(fields - set(plan_state))
+        if missing:
+            raise _bad_state(f"plan.{missing[0]}", "<missing>", "present")
+        unknown = sorted(set(plan_state) - fields)
+        if unknown:
+            raise _bad_state(f"plan.{unknown[0]}", plan_state[unknown[0]], "a known key")
+        try:
+            plan = cls(**plan_state)
+        except ArgumentError as err:
+            raise _bad_state(f"plan.{err.argument}", err.value, err.requirement) from None
+        return plan, _steps(state["steps"], len(plan.group_counts))
+
+
+def _sequence(name: str, value: Any) -> tuple[Any, ...]:
+    if not isinstance(value, (list, tuple)) or not value:
+        raise ArgumentError(name, value, "a non-empty list")
+    return tuple(value)
+
+
+def _steps(value: Any, n_optimizers: int) -> list[int]:
+    if not isinstance(value, (list, tuple)) or len(value) != n_optimizers:
+        raise _bad_state("steps", value, f"a list of {n_optimizers} step count(s), one per optimizer")
+    try:
+        return [int_in(f"steps[{i}]", v, 0) for i, v in enumerate(value)]
+    except ArgumentError as err:
+        raise _bad_state(err.argument, err.value, err.requirement) from None
+
+
+def _bad_state(key: str, value: Any, requirement: str) -> ValueError:
+    return ValueError(
+        f"The checkpoint's CyclicLearningRate state is invalid: `{key}` must be {requirement}, got {value!r}."
+        " Nothing was trained; resume from another checkpoint, or fit without `ckpt_path`."
+    )
+
+
+def _from_v1(state: dict[str, Any]) -> tuple[CyclePlan, list[int]]:
+    """The first release's flat state (no momentum settings, one group count unknown: derived from steps)."""
+    for key in _KEYS_V1:
+        if key not in state:
+            raise _bad_state(key, "<missing>", "present")
+    steps = state["steps"]
+    if not isinstance(steps, (list, tuple)) or not steps:
+        raise _bad_state("steps", steps, "a non-empty list")
+    n_groups = len(state["base_lr"]) if isinstance(state["base_lr"], (list, tuple)) else 0
+    if len(steps) != 1 and n_groups:  # one optimizer per step count; groups can only be split for one
+        raise _bad_state("steps", steps, "one step count (a version-1 state of several optimizers cannot be split)")
+    try:
+        plan = CyclePlan(
+            base_lr=state["base_lr"], max_lr=state["max_lr"], group_counts=(max(n_groups, 1),),
+            step_size_up=state["step_size_up"], step_size_down=state["step_size_down"],
+            mode=state["mode"], gamma=state["gamma"], scale_fn_path=state["scale_fn"],
+            custom_scale_fn=state["scale_fn"] is not None, steps_per_epoch=state["steps_per_epoch"],
+            range_test=state["range_test"],
+        )
+    except ArgumentError as err:
+        raise _bad_state(err.argument, err.value, err.requirement) from None
+    return plan, _steps(steps, 1)
+
+
+# ---------------------------------------------------------------------- resume rules
+_SCALARS = ("mode", "gamma", "scale_mode", "cycle_momentum", "base_momentum", "max_momentum", "final_lr_ratio")
+
+
+def reconcile(plan: CyclePlan, settings: CycleSettings) -> tuple[CyclePlan, list[str]]:
+    """The plan a resumed fit continues with, and one message per setting that changed it.
+
+    Rules: a setting left at its default takes the checkpoint's value. A setting given explicitly that differs
+    from the checkpoint takes effect from the resumed step on (the LR at step ``t`` is the new plan's value at
+    ``t``), and a message names the argument and both values. A checkpoint that used a custom ``scale_fn``
+    needs it passed again: its stored path is never imported.
+    """
+    changed = set(settings.changed_from_default())
+    updates: dict[str, Any] = {}
+    messages: list[str] = []
+
+    def take(name: str, new: Any, old: Any) -> None:
+        updates[name] = new
+        messages.append(f"`{name}`: the checkpoint has {_show(old)}, the callback was given {_show(new)}; using"
+                        f" {_show(new)} from the resumed step on")
+
+    for name in _SCALARS:
+        new, old = getattr(settings, name), getattr(plan, name)
+        if name in changed and new != old:
+            take(name, new, old)
+    n = len(plan.base_lr)
+    for name in ("base_lr", "max_lr"):
+        given = getattr(settings, name)
+        if given is None:
+            continue
+        if len(given) not in (1, n):
+            raise ArgumentError(name, _show(given), f"one value or one per param group ({n})")
+        values = given * n if len(given) == 1 else given
+        if values != getattr(plan, name):
+            take(name, values, getattr(plan, name))
+    _reconcile_cycle(plan, settings, changed, take)
+    _reconcile_scale_fn(plan, settings, updates, messages)
+    base, high = updates.get("base_lr", plan.base_lr), updates.get("max_lr", plan.max_lr)
+    bad = [i for i, (b, m) in enumerate(zip(base, high)) if m < b]
+    if bad:
+        name = "max_lr" if "max_lr" in updates else "base_lr"
+        raise ArgumentError(
+            name,
+            _show(getattr(settings, name)),
+            "consistent with the checkpoint's other bound on resume",
+            f"base_lr={_show(base)}, max_lr={_show(high)} has max < base in param group {bad[0]}",
+        )
+    new_plan = plan.replace(**updates) if updates else plan
+    return new_plan, messages
+
+
+def _reconcile_cycle(plan: CyclePlan, settings: CycleSettings, changed: set[str], take: Any) -> None:
+    up, down = settings.step_size_up, settings.step_size_down
+    if up is None and "half_cycle_epochs" in changed and plan.steps_per_epoch:
+        if settings.half_cycle_epochs != plan.half_cycle_epochs:
+            up = max(1, round(settings.half_cycle_epochs * plan.steps_per_epoch))
+            take("half_cycle_epochs", settings.half_cycle_epochs, plan.half_cycle_epochs)
+    if up is not None and up != plan.step_size_up:
+        take("step_size_up", up, plan.step_size_up)
+    down = down if down is not None else (up if up is not None else None)
+    if down is not None and down != plan.step_size_down:
+        take("step_size_down", down, plan.step_size_down)
+
+
+def _reconcile_scale_fn(
+    plan: CyclePlan, settings: CycleSettings, updates: dict[str, Any], messages: list[str]
+) -> None:
+    path = settings.scale_fn_path
+    if settings.scale_fn is None:
+        if plan.custom_scale_fn:
+            where = f" {plan.scale_fn_path!r}" if plan.scale_fn_path else " (a lambda or local function)"
+            raise ValueError(
+                f"The checkpoint's schedule uses the custom `scale_fn`{where}, but the resumed CyclicLearningRate"
+                " has none. A checkpoint never imports code: pass the same function again, e.g."
+                f" CyclicLearningRate(scale_fn={plan.scale_fn_path or 'my_scale_fn'!r})."
+            )
+        return
+    if not plan.custom_scale_fn or path != plan.scale_fn_path or path is None:
+        updates.update(custom_scale_fn=True, scale_fn_path=path)
+        if path != plan.scale_fn_path or not plan.custom_scale_fn:
+            messages.append(f"`scale_fn`: the checkpoint has {plan.scale_fn_path!r}, the callback was given"
+                            f" {path or settings.scale_fn!r}; using the given function from the resumed step on")
+
+
+def _show(value: Any) -> Any:
+    if isinstance(value, tuple):
+        values = [float(v) if isinstance(v, float) else v for v in value]
+        return values[0] if len(set(values)) == 1 else values
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value

@@ -1,0 +1,150 @@
+"""What the user asked for: the validated, frozen settings of a :class:`~lightning_clr.CyclicLearningRate`.
+
+Settings are input only. What a fit resolves from them (bounds per param group, step sizes, the range test's
+result) is a :class:`~lightning_clr.CyclePlan`; the two are never mixed in one attribute.
+
+Example:
+    >>> s = CycleSettings(max_lr=0.1, mode="triangular2")
+    >>> s.max_lr, s.base_lr, s.changed_from_default()
+    ((0.1,), None, ('max_lr', 'mode'))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Union
+
+from lightning_clr._validation import ArgumentError, boolean, positive_float
+from lightning_clr.range_test import RangeTestConfig
+from lightning_clr.schedule import import_scale_fn, scale_fn_path, validate_schedule_args
+
+__all__ = ["DEFAULT_HALF_CYCLE_EPOCHS", "CycleSettings"]
+
+DEFAULT_HALF_CYCLE_EPOCHS = 2.0
+Bounds = Union[float, list[float], tuple[float, ...], None]
+
+
+def _bounds(name: str, value: Any) -> Optional[tuple[float, ...]]:
+    """``None``, one number, or a non-empty list of numbers (numpy and 0-d torch numbers accepted)."""
+    if value is None:
+        return None
+    values = list(value) if isinstance(value, (list, tuple)) else [value]
+    if not values:
+        raise ArgumentError(name, value, "a number > 0 or a non-empty list of them (one per param group)")
+    if len(values) == 1:
+        return (positive_float(name, values[0]),)
+    return tuple(positive_float(f"{name}[{i}]", v) for i, v in enumerate(values))
+
+
+@dataclass(frozen=True)
+class CycleSettings:
+    """The arguments of :class:`~lightning_clr.CyclicLearningRate`, validated once, by name.
+
+    Bounds are stored as tuples (one value, or one per param group); numbers may be Python, numpy or 0-d
+    torch numbers. ``scale_fn`` may be given as an import path, which is imported here (the user named it).
+    See :class:`~lightning_clr.CyclicLearningRate` for what each setting means.
+
+    Example:
+        >>> CycleSettings(base_lr=[1e-4, 1e-3]).base_lr
+        (0.0001, 0.001)
+    """
+
+    base_lr: Optional[tuple[float, ...]] = None
+    max_lr: Optional[tuple[float, ...]] = None
+    step_size_up: Optional[int] = None
+    step_size_down: Optional[int] = None
+    half_cycle_epochs: float = DEFAULT_HALF_CYCLE_EPOCHS
+    fit_whole_cycles: bool = True
+    mode: str = "triangular"
+    gamma: float = 1.0
+    scale_fn: Optional[Callable[[float], float]] = field(default=None, compare=False)
+    scale_mode: str = "cycle"
+    cycle_momentum: bool = False
+    base_momentum: float = 0.85
+    max_momentum: float = 0.95
+    final_lr_ratio: float = 1.0
+    range_test: RangeTestConfig = field(default_factory=RangeTestConfig)
+
+    def __post_init__(self) -> None:
+        put = object.__setattr__
+        put(self, "base_lr", _bounds("base_lr", self.base_lr))
+        put(self, "max_lr", _bounds("max_lr", self.max_lr))
+        if self.base_lr is not None and self.max_lr is not None:
+            base, high = self.base_lr, self.max_lr
+            if len(base) != len(high) and 1 not in (len(base), len(high)):
+                raise ArgumentError(
+                    "max_lr", list(high), f"as many values as `base_lr` ({list(base)!r}), or one value"
+                )
+            n = max(len(base), len(high))
+            for b, m in zip(base * (n // len(base)), high * (n // len(high))):
+                if m < b:
+                    raise ArgumentError("max_lr", _show(high), f">= `base_lr` ({_show(base)!r}) in every param group")
+        scale_fn: Any = self.scale_fn
+        if isinstance(scale_fn, str):
+            put(self, "scale_fn", import_scale_fn(scale_fn))
+        elif scale_fn is not None and not callable(scale_fn):
+            raise ArgumentError("scale_fn", scale_fn, "a function of one number, or its import path 'pkg.module:fn'")
+        for name in ("fit_whole_cycles", "cycle_momentum"):
+            put(self, name, boolean(name, getattr(self, name)))
+        positive_float("half_cycle_epochs", self.half_cycle_epochs)  # None is not "not given" here
+        validate_schedule_args(
+            step_size_up=self.step_size_up,
+            step_size_down=self.step_size_down,
+            mode=self.mode,
+            gamma=self.gamma,
+            scale_mode=self.scale_mode,
+            base_momentum=self.base_momentum,
+            max_momentum=self.max_momentum,
+            scale_fn=self.scale_fn,
+            half_cycle_epochs=self.half_cycle_epochs,
+            final_lr_ratio=self.final_lr_ratio,
+        )
+        for name in ("step_size_up", "step_size_down"):  # numpy / 0-d tensor integers as plain ints
+            value = getattr(self, name)
+            put(self, name, None if value is None else int(_plain(value)))
+        for name in ("half_cycle_epochs", "gamma", "base_momentum", "max_momentum", "final_lr_ratio"):
+            put(self, name, float(_plain(getattr(self, name))))
+        if not isinstance(self.range_test, RangeTestConfig):
+            raise ArgumentError("range_test", self.range_test, "a RangeTestConfig")
+
+    @property
+    def scale_fn_path(self) -> Optional[str]:
+        """``"module:function"`` of ``scale_fn`` (what a checkpoint stores), ``None`` for none or a lambda."""
+        return scale_fn_path(self.scale_fn) if self.scale_fn is not None else None
+
+    @property
+    def needs_range_test(self) -> bool:
+        return self.base_lr is None or self.max_lr is None
+
+    def changed_from_default(self) -> tuple[str, ...]:
+        """The settings that differ from their defaults, in field order. A setting equal to its default counts
+        as left at its default (LightningCLI passes every argument, defaults included)."""
+        defaults = CycleSettings()
+        changed = []
+        for f in dataclasses.fields(self):
+            mine, default = getattr(self, f.name), getattr(defaults, f.name)
+            if f.name == "scale_fn":
+                if mine is not None:
+                    changed.append(f.name)
+            elif mine != default:
+                changed.append(f.name)
+        return tuple(changed)
+
+    def replace(self, **changes: Any) -> CycleSettings:
+        """A copy with ``changes``, validated again.
+
+        Example:
+            >>> CycleSettings().replace(half_cycle_epochs=4).half_cycle_epochs
+            4.0
+        """
+        return dataclasses.replace(self, **changes)
+
+
+def _plain(value: Any) -> Any:
+    item = getattr(value, "item", None)
+    return item() if callable(item) else value
+
+
+def _show(values: tuple[float, ...]) -> Any:
+    return values[0] if len(values) == 1 else list(values)

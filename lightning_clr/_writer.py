@@ -1,0 +1,155 @@
+"""The per-step writer: sets each param group's LR (and momentum) from a :class:`~lightning_clr.CyclePlan` and
+the optimizer step counts, once per optimizer step. The values come from
+:class:`~lightning_clr.schedule.CyclicSchedule`, the package's one CLR formula.
+
+A step is counted when it completed: ``before_step`` marks the optimizer, ``settle`` (after the step) counts it,
+unless AMP's GradScaler skipped it (its scale dropped), and writes the next step's values.
+
+Example:
+    >>> import torch
+    >>> from lightning_clr._plan import CyclePlan
+    >>> opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    >>> plan = CyclePlan(base_lr=(0.1,), max_lr=(0.5,), group_counts=(1,), step_size_up=2, step_size_down=2)
+    >>> w = ScheduleWriter(plan, [opt], steps=[0])
+    >>> w.start(); opt.param_groups[0]["lr"]
+    0.1
+    >>> w.before_step(opt); w.settle(); opt.param_groups[0]["lr"]
+    0.3
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any, Callable, Optional
+
+from torch.optim import Optimizer
+
+from lightning_clr._optimizers import momentum_keys
+from lightning_clr._plan import CyclePlan
+from lightning_clr.schedule import interpolate
+
+__all__ = ["ScheduleWriter", "check_scale_fn"]
+
+SCALE_FN_CHECKS = 100_000  # at most this many values of a custom scale_fn are checked at fit start
+
+
+class ScheduleWriter:
+    """Writes ``plan``'s LR into ``optimizers`` for their step counts ``steps`` (one per optimizer)."""
+
+    def __init__(
+        self,
+        plan: CyclePlan,
+        optimizers: list[Optimizer],
+        steps: list[int],
+        scale_fn: Optional[Callable[[float], float]] = None,
+        scaler: Any = None,
+    ) -> None:
+        self.plan = plan
+        self.optimizers = optimizers
+        self.steps = list(steps)
+        self._schedule = plan.schedule(scale_fn)
+        self._check_amplitude = plan.custom_scale_fn
+        self._anneals = plan.final_lr_ratio != 1.0
+        self._index = {id(opt): i for i, opt in enumerate(optimizers)}
+        self._groups: list[list[tuple[dict[str, Any], float, float, Optional[str]]]] = []
+        keys = momentum_keys(optimizers, plan.cycle_momentum)
+        k = 0
+        for opt in optimizers:
+            rows = []
+            for group in opt.param_groups:
+                rows.append((group, plan.base_lr[k], plan.max_lr[k], keys[k]))
+                k += 1
+            self._groups.append(rows)
+        self._scaler = scaler if scaler is not None and scaler.is_enabled() else None
+        self._applied = [-1] * len(optimizers)
+        self._pending = [False] * len(optimizers)
+        self._any_pending = False
+        self._scale_before: Optional[float] = None
+
+    def start(self) -> None:
+        """Write every optimizer's values for its current step count."""
+        for i in range(len(self.optimizers)):
+            self.apply(i)
+
+    def apply(self, i: int) -> None:
+        """Set LR (and momentum) of optimizer ``i``'s param groups for its current step count."""
+        step = self.steps[i]
+        point = self._schedule.point(step)
+        floor = self._schedule.floor(step) if self._anneals else 1.0
+        if self._check_amplitude and not (0.0 <= point[1] < math.inf):
+            raise ValueError(
+                f"CyclicLearningRate: the custom `scale_fn` returned {point[1]!r} at step {step}; it must return a"
+                " finite number >= 0"
+            )
+        plan = self.plan
+        for group, low, high, key in self._groups[i]:
+            group["lr"] = interpolate(low * floor, high, point)
+            if key is not None:
+                momentum = interpolate(plan.max_momentum, plan.base_momentum, point)
+                if key == "betas":
+                    group["betas"] = (momentum, *group["betas"][1:])
+                else:
+                    group["momentum"] = momentum
+        self._applied[i] = step
+
+    def before_step(self, optimizer: Any) -> None:
+        """Called right before ``optimizer`` steps (``on_before_optimizer_step``)."""
+        i = self._index.get(id(optimizer))
+        if i is None:
+            return
+        if self._any_pending:  # manual optimization: an earlier step of this batch
+            self.settle()
+        if self._applied[i] != self.steps[i]:
+            self.apply(i)
+        self._pending[i] = self._any_pending = True
+        if self._scaler is not None:
+            self._scale_before = float(self._scaler.get_scale())
+
+    def settle(self) -> None:
+        """Count the steps that completed since :meth:`before_step` and write the next values.
+
+        A step that AMP's GradScaler skipped (inf/NaN gradients) lowers the scale and is not counted.
+        """
+        if not self._any_pending:
+            return
+        self._any_pending = False
+        skipped = False
+        if self._scale_before is not None:
+            skipped = float(self._scaler.get_scale()) < self._scale_before
+            self._scale_before = None
+        for i, pending in enumerate(self._pending):
+            if pending:
+                self._pending[i] = False
+                if not skipped:
+                    self.steps[i] += 1
+                    self.apply(i)
+
+    @property
+    def pending(self) -> bool:
+        return self._any_pending
+
+
+def check_scale_fn(
+    scale_fn: Callable[[float], float], scale_mode: str, cycle_length: int, total_steps: Optional[int]
+) -> None:
+    """Evaluate a custom ``scale_fn`` at fit start on the values it will receive (cycle numbers or steps of the
+    planned run, at most ``SCALE_FN_CHECKS`` of them); each must be a finite number >= 0."""
+    total = total_steps or 10 * cycle_length
+    if scale_mode == "cycle":
+        inputs = range(1, min(total // cycle_length + 2, SCALE_FN_CHECKS) + 1)
+    else:
+        inputs = range(0, min(total + 1, SCALE_FN_CHECKS))
+    for x in inputs:
+        try:
+            value = scale_fn(x)
+        except Exception as err:
+            raise ValueError(
+                f"CyclicLearningRate: the custom `scale_fn` {scale_fn!r} raised {type(err).__name__}: {err} at"
+                f" {x} (scale_mode={scale_mode!r})"
+            ) from err
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (0.0 <= value < math.inf):
+            raise ValueError(
+                f"CyclicLearningRate: the custom `scale_fn` {scale_fn!r} returned {value!r} at {x}"
+                f" (scale_mode={scale_mode!r}); it must return a finite number >= 0"
+            )
