@@ -47,6 +47,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from _common import FASHION_DIR, RESULTS_DIR, TensorBatches, load_fashion_mnist, quiet_lightning, read_json  # noqa: E402
 
 from lightning_clr import CyclicLearningRate, tune_cycle_length  # noqa: E402
+from lightning_clr.tuning import OutputConfig, SearchSpace, StudyConfig  # noqa: E402
 
 _DATA: dict[str, tuple[torch.Tensor, ...]] = {}
 
@@ -135,9 +136,10 @@ def run_tuner(args: argparse.Namespace, data: tuple, seed: int) -> dict[str, Any
         result = tune_cycle_length(
             lambda: MLP(data[0].shape[1], args.hidden), lambda: MemoryData(data, args.batch_size, args.epoch_batches),
             trainer_kwargs={"accelerator": "cpu", "num_sanity_val_steps": 0},
-            n_trials=args.trials, max_epochs=args.budget, min_half_cycle_epochs=1, max_half_cycle_epochs=args.max_half,
-            base_lr=args.base_lr, max_lr=args.max_lr, n_startup_trials=args.n_startup_trials, output_dir=tmp,
-            logger=False, plot=False, progress_bar=False, seed=seed,
+            n_trials=args.trials, max_epochs=args.budget, base_lr=args.base_lr, max_lr=args.max_lr,
+            search=SearchSpace(min_half_cycle_epochs=1, max_half_cycle_epochs=args.max_half),
+            study=StudyConfig(n_startup_trials=args.n_startup_trials, seed=seed, pruner=args.pruner),
+            output=OutputConfig(output_dir=tmp, logger=False, plot=False, progress_bar=False),
         )
     rows = [
         {"h": r["half_cycle_epochs"], "state": r["state"], "value": r["value"],
@@ -167,6 +169,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--base-lr", type=float, default=0.01)
     p.add_argument("--max-lr", type=float, default=None)
     p.add_argument("--n-startup-trials", type=int, default=2, help="completed trials before pruning starts")
+    p.add_argument("--pruner", default="cycle_median", choices=["cycle_median", "cycle_halving", "none"])
     p.add_argument("--grid-only", action="store_true")
     p.add_argument("--grid-from", default=None, help="reuse the grid of an earlier JSON report with the same settings")
     p.add_argument("--out", default=None, help="JSON report (default: benchmarks/results/tuning.json; --quick: none)")
@@ -244,6 +247,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         }
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(report, indent=1, default=str))
+    if runs:
+        shares = [r["epoch_share"] for r in runs]
+        regrets = [r["grid_regret"] for r in runs if r["grid_regret"] is not None]
+        spread = max(per_seed[grid_best]) - min(per_seed[grid_best])
+        print(f"pruner {args.pruner}: median epoch share {statistics.median(shares):.1%} of the grid; regret median"
+              f" {statistics.median(regrets):.4f}, max {max(regrets):.4f}; one run's seed spread at the grid's best"
+              f" {spread:.4f}", flush=True)
     return 0 if passed == len(runs) else 1
 
 

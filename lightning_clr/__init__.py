@@ -29,7 +29,9 @@ _LAZY: dict[str, str] = {
     "RangeTestConfig": "lightning_clr.range_test",
     "RangeTestResult": "lightning_clr.range_test",
     "lr_range_test": "lightning_clr.range_test",
-    "CycleTuningResult": "lightning_clr.tuning",  # needs optuna (lightning-clr[tune])
+    "CyclePruningCallback": "lightning_clr.tuning",  # needs optuna (lightning-clr[tune]) when used
+    "CycleTuningResult": "lightning_clr.tuning",
+    "suggest_cycle": "lightning_clr.tuning",
     "tune_cycle_length": "lightning_clr.tuning",
     "LightningCLRCLI": "lightning_clr.cli",  # needs jsonargparse (lightning-clr[cli])
 }
@@ -37,6 +39,7 @@ _LAZY: dict[str, str] = {
 __all__ = [
     "ArgumentError",
     "CyclePlan",
+    "CyclePruningCallback",
     "CycleSettings",
     "CycleTuningResult",
     "CyclicLearningRate",
@@ -48,6 +51,7 @@ __all__ = [
     "cyclic_lr",
     "cyclic_momentum",
     "lr_range_test",
+    "suggest_cycle",
     "tune_cycle_length",
 ]
 
@@ -59,7 +63,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from lightning_clr.cli import LightningCLRCLI
     from lightning_clr.range_test import RangeTestConfig, RangeTestResult, lr_range_test
     from lightning_clr.schedule import CyclicSchedule, cyclic_lr, cyclic_momentum
-    from lightning_clr.tuning import CycleTuningResult, tune_cycle_length
+    from lightning_clr.tuning import CyclePruningCallback, CycleTuningResult, suggest_cycle, tune_cycle_length
 
 
 def __getattr__(name: str) -> Any:

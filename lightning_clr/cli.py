@@ -34,7 +34,7 @@ from typing import Any, Optional, Union
 
 from lightning.pytorch import Callback, LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
 from lightning_clr.callback import CyclicLearningRate
 from lightning_clr.range_test import RangeTestConfig
@@ -284,12 +284,14 @@ class LightningCLRCLI(LightningCLI):
     ) -> Any:
         """Tune the cycle length with Optuna: every trial is a fit of --model on --data with CyclicLearningRate.
 
-        The flags are the arguments of ``lightning_clr.tune_cycle_length``; ``--trainer.*`` flags configure
-        every trial's Trainer (``--trainer.max_epochs`` is one trial's budget), ``--clr.base_lr``,
-        ``--clr.max_lr`` and ``--clr.range_test.*`` the LR bounds, and ``--clr.mode`` the mode unless
-        ``--modes`` is given.
+        The flags are the arguments of ``lightning_clr.tune_cycle_length``, grouped as it groups them
+        (``--search.*``, ``--study.*``, ``--output.*``); ``--trainer.*`` flags configure every trial's Trainer
+        (``--trainer.max_epochs`` is one trial's budget), ``--clr.base_lr``, ``--clr.max_lr`` and
+        ``--clr.range_test.*`` the LR bounds, and ``--clr.mode`` the mode unless ``--search.modes`` is given.
+        Exits with status 1 when no trial completed.
         """
-        from lightning_clr.tuning import tune_cycle_length
+        from lightning_clr._validation import ArgumentError
+        from lightning_clr.tuning import SearchSpace, tune_cycle_length
 
         config = self._subconfig()
         clr = self._get(self.config_init, "clr")
@@ -305,35 +307,42 @@ class LightningCLRCLI(LightningCLI):
         callbacks = callbacks if isinstance(callbacks, list) else [callbacks]  # one callback from YAML
         trainer_kwargs["callbacks"] = [cb for cb in callbacks if isinstance(cb, Callback)]
         if isinstance(trainer_kwargs.get("logger"), bool) or trainer_kwargs.get("logger") is None:
-            trainer_kwargs.pop("logger", None)  # each trial gets its own (the --logger flag)
-        if kwargs.get("modes") is None and isinstance(clr, CyclicLearningRate):
+            trainer_kwargs.pop("logger", None)  # each trial gets its own (the --output.logger flag)
+        search = kwargs.get("search")
+        if isinstance(clr, CyclicLearningRate) and config.get("search.modes") == SearchSpace().modes:
             if clr.mode == "exp_range":
                 _fail("--clr.mode: tune searches 'triangular' and 'triangular2', got 'exp_range' (its gamma would"
                       " have to fit each trial's length)")
-            kwargs["modes"] = [clr.mode]
+            if isinstance(search, SearchSpace):
+                kwargs["search"] = dataclasses.replace(search, modes=(clr.mode,))
         try:
             import optuna  # noqa: F401
         except ImportError:
             _fail("tune needs optuna, an optional dependency: `pip install lightning-clr[tune]`")
-        if kwargs.get("plot"):
-            try:
-                import matplotlib  # noqa: F401
-            except ImportError:
-                rank_zero_warn("lightning-clr tune: no plots without matplotlib (`pip install lightning-clr[plot]`)")
-                kwargs["plot"] = False
-        result = tune_cycle_length(
-            self._factory(config, "model"),
-            self._factory(config, "data") if datamodule is not None else None,
-            trainer_kwargs=trainer_kwargs,
-            max_epochs=max_epochs,
-            range_test=clr.range_test if isinstance(clr, CyclicLearningRate) else None,
-            **bounds,
-            **kwargs,
-        )
+        from lightning_clr.tuning._storage import StorageError
+
+        try:
+            result = tune_cycle_length(
+                self._factory(config, "model"),
+                self._factory(config, "data") if datamodule is not None else None,
+                trainer_kwargs=trainer_kwargs,
+                max_epochs=max_epochs,
+                range_test=clr.range_test if isinstance(clr, CyclicLearningRate) else None,
+                **bounds,
+                **kwargs,
+            )
+        except ArgumentError as err:  # before any trial trained
+            _fail(f"--{err.argument}: {err}")
+        except StorageError as err:  # one line; the running trial is left to the next worker's heartbeat sweep
+            print(f"lightning-clr: error: {err}", file=sys.stderr)
+            raise SystemExit(1) from None
         best = result.best_half_cycle_epochs
         if best is None:
-            rank_zero_only(print)("tune: no trial completed")
-            return result
+            if result.study is not None:
+                states = sorted({t.state.name for t in result.study.get_trials(deepcopy=False)})
+                print(f"lightning-clr tune: no trial completed (trial states: {', '.join(states) or 'none'};"
+                      f" see {config.get('output.output_dir')}/summary.txt)", file=sys.stderr)
+            raise SystemExit(1)
         lrs = (("base_lr", result.base_lr), ("max_lr", result.best_max_lr))
         rank_zero_only(print)(
             f"best half_cycle_epochs={best} step_size_up={result.best_step_size_up} mode={result.best_mode}"

@@ -195,8 +195,9 @@ def test_lightning_clr_tune_with_journal_storage(tmp_path: Path) -> None:
         "tune", *DIGITS, "--trainer.max_epochs=2", "--trainer.limit_train_batches=4", "--trainer.limit_val_batches=1",
         "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
         "--clr.base_lr=0.01", "--clr.max_lr=0.1", "--clr.mode=triangular2",
-        "--n_trials=2", "--min_half_cycle_epochs=1", "--max_half_cycle_epochs=2", "--storage", str(journal),
-        "--study_name=cli", f"--output_dir={tmp_path / 'tuning'}", "--plot=false", "--progress_bar=false",
+        "--n_trials=2", "--search.min_half_cycle_epochs=1", "--search.max_half_cycle_epochs=2",
+        "--study.storage", str(journal), "--study.study_name=cli", f"--output.output_dir={tmp_path / 'tuning'}",
+        "--output.plot=false", "--output.progress_bar=false",
     ]  # fmt: skip
     proc = ok(run([*lightning_clr_cmd(), *args], tmp_path))
     assert "best half_cycle_epochs=" in proc.stdout and "--clr.mode triangular2" in proc.stdout
@@ -329,7 +330,8 @@ def test_console_command_after_pip_install(tmp_path: Path) -> None:
     for name in ("fit", "validate", "test", "predict", "range_test (range-test)", "tune"):
         assert name in help_text, name
     help_text = ok(run([exe, "tune", "--help"], work, env=env)).stdout
-    for flag in ("--n_trials", "--storage", "--study_name", "--min_half_cycle_epochs", "--max_half_cycle_epochs",
+    for flag in ("--n_trials", "--study.storage", "--study.study_name", "--search.min_half_cycle_epochs",
+                 "--search.max_half_cycle_epochs",
                  "--clr.range_test", "--model", "--data", "--trainer.max_epochs", "Tune the cycle length"):  # fmt: skip
         assert flag in help_text, flag
     args = ["fit", "--model=my_digits.DigitsClassifier", "--data=my_digits.DigitsDataModule",

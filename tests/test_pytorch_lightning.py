@@ -192,9 +192,11 @@ def test_tune_cycle_length_with_a_pytorch_lightning_model(tmp_path: Any) -> None
         def val_dataloader(self) -> DataLoader:
             return DataLoader(regression_data(16, seed=1), batch_size=16)
 
+    from lightning_clr.tuning import OutputConfig
+
     result = tune_cycle_length(
-        Validated, Data, n_trials=1, max_epochs=4, output_dir=str(tmp_path / "tuning"), plot=False, logger=False,
-        progress_bar=False, range_test=RangeTestConfig(num_steps=20, min_lr=1e-5, max_lr=1.0),
+        Validated, Data, n_trials=1, max_epochs=4, range_test=RangeTestConfig(num_steps=20, min_lr=1e-5, max_lr=1.0),
+        output=OutputConfig(output_dir=str(tmp_path / "tuning"), plot=False, logger=False, progress_bar=False),
     )
     assert result.best_value is not None and result.epochs_trained == 4
     assert result.steps_per_epoch == 6 and 0 < result.base_lr < result.best_max_lr

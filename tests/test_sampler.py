@@ -10,7 +10,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from lightning_clr._sampler import DistinctHalfCycleSampler
+from lightning_clr.tuning._sampler import DistinctHalfCycleSampler
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 H = {"half_cycle_epochs": IntDistribution(1, 11)}
@@ -77,7 +77,7 @@ def test_the_same_half_cycle_with_another_mode_is_not_a_repeat() -> None:
 
 @pytest.mark.parametrize("distinct", [True, False])
 def test_tuner_trials_are_distinct_unless_turned_off(tmp_path: Path, distinct: bool) -> None:
-    from test_tuning import tune
+    from tuning_helpers import tune
 
     result = tune(tmp_path, n_trials=6, max_epochs=2, min_half_cycle_epochs=1, max_half_cycle_epochs=6,
                   pruner="none", n_startup_trials=1, distinct=distinct, seed=3)

@@ -7,17 +7,11 @@ no server answers.
 
 from __future__ import annotations
 
-import functools
-import json
 import math
 import os
-import shutil
-import signal
-import socket
+import re
 import subprocess
 import sys
-import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -25,116 +19,17 @@ import lightning.pytorch as pl
 import optuna
 import pytest
 import torch
-from helpers import SameTaskData
 from optuna.trial import TrialState
-from processes import clean_env, free_port
+from processes import clean_env
 from torch import nn
+from tuning_helpers import (
+    ROOT,
+    Net,
+    tune,
+)
 
-from lightning_clr import CyclicLearningRate, RangeTestConfig, tune_cycle_length
-from lightning_clr._pruning import CycleEndMedianPruner
-
-ROOT = Path(__file__).resolve().parents[1]
-WORKER = ROOT / "tests" / "scripts" / "tune_worker.py"
-PG_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
-
-
-# ---------------------------------------------------------------------------------------------- helpers
-DM = functools.partial(SameTaskData, n=64, batch_size=16)  # the tests' data module: 4 steps per epoch
-
-
-class Net(pl.LightningModule):
-    """Tiny MLP; ``fail`` makes its training step raise, ``nan`` its validation loss NaN; ``val_scale``
-    multiplies the logged validation loss (a model that is plainly worse)."""
-
-    built: list[Net] = []
-
-    def __init__(self, fail: bool = False, nan: bool = False, val_scale: float = 1.0) -> None:
-        super().__init__()
-        self.fail, self.nan, self.val_scale = fail, nan, val_scale
-        self.net = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 1))
-        self.initial = [p.detach().clone() for p in self.parameters()]
-        Net.built.append(self)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        if self.fail:
-            raise RuntimeError("a bug in the user's training_step")
-        x, y = batch
-        loss = nn.functional.mse_loss(self(x), y)
-        self.log("train_loss", loss)
-        return loss
-
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        x, y = batch
-        loss = nn.functional.mse_loss(self(x), y) * self.val_scale
-        self.log("val_loss", loss * float("nan") if self.nan else loss)
-        self.log("val_score", -loss)
-
-    def configure_optimizers(self) -> Any:
-        return torch.optim.SGD(self.parameters(), lr=0.01)
-
-
-def tune(tmp_path: Path, **kwargs: Any) -> Any:
-    args: dict[str, Any] = dict(
-        n_trials=3, max_epochs=4, min_half_cycle_epochs=1, max_half_cycle_epochs=2, base_lr=0.01, max_lr=0.05,
-        output_dir=str(tmp_path / "tuning"), plot=False, progress_bar=False, logger=False,
-        trainer_kwargs={"accelerator": "cpu"},
-    )
-    args.update(kwargs)
-    model = args.pop("model", Net)
-    return tune_cycle_length(model, args.pop("datamodule", DM), **args)
-
-
-def worker(out: Path, *args: str, torchrun: bool = False, wait: bool = True, timeout: int = 240) -> Any:
-    cmd = [sys.executable, str(WORKER), "--out", str(out), *args]
-    if torchrun:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-               f"--master_port={free_port()}", str(WORKER), "--out", str(out), *args]
-    if not wait:
-        return subprocess.Popen(cmd, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    proc = subprocess.run(cmd, env=clean_env(), capture_output=True, text=True, timeout=timeout)
-    if proc.returncode != 0 and any(m in proc.stdout + proc.stderr for m in ("EADDRINUSE", "ddress already in use")):
-        shutil.rmtree(out, ignore_errors=True)  # another run on the machine took the port: once more, afresh
-        proc = subprocess.run(cmd_with_port(cmd, torchrun), env=clean_env(), capture_output=True, text=True,
-                              timeout=timeout)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-6000:]
-    return proc
-
-
-def cmd_with_port(cmd: list[str], torchrun: bool) -> list[str]:
-    return [f"--master_port={free_port()}" if torchrun and c.startswith("--master_port=") else c for c in cmd]
-
-
-def rank_rows(out: Path) -> dict[int, list[dict[str, Any]]]:
-    return {int(p.stem[4:]): [json.loads(line) for line in p.read_text().splitlines()]
-            for p in sorted(out.glob("rank*.jsonl"))}
-
-
-def worker_results(out: Path) -> list[dict[str, Any]]:
-    return [json.loads(p.read_text()) for p in sorted(out.glob("result_*.json"))]
-
-
-def postgres_up() -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", 5432), timeout=1).close()
-        return True
-    except OSError:
-        return False
-
-
-needs_pg = pytest.mark.skipif(not postgres_up(), reason="no PostgreSQL server answers at 127.0.0.1:5432")
-
-
-@pytest.fixture
-def pg_study_name() -> Any:
-    name = f"lightning_clr_test_{uuid.uuid4().hex[:12]}"
-    yield name
-    try:
-        optuna.delete_study(study_name=name, storage=PG_URL)
-    except KeyError:
-        pass
+from lightning_clr import CyclicLearningRate, RangeTestConfig
+from lightning_clr.tuning._pruners import CycleEndMedianPruner
 
 
 # ---------------------------------------------------------------------------------------------- API
@@ -155,13 +50,15 @@ def test_package_import_does_not_import_optuna() -> None:
     ("kwargs", "name"),
     [
         ({"n_trials": 0}, "n_trials"),
-        ({"min_half_cycle_epochs": 3, "max_half_cycle_epochs": 2}, "max_half_cycle_epochs"),
-        ({"min_half_cycle_epochs": 1, "max_half_cycle_epochs": 4, "half_cycle_step": 2}, "half_cycle_step"),
-        ({"modes": ["zigzag"]}, "modes"),
+        ({"min_half_cycle_epochs": 3, "max_half_cycle_epochs": 2}, "search.max_half_cycle_epochs"),
+        ({"min_half_cycle_epochs": 1, "max_half_cycle_epochs": 4, "half_cycle_step": 2}, "search.half_cycle_step"),
+        ({"modes": ["zigzag"]}, "search.modes"),
         ({"base_lr": 0.1, "max_lr": 0.01}, "max_lr"),
-        ({"direction": "down"}, "direction"),
-        ({"min_max_lr_scale": 0.0}, "min_max_lr_scale"),
-        ({"heartbeat_interval": 2.0, "grace_period": 1.0}, "grace_period"),
+        ({"direction": "down"}, "study.direction"),
+        ({"sampler": "grid"}, "study.sampler"),
+        ({"pruner": object()}, "study.pruner"),
+        ({"min_max_lr_scale": 0.0}, "search.min_max_lr_scale"),
+        ({"heartbeat_interval": 2.0, "grace_period": 1.0}, "study.grace_period"),
         ({"timeout": 5.0, "trainer_kwargs": {"devices": 2}}, "timeout"),
         ({"model": "Net"}, "model"),
         ({"trainer_kwargs": {"max_epochs": -1}, "max_epochs": None}, r"trainer_kwargs\['max_epochs'\]"),
@@ -174,14 +71,27 @@ def test_bad_arguments_fail_before_training(tmp_path: Path, kwargs: dict[str, An
     assert Net.built == []  # no model was built, so no training step ran
 
 
+def test_a_monitor_the_model_never_logs_is_refused_before_any_trial(tmp_path: Path) -> None:
+    """Before: every trial trained to its first cycle end, failed, and the study ended with no result."""
+    Net.built.clear()
+    storage = str(tmp_path / "s.journal")
+    with pytest.raises(ValueError, match=r"`monitor` must be a metric that the model logs.*'val_loss'.*got 'nosuch'"):
+        tune(tmp_path, monitor="nosuch", storage=storage, study_name="probe")
+    assert len(Net.built) == 1  # the one throwaway model of the probe (one training batch)
+    study = optuna.load_study(study_name="probe", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(storage)))
+    assert study.trials == []
+
+
 # ---------------------------------------------------------------------------------------------- trials
 def test_trials_are_real_fits_with_fresh_models_seeds_and_logger_versions(tmp_path: Path) -> None:
     Net.built.clear()
     result = tune(tmp_path, n_trials=3, logger=True, seed=7, pruner="none")
     trials = result.study.get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
-    assert len(Net.built) == 3 and len({id(m) for m in Net.built}) == 3
-    for trial, model in zip(trials, Net.built):
+    probe, *built = Net.built  # the first: the monitor probe's throwaway model
+    assert len(built) == 3 and len({id(m) for m in built}) == 3
+    for trial, model in zip(trials, built):
         assert trial.user_attrs["seed"] == 7 + trial.number
         torch.manual_seed(7 + trial.number)
         expected = Net.__new__(Net)
@@ -266,12 +176,60 @@ def test_pruner_compares_only_cycle_end_values_up_to_the_same_epoch() -> None:
     assert not trial3.should_prune()
 
 
+def _reported(study: optuna.Study, values: dict[int, float], dist: dict[str, Any]) -> optuna.Trial:
+    trial = study.ask(dist)
+    for step, value in values.items():
+        trial.report(value, step=step)
+    return trial
+
+
+def test_cycle_halving_rungs_are_met_by_the_first_cycle_end_past_them() -> None:
+    from optuna.distributions import IntDistribution
+
+    from lightning_clr.tuning import CycleHalvingPruner
+
+    dist = {"half_cycle_epochs": IntDistribution(1, 12)}
+    study = optuna.create_study(pruner=CycleHalvingPruner(min_resource=2, reduction_factor=3))
+    for values in ({4: 0.50, 8: 0.40, 12: 0.35}, {4: 0.60, 8: 0.45}, {4: 0.55, 8: 0.50}):
+        study.tell(_reported(study, values, dist), list(values.values())[-1])
+    # a long cycle first reports at epoch 10: it meets rungs 2 and 6 there, and is judged at rung 6 against the
+    # others' values at their first cycle ends at or after epoch 6 (0.40, 0.45, 0.50): kept only if the best
+    long = _reported(study, {10: 0.42}, dist)
+    assert long.should_prune()  # 0.42 > 0.40: not in the best third of 4
+    best = _reported(study, {10: 0.39}, dist)
+    assert not best.should_prune()
+    # no rung between its previous cycle end (10) and this one (14): never judged there
+    best.report(0.9, step=14)
+    assert not best.should_prune()
+    # a value reported mid-way between rungs is not compared; the next rung (18) judges again
+    best.report(0.9, step=20)
+    assert not best.should_prune()  # nobody else reached rung 18
+    maximize = optuna.create_study(direction="maximize", pruner=CycleHalvingPruner(min_resource=2))
+    maximize.tell(_reported(maximize, {2: 0.9}, dist), 0.9)
+    assert _reported(maximize, {2: 0.5}, dist).should_prune()
+    assert not _reported(maximize, {2: 0.95}, dist).should_prune()
+
+
+def test_cycle_halving_prunes_a_bad_trial_in_the_tuner(tmp_path: Path) -> None:
+    made = []
+
+    def factory() -> Net:
+        made.append(1)
+        return Net(val_scale=100.0 if len(made) == 4 else 1.0)  # the first model: the monitor probe's
+
+    result = tune(tmp_path, model=factory, n_trials=3, max_epochs=8, min_half_cycle_epochs=1,
+                  max_half_cycle_epochs=1, pruner="cycle_halving")
+    trials = result.study.get_trials()
+    assert [t.state for t in trials][-1] == TrialState.PRUNED
+    assert trials[-1].user_attrs["pruned_at_epoch"] == 2  # rung 0: its first cycle end
+
+
 def test_pruned_trial_stops_at_a_cycle_end(tmp_path: Path) -> None:
     made = []
 
     def factory() -> Net:  # the third trial's model is badly off: it must be pruned at its first cycle end
         made.append(1)
-        return Net(val_scale=100.0 if len(made) == 3 else 1.0)
+        return Net(val_scale=100.0 if len(made) == 4 else 1.0)  # the first model: the monitor probe's
 
     result = tune(tmp_path, model=factory, n_trials=3, max_epochs=8, min_half_cycle_epochs=1,
                   max_half_cycle_epochs=1, n_startup_trials=2)
@@ -308,7 +266,7 @@ def test_range_test_runs_once_and_bounds_are_reused(tmp_path: Path) -> None:
         # process not even the short bounds fit (one model built: the trial's)
         Net.built.clear()
         tune(tmp_path, n_trials=1, **kwargs)
-        assert len(calls) == 1 and len(Net.built) == 1
+        assert len(calls) == 1 and len(Net.built) == 2  # the monitor probe's and the trial's
         # unless the user asks for a range test in every trial
         tune(tmp_path, n_trials=2, range_test_per_trial=True, **{**kwargs, "storage": None})
         assert len(calls) == 3
@@ -322,7 +280,7 @@ def test_failing_trials_are_recorded_and_the_study_goes_on(tmp_path: Path) -> No
 
     def factory() -> Net:
         made.append(1)
-        return Net(fail=len(made) == 1, nan=len(made) == 2)
+        return Net(fail=len(made) == 2, nan=len(made) == 3)  # the first model: the monitor probe's
 
     result = tune(tmp_path, model=factory, n_trials=3, max_epochs=8)
     t0, t1, t2 = result.study.get_trials()
@@ -334,7 +292,15 @@ def test_failing_trials_are_recorded_and_the_study_goes_on(tmp_path: Path) -> No
 
 
 def test_missing_monitor_fails_the_trial_with_a_clear_error(tmp_path: Path) -> None:
-    result = tune(tmp_path, monitor="val_acc", n_trials=1)
+    """A metric logged by the probe's batch but not by the trial's fit (here: only in a first epoch)."""
+
+    class SometimesNet(Net):
+        def validation_step(self, batch: Any, batch_idx: int) -> None:
+            super().validation_step(batch, batch_idx)
+            if self.trainer.current_epoch == 0 and self.trainer.max_epochs == 1:  # the probe's one epoch
+                self.log("val_acc", 0.5)
+
+    result = tune(tmp_path, model=SometimesNet, monitor="val_acc", n_trials=1)
     (t,) = result.study.get_trials()
     assert t.state == TrialState.FAIL and "'val_acc'" in t.user_attrs["error"] and "val_loss" in t.user_attrs["error"]
     assert result.best_half_cycle_epochs is None
@@ -397,172 +363,6 @@ def test_result_summary_plots_and_callback(tmp_path: Path, capsys: pytest.Captur
     assert clr.half_cycle_epochs == result.best_half_cycle_epochs and clr.max_lr == result.best_max_lr
 
 
-# ---------------------------------------------------------------------------------------------- storages
-def test_journal_storage_resumes_a_study(tmp_path: Path) -> None:
-    storage = str(tmp_path / "study.journal")
-    tune(tmp_path, n_trials=2, storage=storage, study_name="resume")
-    result = tune(tmp_path, n_trials=1, storage=storage, study_name="resume")
-    assert len(result.study.get_trials()) == 3
-    assert len(optuna.load_study(study_name="resume", storage=optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(storage))).trials) == 3
-
-
-@needs_pg
-def test_postgresql_storage(tmp_path: Path, pg_study_name: str) -> None:
-    result = tune(tmp_path, n_trials=2, storage=PG_URL, study_name=pg_study_name)
-    loaded = optuna.load_study(study_name=pg_study_name, storage=PG_URL)
-    assert [t.state for t in loaded.trials] == [TrialState.COMPLETE] * 2
-    assert loaded.best_trial.params == result.study.best_trial.params
-
-
-def _two_workers(tmp_path: Path, storage: str, name: str) -> None:
-    procs = [worker(tmp_path / f"w{i}", "--storage", storage, "--study-name", name, "--n-trials", "3",
-                    "--seed", str(i), wait=False) for i in range(2)]
-    for p in procs:
-        out, _ = p.communicate(timeout=240)
-        assert p.returncode == 0, out[-4000:]
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(300)
-def test_two_workers_share_a_journal_file(tmp_path: Path) -> None:
-    storage = str(tmp_path / "shared.journal")
-    _two_workers(tmp_path, storage, "shared")
-    study = optuna.load_study(study_name="shared", storage=optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(storage)))
-    numbers = [t.number for t in study.trials]
-    assert sorted(numbers) == list(range(6))  # none lost, none duplicated
-    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials)
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(300)
-@needs_pg
-def test_two_workers_share_a_postgresql_study(tmp_path: Path, pg_study_name: str) -> None:
-    optuna.create_study(study_name=pg_study_name, storage=PG_URL, direction="minimize")  # created ahead
-    _two_workers(tmp_path, PG_URL, pg_study_name)
-    study = optuna.load_study(study_name=pg_study_name, storage=PG_URL)
-    assert sorted(t.number for t in study.trials) == list(range(6))
-    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials)
-
-
-def _kill_mid_trial(tmp_path: Path, storage: str, name: str, load: Any) -> None:
-    args = ["--storage", storage, "--study-name", name, "--heartbeat", "0.5", "--grace", "2", "--no-warm-start"]
-    proc = worker(tmp_path / "killed", *args, "--n-trials", "1", "--sleep", "0.2", "--max-epochs", "40",
-                  wait=False)
-    deadline = time.time() + 120
-    running = []
-    while time.time() < deadline and not running:
-        time.sleep(0.5)
-        try:
-            running = load().get_trials(states=(TrialState.RUNNING,))
-        except KeyError:  # the study does not exist yet
-            continue
-        assert proc.poll() is None, proc.communicate()[0][-3000:]
-    assert running, "the worker never started a trial"
-    time.sleep(1.5)  # a couple of heartbeats
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
-    assert [t.state for t in load().trials] == [TrialState.RUNNING]  # left behind by the dead worker
-    time.sleep(2.5)  # > grace period
-    worker(tmp_path / "next", *args, "--n-trials", "1")
-    first, second = load().trials
-    assert first.state == TrialState.FAIL and "stale" in first.user_attrs["error"]
-    assert second.state == TrialState.COMPLETE
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(300)
-def test_killed_worker_trial_is_failed_by_the_next_worker_journal(tmp_path: Path) -> None:
-    storage = str(tmp_path / "kill.journal")
-
-    def load() -> Any:
-        return optuna.load_study(study_name="kill", storage=optuna.storages.JournalStorage(
-            optuna.storages.journal.JournalFileBackend(storage)))
-
-    _kill_mid_trial(tmp_path, storage, "kill", load)
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(300)
-@needs_pg
-def test_killed_worker_trial_is_failed_by_the_next_worker_postgresql(tmp_path: Path, pg_study_name: str) -> None:
-    _kill_mid_trial(tmp_path, PG_URL, pg_study_name, lambda: optuna.load_study(study_name=pg_study_name,
-                                                                                storage=PG_URL))
-
-
-# ---------------------------------------------------------------------------------------------- DDP
-@pytest.mark.slow
-@pytest.mark.timeout(300)
-def test_naive_per_rank_ask_trains_each_rank_with_its_own_cycle(tmp_path: Path) -> None:
-    """The optuna-integration failure, reproduced honestly: every rank asks for its own trial."""
-    worker(tmp_path, "--mode", "naive", "--strategy", "ddp", "--devices", "2")
-    rows = rank_rows(tmp_path)
-    assert set(rows) == {0, 1}
-    assert rows[0][0]["step_size_up"] != rows[1][0]["step_size_up"]
-    assert rows[0][0]["first_weight"] != rows[1][0]["first_weight"]  # the replicas diverged
-
-
-def _check_ddp(out: Path, n_trials: int) -> None:
-    rows = rank_rows(out)
-    (res,) = worker_results(out)
-    trials = res["trials"]
-    seen = f"ranks: {json.dumps(rows)}\ntrials: {json.dumps(trials)}"
-    assert set(rows) == {0, 1} and len(rows[0]) == len(rows[1]) == n_trials, seen
-    for r0, r1 in zip(rows[0], rows[1]):
-        assert r0["world_size"] == 2
-        for key in ("step_size_up", "half_cycle_epochs", "base_lr", "max_lr", "epochs", "max_epochs", "first_weight"):
-            assert r0[key] == r1[key], (key, seen)
-    assert len(trials) == n_trials, seen  # one trial per fit, not one per rank
-    assert [r["half_cycle_epochs"] for r in rows[0]] == [t["params"]["half_cycle_epochs"] for t in trials], seen
-    # the badly-scoring last trial is pruned on every rank together, at one of its cycle ends
-    assert trials[-1]["state"] == "PRUNED", seen
-    cycle = 2 * trials[-1]["params"]["half_cycle_epochs"]
-    assert rows[0][-1]["epochs"] == rows[1][-1]["epochs"] == trials[-1]["user_attrs"]["pruned_at_epoch"], seen
-    assert rows[0][-1]["epochs"] % cycle == 0 and rows[0][-1]["epochs"] < rows[0][-1]["max_epochs"], seen
-
-
-DDP_ARGS = ("--devices", "2", "--n-trials", "3", "--max-half", "2", "--max-epochs", "8", "--bad-from-fit", "2")
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(300)
-def test_ddp_all_ranks_train_the_same_trial(tmp_path: Path) -> None:
-    worker(tmp_path, "--strategy", "ddp", *DDP_ARGS, "--logger")
-    _check_ddp(tmp_path, 3)
-    for n in range(3):  # one logger version per trial, written by rank 0
-        assert (tmp_path / "tuning" / "trials" / f"trial_{n}" / "metrics.csv").exists()
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(300)
-def test_torchrun_all_ranks_train_the_same_trial(tmp_path: Path) -> None:
-    worker(tmp_path, "--strategy", "ddp", *DDP_ARGS, torchrun=True)
-    _check_ddp(tmp_path, 3)
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(300)
-def test_ddp_error_on_rank_zero_stops_every_rank(tmp_path: Path) -> None:
-    """Rank 0 alone finds the monitored metric missing: every rank raises together instead of hanging."""
-    cmd = [sys.executable, str(WORKER), "--out", str(tmp_path), "--strategy", "ddp", "--devices", "2",
-           "--n-trials", "1", "--monitor", "val_missing"]
-    proc = subprocess.run(cmd, env=clean_env(), capture_output=True, text=True, timeout=240)
-    assert proc.returncode != 0
-    assert "the monitored metric 'val_missing' was not logged" in proc.stdout + proc.stderr
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(300)
-def test_ddp_spawn_keeps_the_study(tmp_path: Path) -> None:
-    """In-memory storage cannot cross into spawned children: a journal file under output_dir is used."""
-    spawn_args = ("--devices", "2", "--n-trials", "2", "--max-half", "2", "--max-epochs", "8", "--bad-from-fit", "1",
-                  "--n-startup-trials", "1")  # two trials: each spawn costs ~25 s here
-    worker(tmp_path, "--strategy", "ddp_spawn", *spawn_args)
-    _check_ddp(tmp_path, 2)
-    assert (tmp_path / "tuning" / "study.journal").exists()
-
-
 def test_values_are_finite_in_the_trial_table(tmp_path: Path) -> None:
     result = tune(tmp_path, n_trials=2, pruner="none")
     rows = result.trials()
@@ -573,7 +373,7 @@ def test_values_are_finite_in_the_trial_table(tmp_path: Path) -> None:
 def test_a_setting_suggested_twice_is_judged_by_its_mean_not_its_luckiest_run() -> None:
     from optuna.distributions import IntDistribution
 
-    from lightning_clr.tuning import _result
+    from lightning_clr.tuning._result import result_of as _result
 
     study = optuna.create_study(direction="minimize")
     dist = {"half_cycle_epochs": IntDistribution(1, 12)}
@@ -588,3 +388,54 @@ def test_a_setting_suggested_twice_is_judged_by_its_mean_not_its_luckiest_run() 
     study.add_trial(optuna.trial.create_trial(params={"half_cycle_epochs": 10}, distributions=dist, value=0.65))
     result = _result(study, "val_loss", "minimize", 0, (None, None))
     assert result.best_half_cycle_epochs == 12 and result.best_value == pytest.approx(0.50)
+
+
+# ---------------------------------------------------------------------------------------------- after the work
+def test_the_history_plots_best_line_is_best_value() -> None:
+    """Before: "best so far" was drawn at the luckiest single run (0.40), best_value the setting's mean (0.45)."""
+    from optuna.distributions import IntDistribution
+
+    from lightning_clr.tuning._result import result_of
+
+    study = optuna.create_study(direction="minimize")
+    dist = {"half_cycle_epochs": IntDistribution(1, 12)}
+    for h, value in ((12, 0.40), (12, 0.60), (10, 0.45)):
+        study.add_trial(optuna.trial.create_trial(params={"half_cycle_epochs": h}, distributions=dist, value=value))
+    result = result_of(study, "val_loss", "minimize", 0, (None, None))
+    (line,) = result.history_figure().axes[0].get_lines()
+    assert list(line.get_ydata()) == pytest.approx([0.40, 0.50, 0.45])
+    assert line.get_ydata()[-1] == pytest.approx(result.best_value)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_without_matplotlib_the_plots_are_skipped_with_one_warning(tmp_path: Path) -> None:
+    """Before: every trial trained, then ImportError for matplotlib (plot=True is the default)."""
+    import sysconfig
+
+    # An environment without matplotlib: this venv's site-packages, linked entry by entry, but matplotlib's.
+    site = tmp_path / "site"
+    site.mkdir()
+    for entry in Path(sysconfig.get_paths()["purelib"]).iterdir():
+        if not entry.name.lower().startswith(("matplotlib", "mpl_toolkits", "pylab")) and entry.suffix != ".pth":
+            (site / entry.name).symlink_to(entry)
+    code = f"""
+import sys, warnings
+sys.path.insert(0, {str(ROOT / "tests")!r})
+import importlib.util
+assert importlib.util.find_spec("matplotlib") is None
+from tuning_helpers import tune
+from pathlib import Path
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    result = tune(Path({str(tmp_path)!r}), n_trials=1, plot=True)
+plots = [str(w.message) for w in caught if "matplotlib" in str(w.message)]
+print("WARNINGS", len(plots), plots)
+print("BEST", result.best_half_cycle_epochs, result.plots)
+"""
+    env = clean_env(PYTHONPATH=os.pathsep.join([str(site), str(ROOT)]))
+    proc = subprocess.run([sys.executable, "-S", "-c", code], env=env, capture_output=True, text=True, timeout=200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "WARNINGS 1 " in proc.stdout and "pip install lightning-clr[plot]" in proc.stdout, proc.stdout
+    assert re.search(r"BEST \d+ \[\]", proc.stdout), proc.stdout  # a result, no plot paths
+    assert (tmp_path / "tuning" / "summary.txt").exists() and not list(tmp_path.rglob("*.png"))

@@ -20,6 +20,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
 from examples.digits import DigitsClassifier, DigitsDataModule  # noqa: E402
 from lightning_clr import tune_cycle_length  # noqa: E402
+from lightning_clr.tuning import OutputConfig, SearchSpace, StudyConfig  # noqa: E402
 
 
 def main() -> None:
@@ -41,13 +42,10 @@ def main() -> None:
                         "strategy": "ddp" if args.devices > 1 else "auto"},
         n_trials=args.n_trials,
         max_epochs=args.max_epochs,
-        min_half_cycle_epochs=1,
-        max_half_cycle_epochs=8,
-        storage=args.storage,
-        study_name=args.study_name,
-        seed=args.seed,
-        heartbeat_interval=30.0,  # a killed task's trial is marked FAIL by the next worker after 2 minutes
-        output_dir=os.path.join(args.output_dir, f"worker_{args.seed}"),
+        search=SearchSpace(min_half_cycle_epochs=1, max_half_cycle_epochs=8),
+        # heartbeat 30 s: a killed task's trial is marked FAIL by the next worker after 2 minutes
+        study=StudyConfig(storage=args.storage, study_name=args.study_name, seed=args.seed, heartbeat_interval=30.0),
+        output=OutputConfig(output_dir=os.path.join(args.output_dir, f"worker_{args.seed}")),
     )
     if result.study is not None:
         print(f"best so far: half-cycle {result.best_half_cycle_epochs} epochs = {result.best_step_size_up} steps")

@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/helpers, a
 from helpers import SameTaskData as DataModule  # noqa: E402
 
 from lightning_clr import CyclicLearningRate, tune_cycle_length  # noqa: E402
+from lightning_clr.tuning import OutputConfig, SearchSpace, StudyConfig  # noqa: E402
 
 
 class Model(pl.LightningModule):
@@ -92,7 +93,7 @@ class NaiveTrialCallback(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         import optuna
 
-        from lightning_clr._pruning import destroy_process_group_at_exit
+        from lightning_clr.tuning._objective import destroy_process_group_at_exit
 
         destroy_process_group_at_exit()  # the gloo exit abort is not the bug shown here
 
@@ -144,6 +145,7 @@ def main() -> None:
     p.add_argument("--no-warm-start", action="store_true")
     p.add_argument("--logger", action="store_true", help="a CSV logger version per trial")
     p.add_argument("--monitor", default="val_loss")
+    p.add_argument("--pruner", default="cycle_median")
     args = p.parse_args()
     os.makedirs(args.out, exist_ok=True)
     if args.mode == "naive":
@@ -158,22 +160,16 @@ def main() -> None:
         },
         n_trials=args.n_trials,
         max_epochs=args.max_epochs,
-        min_half_cycle_epochs=1,
-        max_half_cycle_epochs=args.max_half,
         base_lr=0.01,
         max_lr=0.05,
-        storage=args.storage,
-        study_name=args.study_name,
-        n_startup_trials=args.n_startup_trials,
         monitor=args.monitor,
-        warm_start=not args.no_warm_start,
-        seed=args.seed,
-        heartbeat_interval=args.heartbeat,
-        grace_period=args.grace,
-        output_dir=os.path.join(args.out, "tuning"),
-        logger=args.logger,
-        plot=False,
-        progress_bar=False,
+        search=SearchSpace(min_half_cycle_epochs=1, max_half_cycle_epochs=args.max_half,
+                           warm_start=not args.no_warm_start),
+        study=StudyConfig(storage=args.storage, study_name=args.study_name, n_startup_trials=args.n_startup_trials,
+                          seed=args.seed, heartbeat_interval=args.heartbeat, grace_period=args.grace,
+                          pruner=args.pruner),
+        output=OutputConfig(output_dir=os.path.join(args.out, "tuning"), logger=args.logger, plot=False,
+                            progress_bar=False),
     )
     if result.study is not None:  # global rank 0 of this worker
         trials = [

@@ -1,0 +1,299 @@
+"""The settings of :func:`lightning_clr.tune_cycle_length`, grouped into three validated frozen objects
+(:class:`SearchSpace`, :class:`StudyConfig`, :class:`OutputConfig`), and the helpers that read them: the
+Optuna search space, Smith's warm-start values, and which process is rank 0 before any Trainer exists.
+
+Each object checks its own fields when built, so a bad value fails before any training step with an
+:class:`~lightning_clr._validation.ArgumentError` naming the field. Torch-free, and optuna-free until a
+sampler or pruner object is checked.
+
+Example:
+    >>> SearchSpace(min_half_cycle_epochs=2, max_half_cycle_epochs=8).max_half_cycle_epochs
+    8
+    >>> StudyConfig(storage="tune.journal", study_name="clr").grace
+    40.0
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from typing import Any, Iterator, Literal, Optional, Union
+
+from lightning_clr._validation import ArgumentError, boolean, choice, int_in, positive_float
+from lightning_clr.schedule import MODES
+
+__all__ = ["OutputConfig", "SearchSpace", "StudyConfig"]
+
+SAMPLERS = ("tpe", "random")
+PRUNERS = ("cycle_halving", "cycle_median", "none")
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """What the tuner searches: the half-cycle grid in epochs, the CLR modes and the ``max_lr`` multiplier.
+
+    Args:
+        min_half_cycle_epochs: Smallest half-cycle in epochs (Smith: 2).
+        max_half_cycle_epochs: Largest half-cycle in epochs (Smith: 10).
+        half_cycle_step: Step of the half-cycle grid in epochs; divides the range.
+        modes: CLR modes to choose among, ``"triangular"`` and/or ``"triangular2"``.
+        min_max_lr_scale: Smallest multiplier of ``max_lr``; tuned only if it differs from ``max_max_lr_scale``.
+        max_max_lr_scale: Largest multiplier of ``max_lr`` (the multiplied ``max_lr`` stays above ``base_lr``).
+        warm_start: Enqueue Smith's heuristic half-cycles (2, 4 and 8 epochs, moved onto the grid) first.
+        distinct: Replace a suggested half-cycle that another trial already has by the nearest untried one.
+
+    Example:
+        >>> SearchSpace(min_half_cycle_epochs=1, max_half_cycle_epochs=12, modes=["triangular", "triangular2"])
+        ... # doctest: +ELLIPSIS
+        SearchSpace(min_half_cycle_epochs=1, max_half_cycle_epochs=12, ...)
+    """
+
+    min_half_cycle_epochs: int = 2
+    max_half_cycle_epochs: int = 10
+    half_cycle_step: int = 1
+    modes: tuple[str, ...] = ("triangular",)
+    min_max_lr_scale: float = 1.0
+    max_max_lr_scale: float = 1.0
+    warm_start: bool = True
+    distinct: bool = True
+
+    def __post_init__(self) -> None:
+        with _group("search"):
+            self._check()
+
+    def _check(self) -> None:
+        low = int_in("min_half_cycle_epochs", self.min_half_cycle_epochs, 1)
+        int_in("max_half_cycle_epochs", self.max_half_cycle_epochs, low, what="at least min_half_cycle_epochs")
+        step = int_in("half_cycle_step", self.half_cycle_step, 1)
+        if (self.max_half_cycle_epochs - low) % step:
+            raise ArgumentError(
+                "half_cycle_step", step,
+                f"a divisor of max_half_cycle_epochs - min_half_cycle_epochs ({self.max_half_cycle_epochs} - {low})",
+            )
+        modes = self.modes
+        if isinstance(modes, str) or not isinstance(modes, (list, tuple)) or not modes:
+            raise ArgumentError("modes", modes, f"a non-empty list of {MODES}")
+        for mode in modes:
+            choice("modes", mode, MODES)
+            if mode == "exp_range":
+                raise ArgumentError("modes", modes, "'triangular' and/or 'triangular2' (exp_range needs a gamma"
+                                    " fitted to the run length)")
+        object.__setattr__(self, "modes", tuple(modes))
+        low_scale = positive_float("min_max_lr_scale", self.min_max_lr_scale)
+        if positive_float("max_max_lr_scale", self.max_max_lr_scale) < low_scale:
+            raise ArgumentError("max_max_lr_scale", self.max_max_lr_scale,
+                                f"a number >= min_max_lr_scale ({low_scale})")
+        boolean("warm_start", self.warm_start)
+        boolean("distinct", self.distinct)
+
+    @property
+    def tunes_scale(self) -> bool:
+        return self.min_max_lr_scale != self.max_max_lr_scale
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """Where the trials are kept and how they are chosen and pruned.
+
+    Args:
+        storage: ``None`` (in memory, one process), a journal file path (several processes on one machine) or
+            a database URL (``postgresql://user@host/db``, ``mysql://user@host/db``, ``sqlite:///file.db``).
+        study_name: Workers with the same ``storage`` and name join one study.
+        direction: ``"minimize"`` or ``"maximize"`` the monitored metric.
+        sampler: ``"tpe"`` (seeded with ``seed``), ``"random"``, or any ``optuna.samplers.BaseSampler``.
+        pruner: ``"cycle_halving"`` (successive halving whose rungs are cycle ends), ``"cycle_median"``,
+            ``"none"``, or any ``optuna.pruners.BasePruner`` (it sees one report per cycle end, step = epoch).
+        n_startup_trials: Finished trials before the pruner prunes anything (and before TPE stops sampling at
+            random).
+        seed: Seed of the sampler; trial ``n`` trains with seed ``seed + n``.
+        heartbeat_interval: Seconds between a running trial's heartbeats in a persistent storage.
+        grace_period: A RUNNING trial whose last heartbeat is older than this is marked FAIL by the next worker.
+            Default: ``4 * heartbeat_interval``.
+
+    Example:
+        >>> StudyConfig(storage="postgresql://postgres@127.0.0.1/test", study_name="clr", pruner="cycle_median")
+        ... # doctest: +ELLIPSIS
+        StudyConfig(storage='postgresql://...', ...)
+    """
+
+    storage: Optional[str] = None
+    study_name: Optional[str] = None
+    direction: Literal["minimize", "maximize"] = "minimize"
+    sampler: Union[Literal["tpe", "random"], Any] = "tpe"
+    pruner: Union[Literal["cycle_halving", "cycle_median", "none"], Any] = "cycle_median"
+    n_startup_trials: int = 2
+    seed: int = 0
+    heartbeat_interval: float = 10.0
+    grace_period: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        with _group("study"):
+            self._check()
+
+    def _check(self) -> None:
+        for name in ("storage", "study_name"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise ArgumentError(name, value, "None or a non-empty string")
+        choice("direction", self.direction, ("minimize", "maximize"))
+        _optuna_or_name("sampler", self.sampler, SAMPLERS, "BaseSampler")
+        _optuna_or_name("pruner", self.pruner, PRUNERS, "BasePruner")
+        int_in("n_startup_trials", self.n_startup_trials, 0)
+        int_in("seed", self.seed, -(2**63), 2**63 - 1)
+        beat = positive_float("heartbeat_interval", self.heartbeat_interval)
+        if self.grace_period is not None and positive_float("grace_period", self.grace_period) <= beat:
+            raise ArgumentError("grace_period", self.grace_period, f"None or a number > heartbeat_interval ({beat})")
+
+    @property
+    def grace(self) -> float:
+        return float(self.grace_period) if self.grace_period is not None else 4.0 * float(self.heartbeat_interval)
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    """What the tuner writes.
+
+    Args:
+        output_dir: Where logs (one logger version per trial), ``summary.txt`` and the plots go.
+        logger: Give every trial a CSV logger under ``output_dir`` (version ``trial_<n>``).
+        plot: Save the optimization history and cycle length vs metric as PNG; skipped with one warning
+            when matplotlib is missing (``pip install lightning-clr[plot]``).
+        progress_bar: Show a progress bar over the trials.
+
+    Example:
+        >>> OutputConfig(output_dir="runs/tune", plot=False).plot
+        False
+    """
+
+    output_dir: str = "clr_tuning"
+    logger: bool = True
+    plot: bool = True
+    progress_bar: bool = True
+
+    def __post_init__(self) -> None:
+        with _group("output"):
+            self._check()
+
+    def _check(self) -> None:
+        if not isinstance(self.output_dir, (str, os.PathLike)) or not str(self.output_dir):
+            raise ArgumentError("output_dir", self.output_dir, "a directory path")
+        object.__setattr__(self, "output_dir", str(self.output_dir))
+        for name in ("logger", "plot", "progress_bar"):
+            boolean(name, getattr(self, name))
+
+
+@contextlib.contextmanager
+def _group(prefix: str) -> Iterator[None]:
+    """Name a field by its group, as the command line does: ``search.max_half_cycle_epochs``."""
+    try:
+        yield
+    except ArgumentError as err:
+        raise ArgumentError(f"{prefix}.{err.argument}", err.value, err.requirement) from None
+
+
+def _optuna_or_name(name: str, value: Any, names: tuple[str, ...], base: str) -> None:
+    if isinstance(value, str):
+        choice(name, value, names)
+        return
+    import optuna
+
+    cls = optuna.samplers.BaseSampler if base == "BaseSampler" else optuna.pruners.BasePruner
+    if not isinstance(value, cls):
+        raise ArgumentError(name, value, f"one of {names} or an optuna.{'samplers' if 'Sampler' in base else 'pruners'}"
+                            f".{base}")
+
+
+def grouped(name: str, value: Any, cls: type) -> Any:
+    """``value`` as a ``cls``: ``None`` gives the defaults, a dict its fields."""
+    if value is None:
+        return cls()
+    if isinstance(value, cls):
+        return value
+    if isinstance(value, dict):
+        try:
+            return cls(**value)
+        except TypeError as err:
+            if isinstance(err, ArgumentError):
+                raise
+            raise ArgumentError(name, value, f"a {cls.__name__} or a dict of its fields", str(err)) from None
+    raise ArgumentError(name, value, f"None, a {cls.__name__} or a dict of its fields")
+
+
+def is_global_zero() -> bool:
+    """Rank 0 of the whole job, known before any Trainer exists (torchrun, SLURM, Lightning's own launcher)."""
+    env = os.environ
+    for key in ("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK"):
+        if key in env:
+            return int(env[key]) == 0
+    if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
+        return int(env["SLURM_PROCID"]) == 0
+    return int(env.get("LOCAL_RANK", "0")) == 0 and int(env.get("NODE_RANK", env.get("GROUP_RANK", "0"))) == 0
+
+
+def spawns(strategy: Any) -> bool:
+    """Whether the strategy trains in child processes that the parent's in-memory study cannot reach."""
+    if isinstance(strategy, str):
+        return any(word in strategy for word in ("spawn", "fork", "notebook"))
+    return getattr(strategy, "_start_method", "popen") in ("spawn", "fork", "forkserver")
+
+
+def distributed(trainer_kwargs: dict[str, Any]) -> bool:
+    devices, nodes = trainer_kwargs.get("devices", "auto"), trainer_kwargs.get("num_nodes", 1)
+    if devices in ("auto", -1, "-1", None):  # Lightning's default: every visible GPU
+        import torch
+
+        accelerator = trainer_kwargs.get("accelerator", "auto")
+        gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+        devices = torch.cuda.device_count() if gpu else 1
+    many = devices not in (1, "1", [0]) or nodes not in (1, None)
+    return many or int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def heuristic_half_cycles(space: SearchSpace) -> list[int]:
+    """Smith's 2, 4 and 8 epochs, moved onto the grid of ``space``, without duplicates."""
+    low, high, step = space.min_half_cycle_epochs, space.max_half_cycle_epochs, space.half_cycle_step
+    values: list[int] = []
+    for h in (2, 4, 8):
+        h = min(max(h, low), high)
+        h = low + round((h - low) / step) * step
+        h = min(h, high - (high - low) % step)
+        if h not in values:
+            values.append(h)
+    return values
+
+
+def optuna_space(optuna: Any, space: SearchSpace) -> dict[str, Any]:
+    out: dict[str, Any] = {}  # the half-cycle last: a repeat is judged with the other values known
+    if len(space.modes) > 1:
+        out["mode"] = optuna.distributions.CategoricalDistribution(list(space.modes))
+    if space.tunes_scale:
+        out["max_lr_scale"] = optuna.distributions.FloatDistribution(
+            space.min_max_lr_scale, space.max_max_lr_scale, log=True
+        )
+    out["half_cycle_epochs"] = optuna.distributions.IntDistribution(
+        space.min_half_cycle_epochs, space.max_half_cycle_epochs, step=space.half_cycle_step
+    )
+    return out
+
+
+@dataclass(frozen=True)
+class TuneRun:
+    """Everything one :func:`~lightning_clr.tune_cycle_length` call was given, checked (internal)."""
+
+    model: Any
+    datamodule: Any
+    model_kwargs: dict[str, Any]
+    datamodule_kwargs: dict[str, Any]
+    trainer_kwargs: dict[str, Any]
+    n_trials: int
+    timeout: Optional[float]
+    budget: int
+    monitor: str
+    base_lr: Optional[float]
+    max_lr: Optional[float]
+    range_test: Any
+    range_test_per_trial: bool
+    search: SearchSpace
+    study: StudyConfig
+    output: OutputConfig

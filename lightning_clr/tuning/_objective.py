@@ -1,0 +1,260 @@
+"""Pieces for your own Optuna objective: :func:`suggest_cycle` and :class:`CyclePruningCallback`.
+
+The callback reports the monitored metric to the trial only at the CLR's cycle ends, where the LR is back at
+``base_lr`` (mid-cycle, with the LR high, the loss says little about the cycle length), and prunes only there.
+
+DDP: global rank 0 alone talks to Optuna. In ``setup`` rank 0's suggested half-cycle is broadcast, so ranks
+without a trial (``strategy="ddp"`` and torchrun, where every rank runs the objective) train with it; every
+prune decision, and any error on rank 0, is broadcast, every rank stops together (``trainer.should_stop``), and
+``check_pruned()`` raises ``optuna.TrialPruned`` after the fit, never inside it (one rank raising alone would
+hang the others). With ``ddp_spawn`` the trial is re-opened in the spawned rank 0 from the study's storage,
+which must then be persistent (a journal file or a database).
+
+Example:
+    >>> def objective(trial):  # doctest: +SKIP
+    ...     clr = suggest_cycle(trial, min_half_cycle_epochs=1, max_half_cycle_epochs=8, base_lr=1e-3, max_lr=1e-2)
+    ...     pruning = CyclePruningCallback(trial, monitor="val_loss")
+    ...     trainer = pl.Trainer(max_epochs=16, callbacks=[clr, pruning])
+    ...     trainer.fit(MyModel(), datamodule=MyData())
+    ...     pruning.check_pruned()
+    ...     return trainer.callback_metrics["val_loss"].item()
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+import lightning.pytorch as pl
+from lightning.pytorch.utilities import rank_zero_info
+
+from lightning_clr._compat import callback_bases
+from lightning_clr._validation import ArgumentError, int_in
+from lightning_clr.callback import CyclicLearningRate
+
+__all__ = ["CyclePruningCallback", "suggest_cycle"]
+
+PARAM = "half_cycle_epochs"
+PRUNED_KEY = "lightning_clr:pruned_at_epoch"
+_KWARGS = "_lightning_clr_suggest_kwargs"  # the arguments suggest_cycle built the callback with
+
+
+def _configure(clr: CyclicLearningRate, **kwargs: Any) -> None:
+    """Re-configure ``clr`` in place before its fit starts (the one place the tuner rewrites a callback)."""
+    CyclicLearningRate.__init__(clr, **kwargs)
+
+
+def suggest_cycle(
+    trial: Any, *, min_half_cycle_epochs: int, max_half_cycle_epochs: int, **callback_kwargs: Any
+) -> CyclicLearningRate:
+    """Suggest the half-cycle length in epochs (the int parameter ``half_cycle_epochs``) and return a
+    :class:`CyclicLearningRate` with it.
+
+    ``fit_whole_cycles`` defaults to ``False`` here: the half-cycle is then exactly the suggested number of
+    epochs, so every cycle end is an epoch end, where :class:`CyclePruningCallback` reports (that callback
+    rounds ``max_epochs`` to whole cycles instead). Under ``strategy="ddp"`` or torchrun, ranks other than 0
+    have no trial: pass ``trial=None`` there; the callback takes rank 0's suggestion when the fit starts.
+
+    Args:
+        trial: An ``optuna.Trial``, or ``None`` on a rank without one.
+        min_half_cycle_epochs: Smallest half-cycle in epochs.
+        max_half_cycle_epochs: Largest half-cycle in epochs.
+        **callback_kwargs: Any other :class:`CyclicLearningRate` argument (``base_lr``, ``max_lr``, ``mode``...).
+
+    Example:
+        >>> clr = suggest_cycle(trial, min_half_cycle_epochs=2, max_half_cycle_epochs=10, base_lr=1e-3,
+        ...                     max_lr=1e-2)  # doctest: +SKIP
+    """
+    low = int_in("min_half_cycle_epochs", min_half_cycle_epochs, 1)
+    int_in("max_half_cycle_epochs", max_half_cycle_epochs, low, what="at least min_half_cycle_epochs")
+    for name in (PARAM, "step_size_up", "step_size_down"):
+        if name in callback_kwargs:
+            raise ArgumentError(name, callback_kwargs[name], "left out: suggest_cycle suggests the cycle length")
+    kwargs = {"fit_whole_cycles": False, **callback_kwargs}
+    h = low if trial is None else int(trial.suggest_int(PARAM, low, max_half_cycle_epochs))
+    clr = CyclicLearningRate(half_cycle_epochs=h, **kwargs)
+    setattr(clr, _KWARGS, kwargs)
+    return clr
+
+
+def find_clr(trainer: pl.Trainer) -> CyclicLearningRate:
+    found = [c for c in trainer.callbacks if isinstance(c, CyclicLearningRate)]
+    if len(found) != 1:
+        raise ValueError(
+            f"CyclePruningCallback needs exactly one CyclicLearningRate in the Trainer's callbacks, found {len(found)}"
+        )
+    return found[0]
+
+
+class CyclePruningCallback(*callback_bases()):  # a Callback of either Lightning package
+    """Report ``monitor`` to an Optuna trial at the CLR's cycle ends only, and prune only there.
+
+    At each training epoch end (after that epoch's validation) the finished cycles are counted from the
+    :class:`CyclicLearningRate`'s optimizer steps and step sizes; when a new cycle has ended, rank 0 reports
+    ``monitor`` with ``step`` = the epochs trained, asks the trial's pruner, and every rank acts on its
+    answer. One report per epoch in which a cycle ended (a half-cycle shorter than an epoch can end several).
+
+    Args:
+        trial: The ``optuna.Trial`` (``None`` on ranks without one, see :func:`suggest_cycle`).
+        monitor: A metric logged by the model, read from ``trainer.callback_metrics``.
+        whole_cycles: Round ``max_epochs`` to a whole number of cycles (at least one), so that the fit ends at
+            a cycle end and its last value is reported; needs a whole-epoch half-cycle (as suggested).
+
+    Attributes:
+        pruned_at_epoch: The epoch the trial was pruned at, or ``None``.
+        reports: ``{epoch: value}`` reported on this rank (rank 0; other ranks keep the epochs only).
+
+    Example:
+        >>> pruning = CyclePruningCallback(trial, monitor="val_acc")  # doctest: +SKIP
+        >>> trainer.fit(model)  # doctest: +SKIP
+        >>> pruning.check_pruned()  # raises optuna.TrialPruned if the pruner stopped the fit  # doctest: +SKIP
+    """
+
+    def __init__(self, trial: Any, monitor: str = "val_loss", whole_cycles: bool = True) -> None:
+        if not isinstance(monitor, str) or not monitor:
+            raise ArgumentError("monitor", monitor, "the name of a logged metric")
+        self.trial = trial
+        self.monitor = monitor
+        self.whole_cycles = whole_cycles
+        self.pruned_at_epoch: Optional[int] = None
+        self.reports: dict[int, float] = {}
+        self.params: dict[str, Any] = {}
+        self._cycles = 0
+        self._ref: Optional[tuple[Any, Any, int, str]] = None  # (storage, pruner, trial id, study name): for a spawn
+        if trial is not None:
+            storage = trial.study._storage
+            in_memory = type(storage).__name__ == "InMemoryStorage"
+            self._ref = (None if in_memory else storage, trial.study.pruner, trial._trial_id, trial.study.study_name)
+
+    def __getstate__(self) -> dict[str, Any]:  # ddp_spawn: the child re-opens the trial from the storage
+        state = self.__dict__.copy()
+        if self.trial is not None and self._ref is not None and self._ref[0] is None:
+            raise ValueError(
+                "CyclePruningCallback: the trial's study is in memory, which spawned processes (ddp_spawn) cannot"
+                " reach; create the study with a journal file or database storage"
+            )
+        state["trial"] = None
+        return state
+
+    # ------------------------------------------------------------------ rank 0 and Optuna
+    def _trial(self) -> Any:
+        if self.trial is None and self._ref is not None:
+            import optuna
+
+            storage, pruner, trial_id, name = self._ref
+            study = optuna.load_study(study_name=name, storage=storage, pruner=pruner)
+            self.trial = optuna.trial.Trial(study, trial_id)
+        return self.trial
+
+    def _rank_zero_params(self, trainer: pl.Trainer) -> dict[str, Any]:
+        trial = self._trial() if trainer.global_rank == 0 else None
+        return dict(trial.params) if trial is not None else {}
+
+    def _sync(self, trainer: pl.Trainer, clr: CyclicLearningRate) -> None:
+        """Every rank: take rank 0's suggested half-cycle."""
+        self.params = trainer.strategy.broadcast(self._rank_zero_params(trainer), src=0) or {}
+        kwargs = getattr(clr, _KWARGS, None)
+        h = self.params.get(PARAM)
+        if kwargs is not None and h is not None and h != clr.half_cycle_epochs:
+            _configure(clr, half_cycle_epochs=h, **kwargs)
+            setattr(clr, _KWARGS, kwargs)
+
+    def _judge(self, trainer: pl.Trainer, epoch: int) -> Optional[str]:
+        """Rank 0 at a cycle end: report and ask the pruner. ``"stop"`` to end the fit."""
+        value = trainer.callback_metrics.get(self.monitor)
+        if value is None:
+            raise KeyError(
+                f"the monitored metric {self.monitor!r} was not logged by epoch {epoch};"
+                f" logged: {sorted(trainer.callback_metrics)}"
+            )
+        trial = self._trial()
+        value = float(value)
+        self.reports[epoch] = value
+        if trial is None:
+            return None
+        trial.report(value, step=epoch)
+        if epoch < trainer.fit_loop.max_epochs and trial.should_prune():
+            trial.study._storage.set_trial_system_attr(trial._trial_id, PRUNED_KEY, epoch)
+            return "stop"
+        return None
+
+    # ------------------------------------------------------------------ hooks
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        destroy_process_group_at_exit()
+        clr = find_clr(trainer)
+        self._sync(trainer, clr)
+        self._cycles, self.pruned_at_epoch, self.reports = 0, None, {}
+        max_epochs = trainer.fit_loop.max_epochs
+        h = clr.half_cycle_epochs
+        if self.whole_cycles and clr.step_size_up is None and max_epochs not in (None, -1) and float(h).is_integer():
+            cycle = 2 * int(h)
+            epochs = cycle * max(1, round(max_epochs / cycle))
+            if epochs != max_epochs:
+                rank_zero_info(f"CyclePruningCallback: max_epochs {max_epochs} -> {epochs}, whole cycles of {cycle}.")
+                trainer.fit_loop.max_epochs = epochs
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        clr = find_clr(trainer)
+        cycle = (clr.step_size_up or 0) + (clr.step_size_down or clr.step_size_up or 0)
+        finished = clr.steps[0] // cycle if cycle and clr.steps else 0
+        if finished <= self._cycles:
+            return  # mid-cycle: never judged
+        self._cycles = finished
+        epoch = trainer.current_epoch + 1
+        decision: Any = None  # rank 0's: None (go on), "stop", or an error to raise on every rank
+        if trainer.global_rank == 0:
+            try:
+                decision = self._judge(trainer, epoch)
+            except Exception as err:  # raised on every rank below: one rank raising alone would hang the others
+                message = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+                decision = (type(err).__name__, message)
+        decision = trainer.strategy.broadcast(decision, src=0)
+        if isinstance(decision, tuple):
+            if decision[0] == "KeyError":
+                raise KeyError(decision[1])
+            raise RuntimeError(f"{decision[0]} on global rank 0 at a cycle end: {decision[1]}")
+        if decision == "stop":  # every rank stops together
+            self.pruned_at_epoch = epoch
+            trainer.should_stop = True
+
+    def check_pruned(self) -> None:
+        """Raise ``optuna.TrialPruned`` if the pruner ended the fit (call it after ``trainer.fit``)."""
+        import optuna
+
+        epoch = self.pruned_at_epoch
+        if epoch is None and self.trial is not None:  # after ddp_spawn, the decision is in the storage
+            frozen = self.trial.study._storage.get_trial(self.trial._trial_id)
+            epoch = frozen.system_attrs.get(PRUNED_KEY)
+        if epoch is not None:
+            raise optuna.TrialPruned(f"pruned at epoch {epoch}, a cycle end")
+
+
+_DESTROY_REGISTERED = False
+
+
+def destroy_process_group_at_exit() -> None:
+    """Destroy torch.distributed's process group when this process exits, once per process.
+
+    Lightning does this for NCCL only. A gloo group left alive at interpreter exit sometimes aborts the
+    process ("terminate called without an active exception", SIGABRT) after a successful run; seen here with
+    torch 2.13 in about one 2-rank run in ten.
+    """
+    global _DESTROY_REGISTERED
+    import torch.distributed as dist
+
+    if _DESTROY_REGISTERED or not (dist.is_available() and dist.is_initialized()):
+        return
+    import atexit
+
+    from lightning.fabric.utilities.distributed import _destroy_dist_connection
+
+    atexit.register(_destroy_dist_connection)
+    _DESTROY_REGISTERED = True
+
+
+def is_nan(value: Any) -> bool:
+    return value is not None and math.isnan(float(value))

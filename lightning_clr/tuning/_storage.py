@@ -1,0 +1,191 @@
+"""Optuna storages for :func:`lightning_clr.tune_cycle_length`: choosing one from a string (plain
+``postgresql://`` and ``mysql://`` URLs get the driver that is installed), storage faults as one line naming
+the storage and the real cause, a trial heartbeat that works for every persistent storage, and the sweep that
+fails trials of dead workers.
+
+Optuna's own heartbeat exists only for RDB storages and only inside ``study.optimize``; the tuner uses
+ask-and-tell (rank 0 alone talks to Optuna), so it keeps its own heartbeat in a trial system attribute.
+Only imported once optuna is known to be installed.
+
+Example:
+    >>> storage = make_storage("postgresql://postgres@127.0.0.1:5432/test")  # doctest: +SKIP
+    >>> with storage_errors(storage):  # doctest: +SKIP
+    ...     study = optuna.create_study(storage=storage, study_name="clr", load_if_exists=True)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import re
+import threading
+import time
+from typing import Any, Iterator
+
+import optuna
+from optuna.trial import TrialState
+
+HEARTBEAT_KEY = "lightning_clr:heartbeat"
+
+# SQLAlchemy 2.1's default driver of each URL scheme, then the others it knows, as (dialect+driver, module).
+_DRIVERS = {
+    "postgresql": (("postgresql+psycopg", "psycopg"), ("postgresql+psycopg2", "psycopg2"),
+                   ("postgresql+pg8000", "pg8000")),
+    "mysql": (("mysql+mysqldb", "MySQLdb"), ("mysql+pymysql", "pymysql"), ("mysql+mysqlconnector", "mysql.connector")),
+}
+
+
+class StorageError(RuntimeError):
+    """The study's storage failed: a database that refuses connections, a journal that cannot be written.
+
+    Its message is one line: the storage (password hidden) and the real cause from the exception chain.
+    """
+
+
+def database_url(url: str) -> str:
+    """A plain ``postgresql://`` or ``mysql://`` URL with the driver that is installed, SQLAlchemy's default
+    first (psycopg 3 and mysqlclient); any other URL unchanged.
+
+    Example:
+        >>> database_url("sqlite:///tune.db")
+        'sqlite:///tune.db'
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in _DRIVERS:
+        return url
+    for dialect, module in _DRIVERS[scheme]:
+        if importlib.util.find_spec(module.split(".")[0]) is not None:
+            return f"{dialect}://{rest}"
+    return url  # SQLAlchemy's own error then names the missing module
+
+
+def make_storage(spec: Any) -> Any:
+    """``None`` → in memory; a string with ``://`` → an RDB URL; any other string → a journal file path;
+    an Optuna storage object as it is."""
+    if spec is None:
+        return optuna.storages.InMemoryStorage()
+    if isinstance(spec, optuna.storages.BaseStorage):
+        return spec
+    if not isinstance(spec, str) or not spec:
+        raise ValueError(f"`storage` must be None, a journal file path or a database URL, got {spec!r}")
+    with storage_errors(spec):
+        if "://" in spec:
+            return optuna.storages.RDBStorage(database_url(spec))
+        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(spec))
+
+
+def storage_name(storage: Any) -> str:
+    """The storage as a user wrote it, without a password."""
+    for _ in range(4):  # Optuna's _CachedStorage wraps the RDBStorage, JournalStorage its file backend
+        if isinstance(storage, str) or hasattr(storage, "url") or hasattr(storage, "_file_path"):
+            break
+        storage = getattr(storage, "_backend", storage)
+    if isinstance(storage, str):
+        name = storage
+    elif hasattr(storage, "url"):
+        name = str(storage.url)
+    else:
+        name = str(getattr(storage, "_file_path", type(storage).__name__))
+    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", name)
+
+
+def _root_cause(err: BaseException) -> BaseException:
+    """The deepest exception of the chain, skipping Optuna's and SQLAlchemy's wrappers."""
+    seen = [err]
+    while (seen[-1].__cause__ or seen[-1].__context__) is not None and len(seen) < 20:
+        seen.append(seen[-1].__cause__ or seen[-1].__context__)  # type: ignore[arg-type]
+    for candidate in reversed(seen):
+        orig = getattr(candidate, "orig", None)  # sqlalchemy.exc.DBAPIError wraps the driver's
+        if isinstance(orig, BaseException):
+            return orig
+    return seen[-1]
+
+
+def describe(storage: Any, err: BaseException) -> str:
+    cause = _root_cause(err)
+    text = " ".join(str(cause).split()) or type(cause).__name__
+    return f"storage {storage_name(storage)!r} failed: {type(cause).__name__}: {text}"[:500]
+
+
+def _is_storage_fault(err: BaseException) -> bool:
+    if isinstance(err, (OSError, optuna.exceptions.StorageInternalError)):
+        return True
+    return type(err).__module__.startswith(("sqlalchemy", "psycopg", "pymysql", "MySQLdb", "pg8000"))
+
+
+@contextlib.contextmanager
+def storage_errors(storage: Any) -> Iterator[None]:
+    """Turn a fault of ``storage`` (an OSError, a database error, Optuna's StorageInternalError) into one
+    :class:`StorageError` line; anything else passes unchanged."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except Exception as err:
+        if not _is_storage_fault(err):
+            raise
+        raise StorageError(describe(storage, err)) from err
+
+
+def beat(storage: Any, trial_id: int) -> None:
+    storage.set_trial_system_attr(trial_id, HEARTBEAT_KEY, time.time())
+
+
+class Heartbeat:
+    """A daemon thread that records ``time.time()`` on a trial every ``interval`` seconds.
+
+    Example:
+        >>> with Heartbeat(study._storage, trial._trial_id, interval=10.0):  # doctest: +SKIP
+        ...     trainer.fit(model)
+    """
+
+    def __init__(self, storage: Any, trial_id: int, interval: float) -> None:
+        self.storage = storage
+        self.trial_id = trial_id
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lightning_clr-heartbeat", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                beat(self.storage, self.trial_id)
+            except Exception:  # the trial finished meanwhile, or the storage hiccupped: try again later
+                pass
+
+    def __enter__(self) -> Heartbeat:
+        beat(self.storage, self.trial_id)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def fail_stale_trials(study: Any, grace_period: float) -> list[int]:
+    """Mark FAIL every RUNNING trial whose last heartbeat is older than ``grace_period`` seconds.
+
+    A trial without any heartbeat counts from its start time. Returns the numbers of the trials failed.
+    Another worker failing the same trial at the same time is harmless.
+    """
+    now = time.time()
+    failed = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        last = trial.system_attrs.get(HEARTBEAT_KEY)
+        if last is None:
+            last = trial.datetime_start.timestamp() if trial.datetime_start is not None else now
+        if now - float(last) <= grace_period:
+            continue
+        try:
+            study._storage.set_trial_user_attr(
+                trial._trial_id,
+                "error",
+                f"stale: no heartbeat for {now - float(last):.0f} s (> grace_period {grace_period:g} s);"
+                " its worker probably died",
+            )
+            if study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
+                failed.append(trial.number)
+        except Exception:  # finished or failed by someone else meanwhile
+            continue
+    return failed

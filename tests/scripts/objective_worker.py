@@ -1,0 +1,117 @@
+"""A user-owned Optuna objective with ``suggest_cycle`` and ``CyclePruningCallback`` on 2 gloo ranks,
+run through ``subprocess`` by tests/test_objective.py.
+
+Launchers: ``--strategy ddp`` (Lightning re-runs this script for rank 1) and torchrun (every rank runs it):
+rank 0 runs ``study.optimize``; the other ranks call the objective with ``trial=None`` once per trial.
+``--strategy ddp_spawn``: the objective runs in the parent only; the study must be on disk (journal).
+Every rank appends one JSON line per fit to ``OUT/rank{global_rank}.jsonl``; rank 0 of the job writes
+``OUT/study.json``.
+
+Example:
+    python tests/scripts/objective_worker.py --out /tmp/o --strategy ddp
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import optuna
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/helpers, also in spawned children
+from helpers import SameTaskData  # noqa: E402
+
+from lightning_clr import CyclePruningCallback, CyclicLearningRate, suggest_cycle  # noqa: E402
+
+
+class Model(pl.LightningModule):
+    def __init__(self, bad: bool) -> None:
+        super().__init__()
+        self.bad = bad
+        self.net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        return nn.functional.mse_loss(self(x), y)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        x, y = batch
+        self.log("val_loss", nn.functional.mse_loss(self(x), y) * (100.0 if self.bad else 1.0), sync_dist=True)
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+class Record(Callback):
+    def __init__(self, out: str) -> None:
+        self.out = out
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        clr = next(c for c in trainer.callbacks if isinstance(c, CyclicLearningRate))
+        row = {"rank": trainer.global_rank, "world_size": trainer.world_size, "step_size_up": clr.step_size_up,
+               "half_cycle_epochs": clr.half_cycle_epochs, "epochs": trainer.current_epoch,
+               "max_epochs": trainer.fit_loop.max_epochs,
+               "first_weight": float(pl_module.net[0].weight.detach().flatten()[0])}
+        with open(Path(self.out) / f"rank{trainer.global_rank}.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", required=True)
+    p.add_argument("--strategy", default="ddp")
+    p.add_argument("--n-trials", type=int, default=3)
+    args = p.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    fits = [0]
+
+    def objective(trial: Any) -> float:
+        pl.seed_everything(fits[0], verbose=False)
+        clr = suggest_cycle(trial, min_half_cycle_epochs=1, max_half_cycle_epochs=2, base_lr=0.01, max_lr=0.05)
+        pruning = CyclePruningCallback(trial, monitor="val_loss")
+        trainer = pl.Trainer(
+            accelerator="cpu", devices=2, strategy=args.strategy, max_epochs=8, logger=False,
+            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+            callbacks=[clr, pruning, Record(args.out)],
+        )
+        model = Model(bad=fits[0] >= 2)  # the third trial scores plainly worse: pruned at a cycle end
+        fits[0] += 1
+        trainer.fit(model, datamodule=SameTaskData(n=64, batch_size=16))
+        pruning.check_pruned()
+        return float(trainer.callback_metrics["val_loss"])
+
+    rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(os.path.join(args.out, "study.journal"))
+    )
+    if rank == 0:  # the only process that talks to Optuna
+        study = optuna.create_study(study_name="own", storage=storage, load_if_exists=True,
+                                    pruner=optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0))
+        for h in (2, 1, 1):
+            study.enqueue_trial({"half_cycle_epochs": h})
+        study.optimize(objective, n_trials=args.n_trials)
+        trials = [{"number": t.number, "state": t.state.name, "params": t.params,
+                   "intermediate": {str(k): v for k, v in t.intermediate_values.items()}} for t in study.trials]
+        with open(Path(args.out) / "study.json", "w") as f:
+            json.dump(trials, f)
+    else:  # rank > 0 under ddp/torchrun: no trial; the callback takes rank 0's suggestion
+        for _ in range(args.n_trials):
+            try:
+                objective(None)
+            except optuna.TrialPruned:
+                pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,263 @@
+"""tune_cycle_length's storages: journal and PostgreSQL workers sharing a study, killed workers and the
+heartbeat, plain database URLs, storage faults as one line (a real PostgreSQL at 127.0.0.1:5432)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+from tuning_helpers import (
+    PG_URL,
+    Net,
+    needs_pg,
+    tune,
+    worker,
+)
+
+
+@pytest.fixture
+def pg_study_name() -> Any:
+    name = f"lightning_clr_test_{uuid.uuid4().hex[:12]}"
+    yield name
+    try:
+        optuna.delete_study(study_name=name, storage=PG_URL)
+    except KeyError:
+        pass
+
+
+# ---------------------------------------------------------------------------------------------- storages
+def test_journal_storage_resumes_a_study(tmp_path: Path) -> None:
+    storage = str(tmp_path / "study.journal")
+    tune(tmp_path, n_trials=2, storage=storage, study_name="resume")
+    result = tune(tmp_path, n_trials=1, storage=storage, study_name="resume")
+    assert len(result.study.get_trials()) == 3
+    assert len(optuna.load_study(study_name="resume", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(storage))).trials) == 3
+
+
+@needs_pg
+def test_postgresql_storage(tmp_path: Path, pg_study_name: str) -> None:
+    result = tune(tmp_path, n_trials=2, storage=PG_URL, study_name=pg_study_name)
+    loaded = optuna.load_study(study_name=pg_study_name, storage=PG_URL)
+    assert [t.state for t in loaded.trials] == [TrialState.COMPLETE] * 2
+    assert loaded.best_trial.params == result.study.best_trial.params
+
+
+def _two_workers(tmp_path: Path, storage: str, name: str) -> None:
+    procs = [worker(tmp_path / f"w{i}", "--storage", storage, "--study-name", name, "--n-trials", "3",
+                    "--seed", str(i), wait=False) for i in range(2)]
+    for p in procs:
+        out, _ = p.communicate(timeout=240)
+        assert p.returncode == 0, out[-4000:]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_two_workers_share_a_journal_file(tmp_path: Path) -> None:
+    storage = str(tmp_path / "shared.journal")
+    _two_workers(tmp_path, storage, "shared")
+    study = optuna.load_study(study_name="shared", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(storage)))
+    numbers = [t.number for t in study.trials]
+    assert sorted(numbers) == list(range(6))  # none lost, none duplicated
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@needs_pg
+def test_two_workers_share_a_postgresql_study(tmp_path: Path, pg_study_name: str) -> None:
+    optuna.create_study(study_name=pg_study_name, storage=PG_URL, direction="minimize")  # created ahead
+    _two_workers(tmp_path, PG_URL, pg_study_name)
+    study = optuna.load_study(study_name=pg_study_name, storage=PG_URL)
+    assert sorted(t.number for t in study.trials) == list(range(6))
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials)
+
+
+def _kill_mid_trial(tmp_path: Path, storage: str, name: str, load: Any) -> None:
+    args = ["--storage", storage, "--study-name", name, "--heartbeat", "0.5", "--grace", "2", "--no-warm-start"]
+    proc = worker(tmp_path / "killed", *args, "--n-trials", "1", "--sleep", "0.2", "--max-epochs", "40",
+                  wait=False)
+    deadline = time.time() + 120
+    running = []
+    while time.time() < deadline and not running:
+        time.sleep(0.5)
+        try:
+            running = load().get_trials(states=(TrialState.RUNNING,))
+        except KeyError:  # the study does not exist yet
+            continue
+        assert proc.poll() is None, proc.communicate()[0][-3000:]
+    assert running, "the worker never started a trial"
+    time.sleep(1.5)  # a couple of heartbeats
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert [t.state for t in load().trials] == [TrialState.RUNNING]  # left behind by the dead worker
+    time.sleep(2.5)  # > grace period
+    worker(tmp_path / "next", *args, "--n-trials", "1")
+    first, second = load().trials
+    assert first.state == TrialState.FAIL and "stale" in first.user_attrs["error"]
+    assert second.state == TrialState.COMPLETE
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_killed_worker_trial_is_failed_by_the_next_worker_journal(tmp_path: Path) -> None:
+    storage = str(tmp_path / "kill.journal")
+
+    def load() -> Any:
+        return optuna.load_study(study_name="kill", storage=optuna.storages.JournalStorage(
+            optuna.storages.journal.JournalFileBackend(storage)))
+
+    _kill_mid_trial(tmp_path, storage, "kill", load)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@needs_pg
+def test_killed_worker_trial_is_failed_by_the_next_worker_postgresql(tmp_path: Path, pg_study_name: str) -> None:
+    _kill_mid_trial(tmp_path, PG_URL, pg_study_name, lambda: optuna.load_study(study_name=pg_study_name,
+                                                                                storage=PG_URL))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_live_trial_past_the_grace_period_is_not_failed_by_another_workers_sweep(tmp_path: Path) -> None:
+    """Issue 11's blind spot: a tuner that never wrote its heartbeat would pass the kill tests (the dead
+    worker's trial is old either way) but would have its live trials failed by every other worker."""
+    storage = str(tmp_path / "live.journal")
+
+    def load() -> Any:
+        return optuna.load_study(study_name="live", storage=optuna.storages.JournalStorage(
+            optuna.storages.journal.JournalFileBackend(storage)))
+
+    args = ["--storage", storage, "--study-name", "live", "--heartbeat", "0.5", "--grace", "2", "--no-warm-start",
+            "--n-trials", "1"]
+    slow = worker(tmp_path / "slow", *args, "--sleep", "0.2", "--max-epochs", "24", "--max-half", "1", wait=False)
+    deadline = time.time() + 120
+    running: list = []
+    while time.time() < deadline and not running:
+        time.sleep(0.5)
+        try:
+            running = load().get_trials(states=(TrialState.RUNNING,))
+        except KeyError:
+            continue
+        assert slow.poll() is None, slow.communicate()[0][-3000:]
+    assert running, "the slow worker never started a trial"
+    time.sleep(4.0)  # its trial is now older than the grace period: only its heartbeat keeps it alive
+    assert slow.poll() is None and load().trials[0].state == TrialState.RUNNING
+    sweeper = worker(tmp_path / "sweeper", *args)  # sweeps stale RUNNING trials before its own trial
+    assert "marked stale" not in sweeper.stdout + sweeper.stderr
+    out, _ = slow.communicate(timeout=240)
+    assert slow.returncode == 0, out[-4000:]
+    first, second = sorted(load().trials, key=lambda t: t.number)
+    assert first.state == TrialState.COMPLETE and "error" not in first.user_attrs, first.user_attrs
+    assert second.state == TrialState.COMPLETE
+    assert (first.datetime_complete - first.datetime_start).total_seconds() > 2 * 2  # it really outlived grace
+
+
+# ---------------------------------------------------------------------------------------------- storage faults
+def test_plain_database_urls_get_an_installed_driver() -> None:
+    """SQLAlchemy 2.1 maps postgresql:// to psycopg 3 and mysql:// to mysqlclient: the [tune] extra brings
+    psycopg 3 and PyMySQL, and a plain mysql:// URL is mapped to PyMySQL when mysqlclient is missing."""
+    import importlib.util
+
+    from lightning_clr.tuning._storage import database_url
+
+    assert database_url("postgresql://u@h/db") == "postgresql+psycopg://u@h/db"
+    assert importlib.util.find_spec("psycopg") is not None and importlib.util.find_spec("pymysql") is not None
+    expected = "mysql+mysqldb" if importlib.util.find_spec("MySQLdb") else "mysql+pymysql"
+    assert database_url("mysql://u@h/db") == f"{expected}://u@h/db"
+    assert database_url("postgresql+psycopg2://u@h/db") == "postgresql+psycopg2://u@h/db"  # explicit: kept
+    assert database_url("sqlite:///x.db") == "sqlite:///x.db"
+
+
+@pytest.mark.parametrize("url", ["postgresql://postgres@127.0.0.1:1/test", "mysql://root:secret@127.0.0.1:1/test"])
+def test_a_database_that_refuses_connections_is_one_line(tmp_path: Path, url: str) -> None:
+    from lightning_clr.tuning import StorageError
+
+    Net.built.clear()
+    with pytest.raises(StorageError) as info:
+        tune(tmp_path, storage=url, study_name="refused")
+    message = str(info.value)
+    assert "\n" not in message and url.split("@")[1] in message, message
+    assert "refused" in message.lower(), message  # the real cause, not "invalid data in the commit"
+    assert "secret" not in message  # the password is hidden
+    assert Net.built == []
+
+
+@pytest.mark.slow
+@needs_pg
+@pytest.mark.timeout(180)
+def test_a_database_that_stops_accepting_connections_mid_trial(tmp_path: Path) -> None:
+    """Before: "invalid data in the commit, e.g. exceeding max length"; the real cause only in the chain."""
+    import psycopg
+
+    from lightning_clr.tuning import StorageError
+
+    db = f"lclr_refuse_{uuid.uuid4().hex[:8]}"
+    admin = psycopg.connect("postgresql://postgres@127.0.0.1:5432/test", autocommit=True)
+    admin.execute(f"CREATE DATABASE {db}")
+    url = f"postgresql://postgres@127.0.0.1:5432/{db}"
+
+    class CutOff(Net):
+        def on_train_epoch_start(self) -> None:
+            if self.current_epoch == 1 and len(Net.built) == 2:  # the first trial, after its first epoch
+                admin.execute(f"ALTER DATABASE {db} ALLOW_CONNECTIONS false")
+                admin.execute(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}'")
+
+    try:
+        Net.built.clear()
+        with pytest.raises(StorageError) as info:
+            tune(tmp_path, model=CutOff, storage=url, study_name="cut", max_epochs=4, max_half_cycle_epochs=1,
+                 n_trials=2)
+        message = str(info.value)
+        assert "\n" not in message and db in message, message
+        assert "invalid data in the commit" not in message, message
+        causes = ("terminating connection due to administrator command", "not currently accepting connections")
+        assert any(cause in message for cause in causes), message
+        admin.execute(f"ALTER DATABASE {db} ALLOW_CONNECTIONS true")
+        (trial,) = optuna.load_study(study_name="cut", storage=url).trials
+        assert trial.state == TrialState.RUNNING  # left for the next worker's heartbeat sweep
+    finally:
+        admin.execute(f"ALTER DATABASE {db} ALLOW_CONNECTIONS true")
+        admin.execute(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}'")
+        admin.execute(f"DROP DATABASE IF EXISTS {db}")
+        admin.close()
+
+
+def _immutable(path: Path, on: bool) -> bool:
+    """``chattr +i``: a file that even root cannot write (a read-only journal, as a plain user meets it)."""
+    return shutil.which("chattr") is not None and subprocess.run(
+        ["chattr", "+i" if on else "-i", str(path)], capture_output=True).returncode == 0
+
+
+def test_a_read_only_journal_is_one_line(tmp_path: Path) -> None:
+    """Before: a bare PermissionError from deep inside a trial."""
+    from lightning_clr.tuning import StorageError
+
+    journal = tmp_path / "ro.journal"
+    optuna.create_study(study_name="ro", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(journal))))
+    if os.geteuid() == 0 and not _immutable(journal, True):
+        pytest.skip("root ignores file modes, and chattr +i is not available here")
+    if os.geteuid() != 0:
+        journal.chmod(0o444)
+    try:
+        with pytest.raises(StorageError) as info:
+            tune(tmp_path, storage=str(journal), study_name="ro")
+    finally:
+        _immutable(journal, False)
+        journal.chmod(0o644)
+    message = str(info.value)
+    assert "\n" not in message and str(journal) in message and "PermissionError" in message, message
+
+
