@@ -102,7 +102,9 @@ class NaiveTrialCallback(Callback):
             storage=optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(self.storage)),
         )
         trial = study.ask({"half_cycle_epochs": optuna.distributions.IntDistribution(1, 8)})
-        self.clr.half_cycle_epochs = float(trial.params["half_cycle_epochs"])
+        # what a user without rank-0 ownership writes: each rank configures its callback from its own trial
+        CyclicLearningRate.__init__(self.clr, base_lr=0.01, max_lr=0.05, fit_whole_cycles=False,
+                                    half_cycle_epochs=float(trial.params["half_cycle_epochs"]))
 
 
 def naive(args: argparse.Namespace) -> None:
