@@ -8,6 +8,7 @@ import os
 from types import SimpleNamespace
 from typing import Any
 
+from lightning_clr._validation import ArgumentError
 from lightning_clr.range_test import RangeTestConfig
 from lightning_clr.schedule import MODES
 
@@ -72,7 +73,9 @@ def _validate(**a: Any) -> SimpleNamespace:
     """Check every argument before any training step; errors name the argument and its value."""
 
     def bad(name: str, want: str) -> ValueError:
-        return ValueError(f"tune_cycle_length: `{name}` must be {want}, got {a[name]!r}")
+        err = ArgumentError(name, a[name], want)  # the CLI reads the flag off err.argument
+        err.args = (f"tune_cycle_length: {err}",)
+        return err
 
     def is_int(v: Any) -> bool:
         return isinstance(v, int) and not isinstance(v, bool)
