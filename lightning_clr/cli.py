@@ -351,11 +351,12 @@ class LightningCLRCLI(LightningCLI):
     def _factory(self, config: Any, key: str) -> Any:
         """A callable that builds a fresh ``key`` (model or data) from the parsed config, with the CLI's
         ``--optimizer``/``--lr_scheduler`` applied to a model, as LightningCLI does."""
-        parser = self._parser(self.subcommand)
+        full = self.config.clone()  # the main parser instantiates, as LightningCLI.instantiate_classes does
+        if self.subcommand:
+            full[self.subcommand] = config
 
         def build(**_: Any) -> Any:
-            config_init = parser.instantiate_classes(config)
-            obj = config_init.get(key)
+            obj = self._subconfig(self.parser.instantiate_classes(full)).get(key)
             if key == "model":  # LightningCLI's method works on self.model
                 saved, self.model = self.model, obj
                 try:
