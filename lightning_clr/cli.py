@@ -100,6 +100,8 @@ def validate_clr_args(prefix: str, init_args: dict[str, Any]) -> None:
 
         try:
             import_scale_fn(path)
+        except ArgumentError as err:
+            fail(f"{join_flag(prefix, err.argument)}: {err}")
         except (ImportError, AttributeError, ValueError) as err:
             fail(f"{prefix}.scale_fn: cannot import {path!r}: {err}")
     elif path is not None:

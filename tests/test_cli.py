@@ -304,7 +304,7 @@ BAD_VALUES = [
     (["--clr.step_size_up=2.5"], "--clr.step_size_up", "expected int or null, got '2.5'"),
     (["--clr.range_test.rule=bogus"], "--clr.range_test.rule", "expected one of 'smith', 'valley'"),
     (["--clr.range_test.num_steps=5"], "--clr.range_test.num_steps", "`num_steps` must be"),
-    (["--clr.scale_fn=nosuch.mod:fn"], "--clr.scale_fn", "cannot import 'nosuch.mod:fn': No module named 'nosuch'"),
+    (["--clr.scale_fn=nosuch.mod:fn"], "--clr.scale_fn", "No module named 'nosuch'"),
     (["--clr.mode=exp_range", "--clr.gamma=0"], "--clr.gamma", "`gamma` must be in (0, 1]"),
     (["--model=nosuch.Model"], "--model", "cannot use 'nosuch.Model': No module named 'nosuch'"),
     (
@@ -342,7 +342,7 @@ def test_list_length_only_the_optimizer_can_check_is_one_line(tmp_path: Path) ->
     proc, steps = start_counted(args, tmp_path)
     done = finish(proc)
     line = assert_one_line_error(done, steps, "--clr.max_lr", max_lines=8)
-    assert "`max_lr` has 2 values, but the optimizer(s) have 1 param groups" in line
+    assert "`max_lr` must be one value or one per param group" in line and "[0.1, 0.2]" in line
     banner = done.stderr.strip().splitlines()[:-1]
     assert all(not ln.startswith(" ") for ln in banner), done.stderr  # no indented traceback or dump lines
 
@@ -463,7 +463,7 @@ def test_console_command_after_pip_install(tmp_path: Path) -> None:
             "--clr.base_lr=0.01", "--clr.max_lr=0.1", "--trainer.max_epochs=1", "--trainer.limit_train_batches=3",
             "--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false"]  # fmt: skip
     proc = ok(run([exe, *args], work, env=env))
-    assert "CyclicLearningRate: step_size_up=" in proc.stderr + proc.stdout
+    assert "CyclicLearningRate: base_lr=" in proc.stderr and "step_size_up=" in proc.stderr
     assert list((work / "lightning_logs").glob("version_0/checkpoints/*.ckpt"))
 
 
