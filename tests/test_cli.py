@@ -305,7 +305,7 @@ BAD_VALUES = [
     (["--clr.range_test.rule=bogus"], "--clr.range_test.rule", "expected one of 'smith', 'valley'"),
     (["--clr.range_test.num_steps=5"], "--clr.range_test.num_steps", "`num_steps` must be"),
     (["--clr.scale_fn=nosuch.mod:fn"], "--clr.scale_fn", "No module named 'nosuch'"),
-    (["--clr.mode=exp_range", "--clr.gamma=0"], "--clr.gamma", "`gamma` must be in (0, 1]"),
+    (["--clr.mode=exp_range", "--clr.gamma=0"], "--clr.gamma", "(0, 1], got 0.0"),
     (["--model=nosuch.Model"], "--model", "cannot use 'nosuch.Model': No module named 'nosuch'"),
     (
         ["--trainer.callbacks+=lightning_clr.CyclicLearningRate", "--trainer.callbacks.mode=foo"],
