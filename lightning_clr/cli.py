@@ -135,8 +135,6 @@ class LightningCLRCLI(LightningCLI):
         >>> LightningCLRCLI(MyModel, MyDataModule, args=["fit", "--clr.mode", "triangular2"])  # doctest: +SKIP
     """
 
-    CUSTOM_SUBCOMMANDS = ("range_test", "tune")
-
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         from lightning_utilities.core.imports import RequirementCache
 
