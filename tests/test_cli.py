@@ -303,7 +303,7 @@ BAD_VALUES = [
     (["--clr.max_lr=abc"], "--clr.max_lr", "expected float, list[float] or null, got 'abc'"),
     (["--clr.step_size_up=2.5"], "--clr.step_size_up", "expected int or null, got '2.5'"),
     (["--clr.range_test.rule=bogus"], "--clr.range_test.rule", "expected one of 'smith', 'valley'"),
-    (["--clr.range_test.num_steps=5"], "--clr.range_test.num_steps", "`num_steps` must be"),
+    (["--clr.range_test.num_steps=5"], "--clr.range_test.num_steps", "num_steps` must be a whole number"),
     (["--clr.scale_fn=nosuch.mod:fn"], "--clr.scale_fn", "No module named 'nosuch'"),
     (["--clr.mode=exp_range", "--clr.gamma=0"], "--clr.gamma", "(0, 1], got 0.0"),
     (["--model=nosuch.Model"], "--model", "cannot use 'nosuch.Model': No module named 'nosuch'"),
