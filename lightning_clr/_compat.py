@@ -62,5 +62,27 @@ def callback_bases() -> tuple[type, ...]:
 
     bases = [importlib.import_module("lightning.pytorch").Callback]
     if importlib.util.find_spec("pytorch_lightning") is not None:
-        bases.append(importlib.import_module("pytorch_lightning").Callback)
+        bases.append(_import_quietly("pytorch_lightning").Callback)
     return tuple(bases)
+
+
+def _import_quietly(name: str) -> ModuleType:
+    """Import ``name`` without moving Lightning's shared rank-zero logger.
+
+    ``lightning_utilities`` keeps ONE module-level logger for ``rank_zero_info``/``rank_zero_warn``, and each of
+    ``lightning.pytorch`` and ``pytorch_lightning`` points it at its own logger when imported. Importing
+    ``pytorch_lightning`` here would therefore re-route every message of the user's ``lightning.pytorch``
+    Trainer to the ``pytorch_lightning.utilities.rank_zero`` logger, and break their logging configuration
+    (``logging.getLogger("lightning.pytorch").setLevel(...)``). So the logger is put back as it was.
+    """
+    import sys
+
+    if name in sys.modules:
+        return sys.modules[name]
+    import lightning_utilities.core.rank_zero as shared
+
+    previous = shared.log
+    try:
+        return importlib.import_module(name)
+    finally:
+        shared.log = previous

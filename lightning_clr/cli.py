@@ -4,7 +4,8 @@ Subcommands: ``fit``, ``validate``, ``test`` and ``predict`` as in any Lightning
 ``range_test`` (alias ``range-test``: the LR range test alone; prints both bounds and saves the curve as
 JSON and PNG) and ``tune`` (Optuna tuning of the cycle length with :func:`lightning_clr.tune_cycle_length`).
 The callback's arguments are flags under ``--clr.*`` (``--clr.mode triangular2``,
-``--clr.range_test.num_steps 200``); ``--no_clr`` switches it off.
+``--clr.range_test.num_steps 200``); ``--no_clr`` switches it off. Every error is one line that names the
+full flag, with exit status 2, before anything trains.
 
 Needs jsonargparse: ``pip install lightning-clr[cli]``.
 
@@ -26,16 +27,19 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import inspect
 import os
 import re
 import sys
-from pathlib import Path
 from typing import Any, Optional, Union
 
-from lightning.pytorch import Callback, LightningDataModule, LightningModule
+from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
+from lightning_clr._cli_errors import debug, fail, join_flag, shorten_parse_error
+from lightning_clr._cli_trainer import quiet_banner, with_subcommands
+from lightning_clr._validation import ArgumentError
 from lightning_clr.callback import CyclicLearningRate
 from lightning_clr.range_test import RangeTestConfig
 
@@ -49,15 +53,9 @@ DESCRIPTION = (
 RANGE_TEST_ALIAS = "range-test"
 # Arguments of tune_cycle_length that the CLI fills from the model, data, trainer and --clr.* flags.
 _TUNE_SKIP = {"model_kwargs", "datamodule_kwargs", "trainer_kwargs", "max_epochs", "base_lr", "max_lr", "range_test"}
-
-
-def _fail(message: str) -> None:
-    """Print ``message`` as a command-line error (no traceback) and exit with status 2."""
-    prog = os.path.basename(sys.argv[0]) if sys.argv else ""
-    if prog in ("", "-c", "cli.py", "__main__.py"):
-        prog = "lightning-clr"
-    print(f"{prog}: error: {message}", file=sys.stderr)
-    raise SystemExit(2)
+_CLR_ARGS = frozenset(inspect.signature(CyclicLearningRate).parameters)
+_RANGE_TEST_FIELDS = frozenset(f.name for f in dataclasses.fields(RangeTestConfig))
+_fail = fail  # the name the subcommands use
 
 
 def _import_class(class_path: str) -> Optional[type]:
@@ -73,13 +71,19 @@ def _plain(namespace: Any) -> dict[str, Any]:
 
 
 def _flag_for(prefix: str, err: Exception) -> str:
-    """The flag an error is about: an ArgumentError's ``argument``, else its message's first `name` in backticks,
-    under ``prefix``."""
-    argument = getattr(err, "argument", None)
-    if isinstance(argument, str):
-        return f"{prefix}.{argument}"
+    """The flag of a check that does not (yet) raise ArgumentError: its first `name` in backticks."""
     names = re.findall(r"`(\w+)`", str(err))
     return f"{prefix}.{names[0]}" if names else prefix
+
+
+def _check(prefix: str, build: Any, **kwargs: Any) -> Any:
+    """``build(**kwargs)``, with a bad value turned into a CLI error naming its flag under ``prefix``."""
+    try:
+        return build(**kwargs)
+    except ArgumentError as err:
+        fail(f"{join_flag(prefix, err.argument)}: {err}")
+    except (ValueError, TypeError) as err:
+        fail(f"{_flag_for(prefix, err)}: {err}")
 
 
 def validate_clr_args(prefix: str, init_args: dict[str, Any]) -> None:
@@ -89,16 +93,30 @@ def validate_clr_args(prefix: str, init_args: dict[str, Any]) -> None:
     range_test = kwargs.get("range_test")
     if isinstance(range_test, dict):
         fields = {k: v for k, v in range_test.items() if k != "metric"}  # a metric class spec is jsonargparse's
+        kwargs["range_test"] = _check(f"{prefix}.range_test", RangeTestConfig, **fields)
+    path = kwargs.get("scale_fn")
+    if isinstance(path, str):
+        from lightning_clr.schedule import import_scale_fn
+
         try:
-            kwargs["range_test"] = RangeTestConfig(**fields)
-        except (ValueError, TypeError) as err:
-            _fail(f"{_flag_for(prefix, err)}: {err}")  # the argument is `range_test.<field>`
-    if kwargs.get("scale_fn") is not None and not isinstance(kwargs["scale_fn"], str):
+            import_scale_fn(path)
+        except ArgumentError as err:
+            fail(f"{join_flag(prefix, err.argument)}: {err}")
+        except (ImportError, AttributeError, ValueError) as err:
+            fail(f"{prefix}.scale_fn: cannot import {path!r}: {err}")
+    elif path is not None:
         kwargs["scale_fn"] = None  # a callable resolved by jsonargparse; nothing to check here
-    try:
-        CyclicLearningRate(**kwargs)
-    except (ValueError, TypeError, ImportError, AttributeError) as err:
-        _fail(f"{_flag_for(prefix, err)}: {err}")
+    _check(prefix, CyclicLearningRate, **kwargs)
+
+
+class _Parser(LightningArgumentParser):
+    """LightningArgumentParser whose parse errors are one line naming the full flag (``JSONARGPARSE_DEBUG``
+    shows jsonargparse's own message and usage instead)."""
+
+    def error(self, message: str, ex: Optional[Exception] = None) -> Any:
+        if not self.exit_on_error or debug():  # jsonargparse's inner parsers raise, to try other types
+            return super().error(message, ex)
+        fail(shorten_parse_error(message, tuple(LightningCLRCLI.subcommands())))
 
 
 class LightningCLRCLI(LightningCLI):
@@ -107,33 +125,42 @@ class LightningCLRCLI(LightningCLI):
 
     The callback's arguments are flags under ``--clr.*`` (or a ``clr:`` section in a ``--config`` file);
     ``--no_clr`` switches it off. It is added to ``fit`` only, and left out when ``--trainer.callbacks``
-    already holds a ``CyclicLearningRate``. A bad value of a callback argument exits with status 2 and a
-    one-line error naming the flag, before anything trains. Takes the arguments of ``LightningCLI``.
+    already holds a ``CyclicLearningRate``. Every error (a type, a choice, a value the callback refuses,
+    one that only the optimizer can check, a bad import path, a ``tune`` argument) exits with status 2 and
+    one line naming the full flag, before anything trains. Takes the arguments of ``LightningCLI``;
+    ``trainer_class`` must be a Trainer subclass (it gets the ``range_test`` and ``tune`` methods).
 
     Example:
         >>> from lightning_clr.cli import LightningCLRCLI
         >>> LightningCLRCLI(MyModel, MyDataModule, args=["fit", "--clr.mode", "triangular2"])  # doctest: +SKIP
     """
 
-    CUSTOM_SUBCOMMANDS = ("range_test", "tune")
-
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        from lightning.pytorch.cli import _JSONARGPARSE_SIGNATURES_AVAILABLE
+        from lightning_utilities.core.imports import RequirementCache
 
-        if not _JSONARGPARSE_SIGNATURES_AVAILABLE:
+        available = RequirementCache("jsonargparse[signatures]")
+        if not available:
             raise ModuleNotFoundError(
-                "LightningCLRCLI needs jsonargparse: `pip install lightning-clr[cli]`"
-                f" ({_JSONARGPARSE_SIGNATURES_AVAILABLE})"
+                f"LightningCLRCLI needs jsonargparse: `pip install lightning-clr[cli]` ({available})"
             )
-        super().__init__(*args, **kwargs)
+        bound = inspect.signature(LightningCLI.__init__).bind_partial(self, *args, **kwargs).arguments
+        bound.pop("self")
+        bound["trainer_class"] = with_subcommands(bound.get("trainer_class", Trainer))
+        bound.setdefault("parser_class", _Parser)
+        try:
+            super().__init__(**bound)
+        except ArgumentError as err:  # a check that needs the fit (optimizer param groups) or the tuner
+            if debug():
+                raise
+            fail(f"{self._flag_of(err.argument)}: {err}")
 
     # ------------------------------------------------------------------ parser
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
         return {
             **LightningCLI.subcommands(),
-            "range_test": {"model", "datamodule"},
-            "tune": {"model", "datamodule"},
+            "range_test": {"model", "datamodule", "config"},
+            "tune": {"model", "datamodule", *_TUNE_SKIP},
         }
 
     def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
@@ -141,7 +168,8 @@ class LightningCLRCLI(LightningCLI):
         return super().init_parser(**kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_lightning_class_args(CyclicLearningRate, "clr")
+        # Not add_lightning_class_args: that would make it one of the trainer's callbacks in every subcommand.
+        parser.add_class_arguments(CyclicLearningRate, "clr", fail_untyped=False, sub_configs=True)
         parser.add_argument(
             "--no_clr",
             type=bool,
@@ -151,47 +179,24 @@ class LightningCLRCLI(LightningCLI):
             help="Switch the CyclicLearningRate callback (the --clr.* flags) off.",
         )
 
-    def _add_subcommands(self, parser: LightningArgumentParser, **kwargs: Any) -> None:
-        # LightningCLI reads each subcommand's flags and help off a Trainer method; range_test and tune are
-        # methods of this class (and tune's flags are tune_cycle_length's arguments).
-        self._subcommand_parsers: dict[str, LightningArgumentParser] = {}
-        parser_subcommands = parser.add_subcommands()
-        trainer_class = self.trainer_class if isinstance(self.trainer_class, type) else None
-        for subcommand, skip in self.subcommands().items():
-            custom = subcommand in self.CUSTOM_SUBCOMMANDS
-            if not custom and trainer_class is None:
-                from jsonargparse import class_from_function
-
-                trainer_class = class_from_function(self.trainer_class)
-            fn = getattr(type(self) if custom else trainer_class, subcommand)
-            description = _short_description(fn)
-            sub_kwargs = dict(kwargs.get(subcommand, {}))
-            sub_kwargs.setdefault("description", description)
-            sub_parser = self.init_parser(**sub_kwargs)
-            self._add_arguments(sub_parser)
-            if subcommand == "tune":
-                from lightning_clr.tuning import tune_cycle_length
-
-                added = sub_parser.add_function_arguments(tune_cycle_length, skip=_TUNE_SKIP | set(skip))
-            else:
-                added = sub_parser.add_method_arguments(
-                    type(self) if custom else trainer_class, subcommand, skip=set(skip)
-                )
-            self._subcommand_method_arguments[subcommand] = added
-            self._subcommand_parsers[subcommand] = sub_parser
-            aliases = (RANGE_TEST_ALIAS,) if subcommand == "range_test" else ()
-            parser_subcommands.add_subcommand(subcommand, sub_parser, help=description, aliases=aliases)
-
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         if args is None:  # rewritten in place: DDP's child ranks re-run sys.argv
             sys.argv[1:] = _normalize_alias(sys.argv[1:])
         elif isinstance(args, (list, tuple)):
             args = _normalize_alias(list(args))
         super().parse_arguments(parser, args)
+        self._validate_callbacks()  # before seeding and before anything is built: the error is the only line
+        if self.config.get("subcommand") == "tune" and not self._subconfig().get("verbose"):
+            quiet_banner()  # every trial builds a Trainer: no banner and no model summary for each
+            trainer = self._subconfig()["trainer"]
+            if trainer.get("enable_model_summary") is None:
+                trainer["enable_model_summary"] = False
 
-    # ------------------------------------------------------------------ instantiation
-    def _subconfig(self) -> Any:
-        return self.config[self.subcommand] if self.subcommand else self.config
+    # ------------------------------------------------------------------ checks and flags
+    def _subconfig(self, config: Any = None) -> Any:
+        config = self.config if config is None else config
+        subcommand = self.config.get("subcommand")
+        return config[subcommand] if subcommand else config
 
     def _user_clr_callbacks(self) -> list[Any]:
         """``--trainer.callbacks`` entries (parsed, not instantiated) that are CyclicLearningRate callbacks."""
@@ -208,46 +213,61 @@ class LightningCLRCLI(LightningCLI):
 
     def _clr_enabled(self) -> bool:
         """Whether the ``--clr`` callback joins the trainer: fit only, not switched off, not given twice."""
-        if self.subcommand not in (None, "fit") or self._subconfig().get("no_clr"):
+        if self.config.get("subcommand") not in (None, "fit") or self._subconfig().get("no_clr"):
             return False
         return not self._user_clr_callbacks()
 
+    def _validate_callbacks(self) -> None:
+        for spec in self._user_clr_callbacks():
+            validate_clr_args("--trainer.callbacks", _plain(spec.get("init_args")))
+        validate_clr_args("--clr", _plain(self._subconfig().get("clr")))
+
+    def _flag_of(self, argument: str) -> str:
+        """The flag of an ArgumentError raised while running: a subcommand's own argument (``--n_trials``),
+        else an argument of the callback in use (``--clr.max_lr``, ``--clr.range_test.num_steps``)."""
+        config = self._subconfig() if getattr(self, "config", None) is not None else {}
+        head = argument.split(".", 1)[0]
+        if head not in _CLR_ARGS and argument in config:
+            return f"--{argument}"
+        prefix = "--trainer.callbacks" if self._user_clr_callbacks() and not self._clr_enabled() else "--clr"
+        if head not in _CLR_ARGS and head in _RANGE_TEST_FIELDS:
+            prefix += ".range_test"
+        return join_flag(prefix, argument)
+
+    # ------------------------------------------------------------------ instantiation
     def before_instantiate_classes(self) -> None:
-        config = self._subconfig()
-        if self._user_clr_callbacks():
-            for spec in self._user_clr_callbacks():
-                validate_clr_args("--trainer.callbacks", _plain(spec.get("init_args")))
-            if self.subcommand in (None, "fit") and not config.get("no_clr"):
-                rank_zero_info(
-                    "lightning-clr: --trainer.callbacks holds a CyclicLearningRate, so the default --clr callback"
-                    " is left out."
-                )
-        if self._clr_enabled() or self.subcommand in self.CUSTOM_SUBCOMMANDS:
-            validate_clr_args("--clr", _plain(config.get("clr")))
+        subcommand = self.config.get("subcommand")
+        if self._user_clr_callbacks() and subcommand in (None, "fit") and not self._subconfig().get("no_clr"):
+            rank_zero_info(
+                "lightning-clr: --trainer.callbacks holds a CyclicLearningRate, so the default --clr callback"
+                " is left out."
+            )
 
     def instantiate_classes(self) -> None:
         try:
             super().instantiate_classes()
+        except ArgumentError:
+            raise
         except ValueError as err:  # a bad value that only an __init__ could check
-            _fail(f"invalid configuration: {err}")
+            if debug():
+                raise
+            fail(f"invalid configuration: {err}")
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
-        parser = self._parser(self.subcommand)
-        keys = [key for key in parser.callback_keys if key != "clr" or self._clr_enabled()]
-        extra_callbacks = [self._get(self.config_init, key) for key in keys]
-        trainer_config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
-        callbacks = trainer_config.get("callbacks")
-        # A copy, so that the parsed config keeps only the user's callbacks (tune reuses them per trial).
-        if callbacks is None:
-            callbacks = []
-        trainer_config["callbacks"] = list(callbacks) if isinstance(callbacks, list) else [callbacks]
-        return self._instantiate_trainer(trainer_config, extra_callbacks)
-
-    def _run_subcommand(self, subcommand: str) -> None:
-        if subcommand not in self.CUSTOM_SUBCOMMANDS:
-            return super()._run_subcommand(subcommand)
-        fn_kwargs = self._prepare_subcommand_kwargs(subcommand)
-        getattr(self, subcommand)(**fn_kwargs)
+        config = self._subconfig(self.config_init)
+        trainer = config.get("trainer") or {}
+        callbacks = trainer.get("callbacks")
+        # A new list: the parsed config keeps only the user's callbacks (tune reuses them per trial).
+        callbacks = [] if callbacks is None else list(callbacks) if isinstance(callbacks, list) else [callbacks]
+        if self._clr_enabled():
+            callbacks.append(config.get("clr"))
+        kwargs.setdefault("callbacks", callbacks)
+        if self.config.get("subcommand") == "range_test" and config.get("output_dir") is not None:
+            # Files only where --output_dir says: no default logger (lightning_logs/version_N/hparams.yaml).
+            for key in ("logger", "enable_checkpointing"):
+                if trainer.get(key) is None:
+                    kwargs.setdefault(key, False)
+        return super().instantiate_trainer(**kwargs)
 
     # ------------------------------------------------------------------ subcommands
     def range_test(
@@ -256,31 +276,17 @@ class LightningCLRCLI(LightningCLI):
         datamodule: Optional[LightningDataModule] = None,
         output_dir: Optional[str] = None,
     ) -> Any:
-        """Run the LR range test alone: print base_lr and max_lr, save the curve (JSON) and plot (PNG).
-
-        The sweep's settings are the ``--clr.range_test.*`` flags, the same ones a ``fit`` would use.
-
-        Args:
-            model: The LightningModule (``--model``).
-            datamodule: The LightningDataModule (``--data``).
-            output_dir: Where ``lr_range_test.json`` and ``lr_range_test.png`` go. Default: the trainer's log dir.
-        """
-        from lightning_clr.range_test import lr_range_test
-
-        clr = self._get(self.config_init, "clr")
+        """Run the LR range test alone, with the ``--clr.range_test.*`` settings (see ``Trainer.range_test``)."""
+        clr = self._subconfig(self.config_init).get("clr")
         config = clr.range_test if isinstance(clr, CyclicLearningRate) else RangeTestConfig()
-        config = dataclasses.replace(config, save=False)  # saved below, where --output_dir says
-        result = lr_range_test(self.trainer, model, datamodule=datamodule, config=config)
-        out = Path(output_dir if output_dir is not None else (self.trainer.log_dir or "."))
-        written = _save_range_test(result, out) if self.trainer.is_global_zero else []
-        rank_zero_only(print)(
-            f"base_lr={float(result.base_lr):.6g} max_lr={float(result.max_lr):.6g}"
-            + "".join(f"\nsaved {path}" for path in written)
-        )
-        return result
+        return self.trainer.range_test(model, datamodule, output_dir=output_dir, config=config)
 
     def tune(
-        self, model: LightningModule, datamodule: Optional[LightningDataModule] = None, **kwargs: Any
+        self,
+        model: LightningModule,
+        datamodule: Optional[LightningDataModule] = None,
+        verbose: bool = False,
+        **kwargs: Any,
     ) -> Any:
         """Tune the cycle length with Optuna: every trial is a fit of --model on --data with CyclicLearningRate.
 
@@ -354,11 +360,12 @@ class LightningCLRCLI(LightningCLI):
     def _factory(self, config: Any, key: str) -> Any:
         """A callable that builds a fresh ``key`` (model or data) from the parsed config, with the CLI's
         ``--optimizer``/``--lr_scheduler`` applied to a model, as LightningCLI does."""
-        parser = self._parser(self.subcommand)
+        full = self.config.clone()  # the main parser instantiates, as LightningCLI.instantiate_classes does
+        if self.subcommand:
+            full[self.subcommand] = config
 
         def build(**_: Any) -> Any:
-            config_init = parser.instantiate_classes(config)
-            obj = config_init.get(key)
+            obj = self._subconfig(self.parser.instantiate_classes(full)).get(key)
             if key == "model":  # LightningCLI's method works on self.model
                 saved, self.model = self.model, obj
                 try:
@@ -368,11 +375,6 @@ class LightningCLRCLI(LightningCLI):
             return obj
 
         return build
-
-
-def _short_description(fn: Any) -> Optional[str]:
-    doc = (fn.__doc__ or "").strip()
-    return doc.splitlines()[0].strip() if doc else None
 
 
 def _normalize_alias(args: list[str]) -> list[str]:
@@ -387,14 +389,6 @@ def _normalize_alias(args: list[str]) -> list[str]:
 
 def _takes_value(option: str) -> bool:
     return option.startswith("-") and "=" not in option and option not in ("-h", "--help")
-
-
-def _save_range_test(result: Any, out: Path) -> list[Path]:
-    """Write the curve (JSON) and the plot (PNG) under ``out``, named as a fit's range test names them."""
-    from lightning_clr.range_test import save_result
-
-    paths, _ = save_result(result, str(out))
-    return [Path(p) for p in paths]
 
 
 def main(args: Union[list[str], None] = None) -> None:

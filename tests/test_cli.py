@@ -187,6 +187,49 @@ def test_lightning_clr_range_test_alias_prints_and_saves(tmp_path: Path) -> None
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_range_test_with_output_dir_writes_only_there(tmp_path: Path) -> None:
+    """Default trainer flags (no --trainer.logger): only rt/ gets files, no lightning_logs/version_N/hparams.yaml,
+    no config.yaml, nothing else in the working directory."""
+    proc, steps = start_counted(["range_test", *COUNTING, "--clr.range_test.num_steps=20", "--output_dir=rt/"],
+                                tmp_path)  # fmt: skip
+    done = finish(proc)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "saved rt/lr_range_test.json" in done.stdout
+    written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file() and p != steps)
+    assert written == ["rt/lr_range_test.json", "rt/lr_range_test.png"], written
+
+
+BANNER = ("GPU available", "TPU available", "💡 Tip", "Total params", "Seed set to")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_tune_trials_are_quiet_unless_verbose(tmp_path: Path) -> None:
+    """`lightning-clr tune` prints no Lightning banner, tips or model summary per trial (each trial builds a
+    Trainer); --verbose=true shows them. The tuner's own lines (the trial table, the result) stay."""
+    args = [
+        "tune", *COUNTING, "--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1",
+        "--trainer.enable_progress_bar=false", "--clr.base_lr=0.01", "--clr.max_lr=0.1", "--n_trials=2",
+        "--search.min_half_cycle_epochs=1", "--search.max_half_cycle_epochs=2", "--output.plot=false",
+        "--output.progress_bar=false", "--output.logger=false",
+    ]  # fmt: skip
+    runs = {}
+    for name, extra in (("quiet", []), ("verbose", ["--verbose=true", "--n_trials=1"])):
+        (tmp_path / name).mkdir()
+        runs[name] = start_counted([*args, *extra], tmp_path / name)
+    quiet, verbose = finish(runs["quiet"][0]), finish(runs["verbose"][0])
+    for proc in (quiet, verbose):
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "best half_cycle_epochs=" in proc.stdout
+    text = quiet.stdout + quiet.stderr
+    assert [b for b in BANNER if b in text] == [], text[-3000:]
+    assert "trial    state" in text  # the tuner's table is not muted
+    loud = verbose.stdout + verbose.stderr
+    assert all(b in loud for b in ("GPU available", "Total params")), loud[-3000:]
+
+
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_lightning_clr_tune_with_journal_storage(tmp_path: Path) -> None:
     optuna = pytest.importorskip("optuna")
@@ -211,32 +254,116 @@ def test_lightning_clr_tune_with_journal_storage(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- bad values
+COUNTING = ["--model", "cli_models.StepCountingModel", "--data", "examples.digits.DigitsDataModule"]
+
+
+def start_counted(args: list[str], cwd: Path) -> tuple[subprocess.Popen, Path]:
+    """``lightning-clr ARGS`` started in ``cwd``, its training steps recorded in a file (see cli_models.py)."""
+    steps = cwd / "training_steps.txt"
+    env = {**_env(), "LIGHTNING_CLR_TEST_STEPS": str(steps)}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(REPO / "tests")])
+    proc = subprocess.Popen(
+        [*lightning_clr_cmd(), *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    return proc, steps
+
+
+def finish(proc: subprocess.Popen) -> subprocess.CompletedProcess:
+    out, err = proc.communicate(timeout=TIMEOUT)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, steps: Path, flag: str, max_lines: int = 1) -> str:
+    """Exit status 2; stderr is at most ``max_lines`` lines, the last one the error naming ``flag``; no
+    traceback, no usage; no training step ran."""
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, f"exit {proc.returncode}\n{proc.stderr[-3000:]}"
+    assert 1 <= len(lines) <= max_lines, proc.stderr[-3000:]
+    assert lines[-1].startswith(f"lightning-clr: error: {flag}: "), proc.stderr[-3000:]
+    assert sum("error" in line for line in lines) == 1 and "Traceback" not in proc.stderr
+    assert "usage:" not in proc.stderr
+    assert not steps.exists(), "a training step ran before the error"
+    return lines[-1]
+
+
+def test_bad_values_exit_2_before_training_fast(tmp_path: Path) -> None:
+    """The fast guard of the exit status (the slow tests below cover every kind of error): a value that
+    jsonargparse refuses and one that the callback refuses, each a real `lightning-clr fit`, run side by side."""
+    runs = {}
+    for name, flag in (("parse", "--clr.mode=foo"), ("check", "--clr.max_lr=-1")):
+        (tmp_path / name).mkdir()
+        runs[name] = start_counted(["fit", *COUNTING, flag, "--trainer.max_epochs=1"], tmp_path / name)
+    parse = assert_one_line_error(finish(runs["parse"][0]), runs["parse"][1], "--clr.mode")
+    assert parse.endswith("expected one of 'triangular', 'triangular2', 'exp_range', got 'foo'")
+    check = assert_one_line_error(finish(runs["check"][0]), runs["check"][1], "--clr.max_lr")
+    assert "`max_lr` must be a finite number > 0, got -1.0" in check
+
+
 BAD_VALUES = [
-    # (argv after `lightning-clr fit --model ... --data ...`, texts the error must contain)
-    (["--clr.max_lr=-1"], ["--clr.max_lr: `max_lr` must be a finite number > 0, got -1.0"]),
-    (["--clr.mode=foo"], ['Parser key "clr.mode"', "Got value: foo"]),
+    # (argv after `lightning-clr fit --model ... --data ...`, the full flag, a text the error must contain)
+    (["--clr.max_lr=abc"], "--clr.max_lr", "expected float, list[float] or null, got 'abc'"),
+    (["--clr.step_size_up=2.5"], "--clr.step_size_up", "expected int or null, got '2.5'"),
+    (["--clr.range_test.rule=bogus"], "--clr.range_test.rule", "expected one of 'smith', 'valley'"),
+    (["--clr.range_test.num_steps=5"], "--clr.range_test.num_steps", "num_steps` must be a whole number"),
+    (["--clr.scale_fn=nosuch.mod:fn"], "--clr.scale_fn", "No module named 'nosuch'"),
+    (["--clr.mode=exp_range", "--clr.gamma=0"], "--clr.gamma", "(0, 1], got 0.0"),
+    (["--model=nosuch.Model"], "--model", "cannot use 'nosuch.Model': No module named 'nosuch'"),
     (
-        ["--clr.range_test.num_steps=5"],
-        ["--clr.range_test.num_steps: `range_test.num_steps` must be a whole number in [10, 100000], got 5"],
+        ["--trainer.callbacks+=lightning_clr.CyclicLearningRate", "--trainer.callbacks.mode=foo"],
+        "--trainer.callbacks.mode",
+        "got 'foo'",
     ),
     (
         ["--trainer.callbacks+=lightning_clr.CyclicLearningRate", "--trainer.callbacks.max_lr=-1"],
-        ["--trainer.callbacks.max_lr: `max_lr` must be a finite number > 0, got -1.0"],
+        "--trainer.callbacks.max_lr",
+        "`max_lr` must be a finite number > 0, got -1.0",
     ),
 ]
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize(("argv", "messages"), BAD_VALUES, ids=[" ".join(b[0]) for b in BAD_VALUES])
-def test_bad_flag_value_is_a_readable_error(tmp_path: Path, argv: list[str], messages: list[str]) -> None:
-    """lightning-clr: exit status 2 and one line naming the flag, no traceback, nothing run."""
-    proc = run([*lightning_clr_cmd(), "fit", *DIGITS, *argv, "--trainer.max_epochs=1"], tmp_path)
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    for message in messages:
-        assert message in proc.stderr, proc.stderr[-3000:]
-    assert "Traceback" not in proc.stderr
+@pytest.mark.parametrize(("argv", "flag", "message"), BAD_VALUES, ids=[" ".join(b[0]) for b in BAD_VALUES])
+def test_bad_flag_value_is_one_line_naming_the_flag(tmp_path: Path, argv: list[str], flag: str, message: str) -> None:
+    """lightning-clr: exit status 2 and one stderr line naming the full flag, no traceback or usage, nothing run."""
+    proc, steps = start_counted(["fit", *COUNTING, *argv, "--trainer.max_epochs=1"], tmp_path)
+    line = assert_one_line_error(finish(proc), steps, flag)
+    assert message in line, line
     assert not (tmp_path / "lightning_logs").exists()  # failed before the Trainer did anything
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_list_length_only_the_optimizer_can_check_is_one_line(tmp_path: Path) -> None:
+    """Two max_lr values for a one-group model: found at fit start (ArgumentError from the callback), still
+    one error line naming --clr.max_lr, exit 2, no traceback, no training step. Lightning's banner, printed
+    when the Trainer is built, comes before it."""
+    args = ["fit", *COUNTING, "--clr.max_lr=[0.1,0.2]", "--trainer.max_epochs=1", "--trainer.logger=false",
+            "--seed_everything=0"]  # fmt: skip
+    proc, steps = start_counted(args, tmp_path)
+    done = finish(proc)
+    line = assert_one_line_error(done, steps, "--clr.max_lr", max_lines=8)
+    assert "`max_lr` must be one value or one per param group" in line and "[0.1, 0.2]" in line
+    banner = done.stderr.strip().splitlines()[:-1]
+    assert all(not ln.startswith(" ") for ln in banner), done.stderr  # no indented traceback or dump lines
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_tune_argument_errors_name_the_flag(tmp_path: Path) -> None:
+    """tune: a type error (jsonargparse) and a value error (tune_cycle_length's check) are one line naming the
+    tune flag; nothing trains, no study output is written."""
+    cases = {"type": ("--n_trials=abc", "--n_trials", "expected int, got 'abc'"),
+             "value": ("--n_trials=0", "--n_trials", "`n_trials` must be a whole number >= 1, got 0")}  # fmt: skip
+    runs = {}
+    for name, (flag, _, _) in cases.items():
+        (tmp_path / name).mkdir()
+        runs[name] = start_counted(["tune", *COUNTING, flag, "--trainer.max_epochs=1"], tmp_path / name)
+    for name, (_, flag, message) in cases.items():
+        proc, steps = runs[name]
+        line = assert_one_line_error(finish(proc), steps, flag, max_lines=2)  # 2: Lightning's "No seed found"
+        assert message in line, line
+        assert not (tmp_path / name / "clr_tuning").exists()
 
 
 @pytest.mark.slow
@@ -327,7 +454,7 @@ def test_console_command_after_pip_install(tmp_path: Path) -> None:
     origin = ok(run([str(python), "-c", find], work, env=env)).stdout.strip()
     assert origin == str(site / "lightning_clr" / "__init__.py")  # the installed copy, not the repo
     help_text = ok(run([exe, "--help"], work, env=env)).stdout
-    for name in ("fit", "validate", "test", "predict", "range_test (range-test)", "tune"):
+    for name in ("fit", "validate", "test", "predict", "range_test", "alias range-test", "tune"):
         assert name in help_text, name
     help_text = ok(run([exe, "tune", "--help"], work, env=env)).stdout
     for flag in ("--n_trials", "--study.storage", "--study.study_name", "--search.min_half_cycle_epochs",
@@ -338,7 +465,7 @@ def test_console_command_after_pip_install(tmp_path: Path) -> None:
             "--clr.base_lr=0.01", "--clr.max_lr=0.1", "--trainer.max_epochs=1", "--trainer.limit_train_batches=3",
             "--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false"]  # fmt: skip
     proc = ok(run([exe, *args], work, env=env))
-    assert "CyclicLearningRate: step_size_up=" in proc.stderr + proc.stdout
+    assert "CyclicLearningRate: base_lr=" in proc.stderr and "step_size_up=" in proc.stderr
     assert list((work / "lightning_logs").glob("version_0/checkpoints/*.ckpt"))
 
 

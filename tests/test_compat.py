@@ -73,3 +73,19 @@ def test_pytorch_lightning_cli_takes_cyclic_learning_rate(tmp_path: Path) -> Non
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["lrs"] == pytest.approx([0.001, 0.0055, 0.01])
+
+
+def test_importing_the_callback_leaves_lightnings_logger_where_it_was() -> None:
+    """pytorch_lightning re-points lightning_utilities' shared rank-zero logger at its own when imported; our
+    import of it must not re-route a lightning.pytorch user's messages (their logging configuration)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import logging, lightning.pytorch, lightning_utilities.core.rank_zero as r\n"
+        "before = r.log.name\n"
+        "import lightning_clr.callback\n"
+        "print(before, r.log.name)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["lightning.pytorch.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero"]

@@ -71,11 +71,13 @@ def save_result(result: RangeTestResult, directory: str) -> tuple[list[str], Opt
     """Write the curve (``lr_range_test.json``) and, with matplotlib, the plot (``lr_range_test.png``) under
     ``directory``. Returns the paths written and the figure (``None`` without matplotlib, with a warning)."""
     os.makedirs(directory, exist_ok=True)
-    json_path = atomic_write_text(os.path.join(directory, RESULT_FILENAME + ".json"), result.to_json())
+    json_path, png_path = (os.path.join(directory, RESULT_FILENAME + ext) for ext in (".json", ".png"))
+    atomic_write_text(json_path, result.to_json())
     figure = _figure(result, json_path)
     if figure is None:
         return [json_path], None
-    return [json_path, atomic_write_figure(os.path.join(directory, RESULT_FILENAME + ".png"), figure)], figure
+    atomic_write_figure(png_path, figure)
+    return [json_path, png_path], figure
 
 
 def _figure(result: RangeTestResult, where: str) -> Optional[Figure]:

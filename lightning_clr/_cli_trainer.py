@@ -1,0 +1,134 @@
+"""The Trainer side of the ``lightning-clr`` command: the methods of its two extra subcommands, and a quiet
+banner for the tuner's trials.
+
+LightningCLI reads each subcommand's flags and help off the Trainer method of that name (``Trainer.fit``
+gives ``lightning-clr fit``), so ``range_test`` and ``tune`` are Trainer methods here, mixed into the CLI's
+``trainer_class``; ``LightningCLRCLI`` runs its own method of the same name where it has one.
+
+Example:
+    >>> from lightning.pytorch import Trainer
+    >>> hasattr(with_subcommands(Trainer), "range_test")
+    True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import lightning
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_only
+
+from lightning_clr.range_test import RangeTestConfig
+
+__all__ = ["quiet_banner", "with_subcommands"]
+
+# Loggers of Lightning's per-Trainer banner ("GPU available", "💡 Tip", "LOCAL_RANK: 0 - CUDA_VISIBLE_DEVICES")
+# and of its per-trial "Seed set to 0".
+_BANNER_LOGGERS = (
+    "lightning.pytorch.utilities.rank_zero",
+    "lightning.pytorch.accelerators.cuda",
+    "lightning.fabric.utilities.seed",
+)
+_LIGHTNING_DIR = os.path.dirname(os.path.abspath(lightning.__file__)) + os.sep
+
+
+class _SubcommandMethods:
+    """The Trainer methods of the two extra subcommands: LightningCLI reads each subcommand's flags and help
+    off the Trainer method of that name, and runs ``LightningCLRCLI.<subcommand>`` where it exists."""
+
+    def range_test(
+        self,
+        model: LightningModule,
+        datamodule: Optional[LightningDataModule] = None,
+        output_dir: Optional[str] = None,
+        config: Optional[RangeTestConfig] = None,
+    ) -> Any:
+        """Run the LR range test alone (alias range-test): print base_lr and max_lr, save the curve and plot.
+
+        The sweep's settings are the ``--clr.range_test.*`` flags, the same ones a ``fit`` would use.
+
+        Args:
+            model: The LightningModule (``--model``).
+            datamodule: The LightningDataModule (``--data``).
+            output_dir: Where ``lr_range_test.json`` and ``lr_range_test.png`` go. Default: the trainer's log dir.
+            config: The range test's settings (``--clr.range_test.*``).
+        """
+        from lightning_clr.range_test import lr_range_test
+
+        trainer: Any = self
+        config = dataclasses.replace(config or RangeTestConfig(), save=False)  # saved below, where output_dir says
+        result = lr_range_test(trainer, model, datamodule=datamodule, config=config)
+        out = Path(output_dir if output_dir is not None else (trainer.log_dir or "."))
+        written = _save_range_test(result, out) if trainer.is_global_zero else []
+        rank_zero_only(print)(
+            f"base_lr={float(result.base_lr):.6g} max_lr={float(result.max_lr):.6g}"
+            + "".join(f"\nsaved {path}" for path in written)
+        )
+        return result
+
+    def tune(
+        self,
+        model: Any,
+        datamodule: Any = None,
+        verbose: bool = False,
+        **kwargs: Any,
+    ) -> Any:
+        """Tune the cycle length with Optuna: every trial is a fit of --model on --data with CyclicLearningRate.
+
+        The flags are the arguments of ``lightning_clr.tune_cycle_length``; ``--trainer.*`` flags configure
+        every trial's Trainer (``--trainer.max_epochs`` is one trial's budget), ``--clr.base_lr``,
+        ``--clr.max_lr`` and ``--clr.range_test.*`` the LR bounds, and ``--clr.mode`` the mode unless
+        ``--modes`` is given. Each trial builds its own Trainer; this one is not used.
+
+        Args:
+            model: A LightningModule class or factory (``--model``).
+            datamodule: A LightningDataModule class or factory (``--data``).
+            verbose: Show Lightning's banner ("GPU available", tips) and a model summary for every trial.
+        """
+        from lightning_clr.tuning import tune_cycle_length
+
+        return tune_cycle_length(model, datamodule, **kwargs)
+
+
+class _SubcommandTrainer(_SubcommandMethods, Trainer):
+    """Lightning's Trainer with the ``range_test`` and ``tune`` subcommand methods."""
+
+
+@functools.cache
+def with_subcommands(trainer_class: Any) -> type:
+    """``trainer_class`` with the ``range_test`` and ``tune`` methods that LightningCLI reads the subcommands off."""
+    if not isinstance(trainer_class, type) or not issubclass(trainer_class, Trainer):
+        raise TypeError(f"LightningCLRCLI: `trainer_class` must be a Trainer subclass, got {trainer_class!r}")
+    if issubclass(trainer_class, _SubcommandMethods):
+        return trainer_class
+    if trainer_class is Trainer:
+        return _SubcommandTrainer
+    return type(trainer_class.__name__, (_SubcommandMethods, trainer_class), {"__doc__": trainer_class.__doc__})
+
+
+class _QuietBanner(logging.Filter):
+    """Drops the info lines that Lightning itself logs (its banner and tips); lightning_clr's own pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno > logging.INFO or not os.path.abspath(record.pathname).startswith(_LIGHTNING_DIR)
+
+
+def quiet_banner() -> None:
+    for name in _BANNER_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _QuietBanner) for f in logger.filters):
+            logger.addFilter(_QuietBanner())
+
+
+def _save_range_test(result: Any, out: Path) -> list[Path]:
+    """Write the curve (JSON) and the plot (PNG) under ``out``, named as a fit's range test names them."""
+    from lightning_clr.range_test import save_result
+
+    paths, _ = save_result(result, str(out))
+    return [Path(p) for p in paths]
