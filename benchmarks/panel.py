@@ -25,6 +25,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import re
 import sys
@@ -225,15 +226,49 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--report", action="store_true", help="write the tables from --out-dir's JSON into --doc")
     p.add_argument("--doc", default=str(ROOT / "docs" / "benchmarks.md"))
     p.add_argument("--data-dir", default=None, help="Fashion-MNIST IDX folder")
+    p.add_argument("--merge", nargs="+", default=[], help="train nothing: merge these results files of one task "
+                   "(same settings, run in parallel on other seeds) into --out-dir's panel_<task>.json")
     args = p.parse_args(argv)
-    if not args.report and not args.task:
-        p.error("give --task (or --report)")
+    if not args.report and not args.task and not args.merge:
+        p.error("give --task, --merge or --report")
     args.seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
     args.recipes = args.recipes or DEFAULT_RECIPES
     for r in args.recipes:
         if r not in PEERS + ["clr_auto", "oracle"] and not VARIANT.match(r):
             p.error(f"--recipes: unknown recipe {r!r}")
     return args
+
+
+SAME = ("task", "description", "optimizer", "epochs", "batch_size", "total_steps", "eval_every", "targets", "grid",
+        "model_lr", "quick")
+
+
+def merge(paths: list[str], out_dir: Path) -> int:
+    """One results file from several invocations of one task (a seed each, run in parallel)."""
+    datas = [json.loads(Path(p).read_text()) for p in paths]
+    base = datas[0]
+    for path, other in zip(paths[1:], datas[1:]):
+        for key in SAME:
+            if other["config"].get(key) != base["config"].get(key):
+                raise SystemExit(f"--merge {path}: {key} is {other['config'].get(key)!r}, not "
+                                 f"{base['config'].get(key)!r}")
+    runs: dict[tuple[str, int], dict[str, Any]] = {}
+    for d in datas:
+        for r in d["runs"]:
+            runs.setdefault((r["recipe"], r["seed"]), r)
+    base["runs"] = sorted(runs.values(), key=lambda r: (r["seed"], base["config"]["jobs"].index(r["recipe"])
+                                                        if r["recipe"] in base["config"]["jobs"] else 99))
+    base["config"]["seeds"] = sorted({r["seed"] for r in base["runs"]})
+    base["errors"] = [e for d in datas for e in d["errors"]]
+    base["merged"] = [{"path": p, "command": d["command"], "seeds": d["config"]["seeds"],
+                       "wall_seconds": d.get("wall_seconds"), "load_average": d["machine"]["load_average"]}
+                      for p, d in zip(paths, datas)]
+    base["command"] = " + ".join(d["command"] for d in datas) + " (in parallel, then --merge)"
+    base["wall_seconds"] = max(d.get("wall_seconds") or 0.0 for d in datas)
+    out = out_dir / f"panel_{base['config']['task']}.json"
+    write_json(out, base)
+    progress(f"wrote {out}: {len(base['runs'])} runs, seeds {base['config']['seeds']}")
+    return 0
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -243,6 +278,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.report:
         report(Path(args.out_dir), Path(args.doc))
         return 0
+    if args.merge:
+        return merge(args.merge, Path(args.out_dir))
     task = build(args.task, args.quick, args.data_dir)
     panel = Panel(task)
     jobs = [r for r in args.recipes if r not in ("oracle", "warmup_cosine")]
