@@ -20,7 +20,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.signature_utils import is_param_in_hook_signature
 
-from lightning_clr._rules import BiasCorrectedEMA, suggest_all, sweep_lrs
+from lightning_clr._rules import BiasCorrectedEMA, DivergenceCheck, suggest_all, sweep_lrs
 from lightning_clr._snapshot import Snapshot
 
 if TYPE_CHECKING:
@@ -241,7 +241,7 @@ def sweep(
         pl_module.log = _noop  # type: ignore[method-assign]
         pl_module.log_dict = _noop  # type: ignore[method-assign]
         ema = BiasCorrectedEMA(config.smoothing)
-        best: Optional[float] = None
+        check = DivergenceCheck(config.divergence_threshold, config.smoothing, len(lrs))
         with torch.enable_grad():
             for step, lr in enumerate(lrs):
                 for group in optimizer.param_groups:
@@ -261,11 +261,10 @@ def sweep(
                 s = ema.update(value)
                 smoothed.append(s)
                 bar.set_postfix(lr=f"{lr:.2e}", loss=f"{s:.4g}", refresh=False)
-                best = s if best is None else min(best, s)
-                if best > 0 and s > config.divergence_threshold * best:
+                if check.update(s):
                     stop_reason = (
                         f"the smoothed loss {s:.4g} exceeded {config.divergence_threshold:g} x the best"
-                        f" {best:.4g} at lr={lr:.3g} (step {step})"
+                        f" {check.best:.4g} at lr={lr:.3g} (step {step})"
                     )
                     diverged_at = lr
                     break

@@ -1,0 +1,97 @@
+"""Issue 12: ``CyclicLearningRate()`` with every default on a small noisy regression, where the optimizer's LR
+(1e-4) is far too low on purpose so that only the range test can rescue the fit.
+
+8 features, MLP 8-32-1, SGD with momentum 0.9, MSE, batches of 8 rows: consecutive batch losses differ by
+1.5-2x in the median (per-batch noise sigma 0.45-0.75 in log units). Before the noise-robust reading the range
+test read 2.5e-7 (64 rows) or fell back to the optimizer's 1e-4 (512 rows), and the test MSE was 10.6 / 4.3
+against 0.05 / 0.022 for the best constant LR. The grid of constant LRs is trained here, in the test, with the
+same model, data, seed and epochs.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_clr import CyclicLearningRate
+
+DIM = 8
+GRID = [10 ** (-3 + i / 3) for i in range(7)]  # 1e-3 .. 1e-1, 7 log-spaced constant LRs
+TOO_LOW = 1e-4
+
+
+def regression(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` rows of one fixed linear task (weights from seed 0) with label noise 0.1."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, DIM, generator=g)
+    y = x @ torch.randn(DIM, 1, generator=torch.Generator().manual_seed(0)) + 0.1 * torch.randn(n, 1, generator=g)
+    return x, y
+
+
+class MLP(pl.LightningModule):
+    def __init__(self, lr: float) -> None:
+        super().__init__()
+        self.lr = lr
+        self.net = nn.Sequential(nn.Linear(DIM, 32), nn.ReLU(), nn.Linear(32, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        loss = nn.functional.mse_loss(self(x), y)
+        self.log("train_loss", loss)
+        return loss
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
+
+
+def test_mse(rows: int, epochs: int, lr: float, callbacks: list[pl.Callback], tmp_path) -> float:
+    torch.manual_seed(0)
+    x, y = regression(rows, seed=1)
+    x_test, y_test = regression(1024, seed=2)
+    model = MLP(lr)
+    train = DataLoader(TensorDataset(x, y), batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(0))
+    trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(tmp_path),
+                         callbacks=callbacks)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a diverging grid LR warns; its MSE (nan) says enough
+        trainer.fit(model, train)
+    with torch.no_grad():
+        return float(nn.functional.mse_loss(model(x_test), y_test))
+
+
+test_mse.__test__ = False  # a helper, not a test
+
+
+@pytest.mark.parametrize(
+    "rows, epochs, factor",
+    [
+        # Measured with the noise-robust reading, seeds 0-3: 1.01, 1.32, 1.03, 1.93 x the grid's best.
+        (512, 8, 1.5),
+        # Measured, seeds 0-3: 2.12, 1.49, 2.12, 1.38 x. The 1.5x target of issue 12 is NOT met at 64 rows:
+        # CLR's own schedule (triangular, base = max / 4) is 1.6-1.7x behind the best constant LR on 2 of 3 seeds
+        # even at the best max_lr by hand (0.0178), so this case checks the rescue at 2.5x, not the target.
+        (64, 100, 2.5),
+    ],
+)
+def test_defaults_rescue_a_far_too_low_optimizer_lr(rows: int, epochs: int, factor: float, tmp_path) -> None:
+    clr = CyclicLearningRate()
+    mse = test_mse(rows, epochs, TOO_LOW, [clr], tmp_path)
+    result = clr.range_test_result
+    assert not result.fallback, result.message
+    assert clr.max_lr > 10 * TOO_LOW  # the curve itself showed the optimizer's LR to be far too low
+    grid = {lr: test_mse(rows, epochs, lr, [], tmp_path) for lr in GRID}
+    best_lr, best = min(((lr, v) for lr, v in grid.items() if math.isfinite(v)), key=lambda kv: kv[1])
+    assert mse <= factor * best, (
+        f"{rows} rows: CyclicLearningRate() test MSE {mse:.4g} (max_lr {clr.max_lr:.3g}) against {best:.4g}"
+        f" for the best constant LR {best_lr:.3g} of the grid {[f'{v:.3g}' for v in grid.values()]}"
+    )
