@@ -27,6 +27,15 @@ def _steps_median(values: list[Optional[int]]) -> Optional[float]:
     return None if med == float("inf") else med
 
 
+def hit(run: dict[str, Any], target: float, higher_better: bool) -> Optional[int]:
+    """The first evaluated step at or past ``target`` (from the run's evaluations, so targets can be re-chosen)."""
+    for e in run["evals"]:
+        v = e["value"]
+        if v == v and (v >= target if higher_better else v <= target):  # v == v: not NaN
+            return e["step"]
+    return None
+
+
 def aggregate(data: dict[str, Any]) -> dict[str, Any]:
     cfg, hb = data["config"], data["config"]["higher_better"]
     by: dict[str, list[dict[str, Any]]] = {}
@@ -52,8 +61,8 @@ def aggregate(data: dict[str, Any]) -> dict[str, Any]:
                              "bounds": [(r["base_lr"], r["max_lr"]) for r in rs if "base_lr" in r],
                              "fallbacks": sum(bool(r.get("fallback")) for r in rs)}
         for t in cfg["targets"]:
-            s[f"steps_to_{t}"] = _steps_median([None if r[f"steps_to_{t}"] is None else
-                                                r[f"steps_to_{t}"] + r["setup_steps"] for r in rs])
+            s[f"steps_to_{t}"] = _steps_median([None if hit(r, t, hb) is None else hit(r, t, hb) + r["setup_steps"]
+                                                for r in rs])
         rec[name] = s
     cost = {"runs": sum(len(by[n]) for n in grid), "steps": sum(r["steps"] for n in grid for r in by[n]),
             "seconds": round(sum(r["fit_seconds"] for n in grid for r in by[n]), 1)} if grid else None
@@ -111,7 +120,7 @@ def task_table(data: dict[str, Any]) -> str:
              f"{cfg['metric']} ({'higher' if hb else 'lower'} is better) every {cfg['eval_every']} steps.",
              f"Run: `{data['command']}`, {data['wall_seconds'] / 60:.1f} min wall on {m['cpu']} "
              f"({m['cores']} shared cores, {m['torch_threads']} torch thread, load average "
-             f"{m['load_average'][0]:.1f} at start), commit {m.get('git_commit')}.", ""]
+             f"{m['load_average'][0]:.1f} at start), commit {m.get('git_commit')}.", *data.get("notes", []), ""]
     head = ["recipe", f"{cfg['metric']} median [min–max]"] + [f"steps to {t} (incl. setup)" for t in cfg["targets"]]
     head += ["setup steps", "fit s", "LR / bounds (per seed)"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -123,7 +132,9 @@ def task_table(data: dict[str, Any]) -> str:
             lrs = agg["oracle"].replace("grid_lr=", "LR ")
         if s["fallbacks"]:
             lrs += f" ({s['fallbacks']} fallback)"
-        row = [f"**{n}**" if n == "clr_auto" else n, _fmt(s["final"], hb) + spread]
+        label = (f"**{n}**" if n == "clr_auto" else n) + (f" ({s['n']} of {len(cfg['seeds'])} seeds)"
+                                                          if s["n"] < len(cfg["seeds"]) else "")
+        row = [label, _fmt(s["final"], hb) + spread]
         row += ["never" if s[f"steps_to_{t}"] is None else f"{s[f'steps_to_{t}']:g}" for t in cfg["targets"]]
         row += [f"{s['setup_steps']:g}", f"{s['fit_seconds']:.1f}", lrs]
         lines.append("| " + " | ".join(row) + " |")
