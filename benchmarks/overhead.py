@@ -197,7 +197,8 @@ def markdown(data: dict[str, Any]) -> str:
         "",
         "| what | µs per step |",
         "|---|---|",
-        f"| the callback's writer, `ScheduleWriter.apply` (LR + momentum into the param group) | {cell(s['callback_apply'])} |",
+        f"| the callback's writer, `ScheduleWriter.apply` (LR + momentum into the param group) |"
+        f" {cell(s['callback_apply'])} |",
         f"| callback hook path (`on_before_optimizer_step` + `on_train_batch_end`) | {cell(s['callback_hooks'])} |",
         f"| `torch.optim.lr_scheduler.CyclicLR.step()` | {cell(s['torch_cycliclr_step'])} |",
         "",

@@ -176,3 +176,50 @@ def test_bad_arguments_are_named() -> None:
     with pytest.raises(SystemExit, match="--epochs must be >= 1, got 0"):
         fashion_mnist.parse_args(["--epochs", "0"])
     assert fashion_mnist.parse_variant("clr_auto[rule=valley,half=3]") == {"rule": "valley", "half": "3"}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_panel_quick_and_report(tmp_path: Path) -> None:
+    """panel.py --quick on two tasks (SGD classifier, noisy regression) and on the transformer's own recipes, then
+    --report: every recipe trains the same budget, the oracle is the grid's best, the tables land in the doc."""
+    import _panel_report
+
+    _run(["benchmarks/panel.py", "--task", "digits", "--quick", "--out-dir", str(tmp_path)], timeout=280)
+    _run(["benchmarks/panel.py", "--task", "reg64", "--quick", "--out-dir", str(tmp_path), "--recipes", "default",
+          "lr_find", "clr_auto", "clr[final=0.1]", "oracle"], timeout=280)
+    _run(["benchmarks/panel.py", "--task", "charlm", "--quick", "--out-dir", str(tmp_path), "--recipes",
+          "warmup_cosine", "clr_auto"], timeout=280)
+    digits = json.loads((tmp_path / "panel_digits_quick.json").read_text())
+    cfg = digits["config"]
+    assert digits["errors"] == [] and cfg["quick"] and cfg["higher_better"]
+    ran = {r["recipe"] for r in digits["runs"]}
+    assert ran == {"default", "lr_find", "one_cycle", "clr_auto", "clr[final=0.1]", "clr[final=0.01]",
+                   "clr[mode=triangular2]"} | {f"grid_lr={lr:g}" for lr in cfg["grid"]}  # no warm-up+cosine on SGD
+    by = {r["recipe"]: r for r in digits["runs"]}
+    for r in digits["runs"]:
+        assert r["steps"] == cfg["total_steps"] and 0 <= r["final"] <= 1, r["recipe"]
+    assert by["grid_lr=0.01"]["final"] == by["default"]["final"]  # the default's runs serve the grid's 0.01
+    assert by["lr_find"]["lr"] == by["one_cycle"]["lr"] and by["lr_find"]["setup_steps"] > 0
+    clr = by["clr_auto"]
+    assert 0 < clr["base_lr"] < clr["max_lr"] and clr["setup_steps"] >= 10
+    tail = by["clr[final=0.1]"]["lr_trace"]  # the annealing tail ends below base_lr
+    assert tail[-1] < by["clr[final=0.1]"]["base_lr"] * 0.5 and min(clr["lr_trace"]) >= clr["base_lr"] * 0.999
+    agg = _panel_report.aggregate(digits)
+    best = max((n for n in agg["recipes"] if n.startswith("grid_lr=")), key=lambda n: agg["recipes"][n]["final"])
+    assert agg["oracle"] == best and agg["recipes"]["oracle"]["final"] == agg["recipes"][best]["final"]
+    reg = json.loads((tmp_path / "panel_reg64_quick.json").read_text())
+    assert reg["config"]["higher_better"] is False and reg["config"]["model_lr"] == 1e-4
+    assert all(r["final"] is None or r["final"] > 0 for r in reg["runs"])
+    lm = {r["recipe"]: r for r in json.loads((tmp_path / "panel_charlm_quick.json").read_text())["runs"]}
+    assert set(lm) == {"warmup_cosine", "clr_auto"} and all(r["final"] < 5.0 for r in lm.values())  # ln 128 = 4.85
+    assert max(lm["warmup_cosine"]["lr_trace"]) == pytest.approx(1e-3)
+    doc = tmp_path / "doc.md"
+    doc.write_text("# Benchmarks\n\nkept\n")
+    for stem in ("panel_digits", "panel_reg64", "panel_charlm"):  # --report reads the full-run names
+        (tmp_path / f"{stem}_quick.json").rename(tmp_path / f"{stem}.json")
+    _run(["benchmarks/panel.py", "--report", "--out-dir", str(tmp_path), "--doc", str(doc)], timeout=120)
+    text = doc.read_text()
+    assert text.startswith("# Benchmarks\n\nkept\n") and text.count("<!-- panel:start -->") == 1
+    assert "| **clr_auto** |" in text and "| digits | val acc |" in text and "| reg64 | test MSE |" in text
+    assert f"{agg['recipes']['clr_auto']['final']:.4f}" in text and "Oracle grid 0.01, 0.1: 2 runs" in text
