@@ -202,7 +202,8 @@ def describe(plan: CyclePlan) -> str:
     return (
         f"CyclicLearningRate: base_lr={_fmt(plan.base_lr)}, max_lr={_fmt(plan.max_lr)},"
         f" step_size_up={plan.step_size_up}, step_size_down={plan.step_size_down} optimizer steps{epochs},"
-        f" mode={plan.mode!r}."
+        f" mode={plan.mode!r}" + (f", annealing to base_lr x {plan.final_lr_ratio:g} at the end" if
+                                  plan.final_lr_ratio != 1.0 else "") + "."
     )
 
 
