@@ -15,27 +15,18 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import logging
-import os
 from pathlib import Path
 from typing import Any, Optional
 
-import lightning
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only
 
 from lightning_clr.range_test import RangeTestConfig
 
-__all__ = ["quiet_banner", "with_subcommands"]
+__all__ = ["with_subcommands"]
 
 # Loggers of Lightning's per-Trainer banner ("GPU available", "💡 Tip", "LOCAL_RANK: 0 - CUDA_VISIBLE_DEVICES")
 # and of its per-trial "Seed set to 0".
-_BANNER_LOGGERS = (
-    "lightning.pytorch.utilities.rank_zero",
-    "lightning.pytorch.accelerators.cuda",
-    "lightning.fabric.utilities.seed",
-)
-_LIGHTNING_DIR = os.path.dirname(os.path.abspath(lightning.__file__)) + os.sep
 
 
 class _SubcommandMethods:
@@ -110,20 +101,6 @@ def with_subcommands(trainer_class: Any) -> type:
     if trainer_class is Trainer:
         return _SubcommandTrainer
     return type(trainer_class.__name__, (_SubcommandMethods, trainer_class), {"__doc__": trainer_class.__doc__})
-
-
-class _QuietBanner(logging.Filter):
-    """Drops the info lines that Lightning itself logs (its banner and tips); lightning_clr's own pass."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno > logging.INFO or not os.path.abspath(record.pathname).startswith(_LIGHTNING_DIR)
-
-
-def quiet_banner() -> None:
-    for name in _BANNER_LOGGERS:
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, _QuietBanner) for f in logger.filters):
-            logger.addFilter(_QuietBanner())
 
 
 def _save_range_test(result: Any, out: Path) -> list[Path]:

@@ -38,7 +38,8 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
 from lightning_clr._cli_errors import debug, fail, join_flag, shorten_parse_error
-from lightning_clr._cli_trainer import quiet_banner, with_subcommands
+from lightning_clr._cli_trainer import with_subcommands
+from lightning_clr._quiet import quiet_banner
 from lightning_clr._validation import ArgumentError
 from lightning_clr.callback import CyclicLearningRate
 from lightning_clr.range_test import RangeTestConfig
@@ -314,6 +315,12 @@ class LightningCLRCLI(LightningCLI):
         trainer_kwargs["callbacks"] = [cb for cb in callbacks if isinstance(cb, Callback)]
         if isinstance(trainer_kwargs.get("logger"), bool) or trainer_kwargs.get("logger") is None:
             trainer_kwargs.pop("logger", None)  # each trial gets its own (the --output.logger flag)
+        if verbose:  # --verbose=true: the trials' banners and model summaries too
+            from lightning_clr.tuning import OutputConfig
+
+            output = kwargs.get("output")
+            kwargs["output"] = dataclasses.replace(output if isinstance(output, OutputConfig) else OutputConfig(),
+                                                   verbose=True)
         search = kwargs.get("search")
         if isinstance(clr, CyclicLearningRate) and config.get("search.modes") == SearchSpace().modes:
             if clr.mode == "exp_range":

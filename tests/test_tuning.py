@@ -439,3 +439,23 @@ print("BEST", result.best_half_cycle_epochs, result.plots)
     assert "WARNINGS 1 " in proc.stdout and "pip install lightning-clr[plot]" in proc.stdout, proc.stdout
     assert re.search(r"BEST \d+ \[\]", proc.stdout), proc.stdout  # a result, no plot paths
     assert (tmp_path / "tuning" / "summary.txt").exists() and not list(tmp_path.rglob("*.png"))
+
+
+def test_trials_are_quiet_unless_verbose(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Every trial builds a Trainer: by default no Lightning banner or model summary for each (the tuner's own
+    lines still come); output.verbose=True shows them; the mute ends with the call."""
+    import logging
+
+    with caplog.at_level(logging.INFO):
+        tune(tmp_path / "quiet", n_trials=1)
+    quiet = caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        tune(tmp_path / "loud", n_trials=1, verbose=True)
+    loud = caplog.text
+    assert "GPU available" not in quiet and "trial    state" in quiet
+    assert "GPU available" in loud and "Total params" in loud
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        pl.Trainer(accelerator="cpu", logger=False)
+    assert "GPU available" in caplog.text  # a Trainer built after the tuner is not muted

@@ -160,6 +160,8 @@ class OutputConfig:
         plot: Save the optimization history and cycle length vs metric as PNG; skipped with one warning
             when matplotlib is missing (``pip install lightning-clr[plot]``).
         progress_bar: Show a progress bar over the trials.
+        verbose: Show Lightning's banner ("GPU available", tips) and a model summary in every trial's fit;
+            off by default, as every trial builds its own Trainer.
 
     Example:
         >>> OutputConfig(output_dir="runs/tune", plot=False).plot
@@ -170,6 +172,7 @@ class OutputConfig:
     logger: bool = True
     plot: bool = True
     progress_bar: bool = True
+    verbose: bool = False
 
     def __post_init__(self) -> None:
         with _group("output"):
@@ -179,7 +182,7 @@ class OutputConfig:
         if not isinstance(self.output_dir, (str, os.PathLike)) or not str(self.output_dir):
             raise ArgumentError("output_dir", self.output_dir, "a directory path")
         object.__setattr__(self, "output_dir", str(self.output_dir))
-        for name in ("logger", "plot", "progress_bar"):
+        for name in ("logger", "plot", "progress_bar", "verbose"):
             boolean(name, getattr(self, name))
 
 

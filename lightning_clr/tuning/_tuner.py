@@ -28,6 +28,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lightning_clr._compat import lightning_package
 from lightning_clr._outputs import atomic_write_text
+from lightning_clr._quiet import muted_banner
 from lightning_clr._validation import ArgumentError, boolean, int_in, positive_float
 from lightning_clr.callback import CyclicLearningRate
 from lightning_clr.range_test import RangeTestConfig
@@ -106,6 +107,12 @@ def tune_cycle_length(
         ...                            study=StudyConfig(storage="tune.journal", study_name="clr"))  # doctest: +SKIP
     """
     run = _validate(**dict(locals()))
+    with muted_banner(not run.output.verbose):  # every trial builds a Trainer: no banner for each
+        return _tune(run)
+
+
+def _tune(run: TuneRun) -> CycleTuningResult:
+    """Open the study, find the shared bounds, run the trials, write the outputs."""
     optuna = _import_optuna()
     from lightning_clr.tuning import _storage
     from lightning_clr.tuning._trial import find_bounds, run_trial
@@ -236,7 +243,7 @@ def _factories(run: TuneRun) -> tuple[Callable[..., pl.Trainer], Callable[[], An
     _warn_early_stopping(user_callbacks, run.search.max_half_cycle_epochs)
     trainer_kwargs.pop("logger", None)
     out = run.output
-    defaults = dict(enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+    defaults = dict(enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=out.verbose,
                     default_root_dir=out.output_dir)
 
     package = [pl]  # the Lightning package of the last built model: its Trainer must be of the same package
