@@ -47,6 +47,12 @@ class CyclePlan:
         total_steps: The run's planned optimizer steps when known.
         half_cycle_epochs: The half-cycle the step sizes were derived from (``None`` when they were given).
         range_test: The range test's result as a dict (``RangeTestResult.to_dict()``), when it ran.
+
+    Example:
+        >>> plan = CyclePlan(base_lr=(1e-4, 1e-3), max_lr=(4e-4, 4e-3), group_counts=(2,), step_size_up=50,
+        ...                  step_size_down=50)
+        >>> plan.cycle_length, plan.schedule().lr(50, plan.base_lr[1], plan.max_lr[1])
+        (100, 0.004)
     """
 
     base_lr: tuple[float, ...]
