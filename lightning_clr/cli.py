@@ -349,19 +349,7 @@ class LightningCLRCLI(LightningCLI):
         except StorageError as err:  # one line; the running trial is left to the next worker's heartbeat sweep
             print(f"lightning-clr: error: {err}", file=sys.stderr)
             raise SystemExit(1) from None
-        best = result.best_half_cycle_epochs
-        if best is None:
-            if result.study is not None:
-                states = sorted({t.state.name for t in result.study.get_trials(deepcopy=False)})
-                print(f"lightning-clr tune: no trial completed (trial states: {', '.join(states) or 'none'};"
-                      f" see {config.get('output.output_dir')}/summary.txt)", file=sys.stderr)
-            raise SystemExit(1)
-        lrs = (("base_lr", result.base_lr), ("max_lr", result.best_max_lr))
-        rank_zero_only(print)(
-            f"best half_cycle_epochs={best} step_size_up={result.best_step_size_up} mode={result.best_mode}"
-            f" {result.monitor}={result.best_value:.6g}\ntrain with: --clr.half_cycle_epochs {best}"
-            f" --clr.mode {result.best_mode}" + "".join(f" --clr.{k} {v:.6g}" for k, v in lrs if v is not None)
-        )
+        _print_tune_result(result, config.get("output.output_dir"))
         return result
 
     def _factory(self, config: Any, key: str) -> Any:
@@ -382,6 +370,23 @@ class LightningCLRCLI(LightningCLI):
             return obj
 
         return build
+
+
+def _print_tune_result(result: Any, output_dir: Any) -> None:
+    """The best setting as the flags to train with; no completed trial exits with status 1."""
+    best = result.best_half_cycle_epochs
+    if best is None:
+        if result.study is not None:
+            states = sorted({t.state.name for t in result.study.get_trials(deepcopy=False)})
+            print(f"lightning-clr tune: no trial completed (trial states: {', '.join(states) or 'none'};"
+                  f" see {output_dir}/summary.txt)", file=sys.stderr)
+        raise SystemExit(1)
+    lrs = (("base_lr", result.base_lr), ("max_lr", result.best_max_lr))
+    rank_zero_only(print)(
+        f"best half_cycle_epochs={best} step_size_up={result.best_step_size_up} mode={result.best_mode}"
+        f" {result.monitor}={result.best_value:.6g}\ntrain with: --clr.half_cycle_epochs {best}"
+        f" --clr.mode {result.best_mode}" + "".join(f" --clr.{k} {v:.6g}" for k, v in lrs if v is not None)
+    )
 
 
 def _normalize_alias(args: list[str]) -> list[str]:
