@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import re
 import shutil
 import socket
 import subprocess
@@ -25,7 +26,31 @@ from lightning_clr.tuning import OutputConfig, SearchSpace, StudyConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "scripts" / "tune_worker.py"
-PG_URL = "postgresql://postgres@127.0.0.1:5432/test"  # the plain URL of Optuna's docs (psycopg 3)
+PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def _pg_url() -> str:
+    """A plain ``postgresql://`` URL (Optuna's docs' shape, psycopg 3) of a database of THIS Optuna version's own.
+
+    Optuna's schema differs between versions (4.0 and 5.0 disagree on ``trial_values.value_type``: "operator does
+    not exist: trialvaluetype = character varying"), and CI runs the suite twice, on the declared floors and on
+    the newest releases, against one server; the pitfall notes say it too: keep all workers on one version.
+    """
+    import optuna
+
+    db = "lclr_optuna_" + re.sub(r"\W", "_", optuna.__version__)
+    try:
+        import psycopg
+
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=3) as admin:
+            if admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (db,)).fetchone() is None:
+                admin.execute(f'CREATE DATABASE "{db}"')
+    except Exception:  # no server (the tests skip), or a concurrent CREATE won the race: the URL is right anyway
+        pass
+    return f"postgresql://postgres@127.0.0.1:5432/{db}"
+
+
+PG_URL = _pg_url()
 
 
 # ---------------------------------------------------------------------------------------------- helpers

@@ -44,7 +44,8 @@ class StorageError(RuntimeError):
 
 def database_url(url: str) -> str:
     """A plain ``postgresql://`` or ``mysql://`` URL with the driver that is installed, SQLAlchemy's default
-    first (psycopg 3 and mysqlclient); any other URL unchanged.
+    first (psycopg 3 and mysqlclient; psycopg2 first under Optuna 4, whose schema psycopg 3 cannot query); any
+    other URL unchanged.
 
     Example:
         >>> database_url("sqlite:///tune.db")
@@ -53,10 +54,22 @@ def database_url(url: str) -> str:
     scheme, sep, rest = url.partition("://")
     if not sep or scheme not in _DRIVERS:
         return url
-    for dialect, module in _DRIVERS[scheme]:
+    drivers = _DRIVERS[scheme]
+    if scheme == "postgresql" and _optuna_major() < 5:
+        # Optuna 4's schema compares its enum columns with bound strings, which psycopg 3 sends typed (server-side
+        # binding): "operator does not exist: trialvaluetype = character varying". psycopg2 binds client-side.
+        drivers = sorted(drivers, key=lambda d: d[1] != "psycopg2")
+    for dialect, module in drivers:
         if importlib.util.find_spec(module.split(".")[0]) is not None:
             return f"{dialect}://{rest}"
     return url  # SQLAlchemy's own error then names the missing module
+
+
+def _optuna_major() -> int:
+    try:
+        return int(optuna.__version__.split(".")[0])
+    except ValueError:
+        return 5
 
 
 def make_storage(spec: Any) -> Any:
