@@ -147,7 +147,6 @@ class LightningCLRCLI(LightningCLI):
         bound = inspect.signature(LightningCLI.__init__).bind_partial(self, *args, **kwargs).arguments
         bound.pop("self")
         bound["trainer_class"] = with_subcommands(bound.get("trainer_class", Trainer))
-        bound.setdefault("parser_class", _Parser)
         try:
             super().__init__(**bound)
         except ArgumentError as err:  # a check that needs the fit (optimizer param groups) or the tuner
@@ -165,8 +164,19 @@ class LightningCLRCLI(LightningCLI):
         }
 
     def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
+        # LightningCLI's own init_parser, with the parser class whose errors are one line. Not through its
+        # `parser_class` argument: Lightning 2.5 (the declared floor) does not have it.
+        from jsonargparse import ActionConfigFile
+        from lightning.pytorch import __version__ as pl_version
+
         kwargs.setdefault("description", DESCRIPTION)
-        return super().init_parser(**kwargs)
+        kwargs.setdefault("dump_header", [f"lightning.pytorch=={pl_version}"])
+        cls = getattr(self, "parser_class", LightningArgumentParser)
+        parser = (_Parser if cls is LightningArgumentParser else cls)(**kwargs)
+        parser.add_argument(
+            "-c", "--config", action=ActionConfigFile, help="Path to a configuration file in json or yaml format."
+        )
+        return parser
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # Not add_lightning_class_args: that would make it one of the trainer's callbacks in every subcommand.

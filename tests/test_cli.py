@@ -10,6 +10,7 @@ LR traces come from LearningRateMonitor through a CSVLogger's metrics.csv.
 from __future__ import annotations
 
 import csv
+import importlib.metadata
 import json
 import os
 import shutil
@@ -321,6 +322,9 @@ BAD_VALUES = [
 ]
 
 
+OLD_JSONARGPARSE = tuple(int(x) for x in importlib.metadata.version("jsonargparse").split(".")[:2]) < (4, 30)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize(("argv", "flag", "message"), BAD_VALUES, ids=[" ".join(b[0]) for b in BAD_VALUES])
@@ -328,7 +332,9 @@ def test_bad_flag_value_is_one_line_naming_the_flag(tmp_path: Path, argv: list[s
     """lightning-clr: exit status 2 and one stderr line naming the full flag, no traceback or usage, nothing run."""
     proc, steps = start_counted(["fit", *COUNTING, *argv, "--trainer.max_epochs=1"], tmp_path)
     line = assert_one_line_error(finish(proc), steps, flag)
-    assert message in line, line
+    # jsonargparse 4.27 (the declared floor) words a failed Union without the subtypes' own messages
+    generic = OLD_JSONARGPARSE and message.startswith("expected ") and "Union subtypes" in line
+    assert message in line or generic, line
     assert not (tmp_path / "lightning_logs").exists()  # failed before the Trainer did anything
 
 
