@@ -294,10 +294,16 @@ def _reconcile_scale_fn(
                             f" {path or settings.scale_fn!r}; using the given function from the resumed step on")
 
 
+def one_or_list(values: Optional[tuple[Any, ...]]) -> Any:
+    """One value when every param group shares it, else the list (``None`` stays ``None``)."""
+    if values is None:
+        return None
+    return values[0] if len(set(values)) == 1 else list(values)
+
+
 def _show(value: Any) -> Any:
     if isinstance(value, tuple):
-        values = [float(v) if isinstance(v, float) else v for v in value]
-        return values[0] if len(set(values)) == 1 else values
+        return one_or_list(value)
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     return value

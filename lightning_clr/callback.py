@@ -19,7 +19,7 @@ from typing_extensions import override
 
 from lightning_clr._compat import callback_bases
 from lightning_clr._optimizers import remove_schedulers, training_optimizers
-from lightning_clr._plan import CyclePlan, reconcile
+from lightning_clr._plan import CyclePlan, one_or_list, reconcile
 from lightning_clr._resolve import build_plan, describe, expand_bounds, resolve_bounds, resolve_cycle
 from lightning_clr._settings import DEFAULT_HALF_CYCLE_EPOCHS, CycleSettings
 from lightning_clr._writer import ScheduleWriter, check_scale_fn
@@ -151,11 +151,11 @@ class CyclicLearningRate(*callback_bases()):  # a Callback of lightning.pytorch 
     @property
     def base_lr(self) -> Union[float, list[float], None]:
         """The resolved lower bound (one float when all param groups share it), else the given one."""
-        return _one_or_list(self._plan.base_lr if self._plan else self._settings.base_lr)
+        return one_or_list(self._plan.base_lr if self._plan else self._settings.base_lr)
 
     @property
     def max_lr(self) -> Union[float, list[float], None]:
-        return _one_or_list(self._plan.max_lr if self._plan else self._settings.max_lr)
+        return one_or_list(self._plan.max_lr if self._plan else self._settings.max_lr)
 
     @property
     def step_size_up(self) -> Optional[int]:
@@ -281,7 +281,7 @@ class CyclicLearningRate(*callback_bases()):  # a Callback of lightning.pytorch 
         except ValueError as err:
             s = self._settings
             raise ValueError(
-                f"CyclicLearningRate(base_lr={_one_or_list(s.base_lr)!r}, max_lr={_one_or_list(s.max_lr)!r})"
+                f"CyclicLearningRate(base_lr={one_or_list(s.base_lr)!r}, max_lr={one_or_list(s.max_lr)!r})"
                 f" leaves a bound to the range test. {err}"
             ) from None
 
@@ -316,8 +316,3 @@ def _check_restored_shape(restored: tuple[CyclePlan, list[int]], counts: tuple[i
             f" but the model's optimizer(s) have {list(counts)}. Resume with the same `configure_optimizers`."
         )
 
-
-def _one_or_list(values: Optional[tuple[float, ...]]) -> Union[float, list[float], None]:
-    if values is None:
-        return None
-    return values[0] if len(set(values)) == 1 else list(values)
