@@ -14,8 +14,8 @@ Recipes:
   clr_tuned        ``CyclicLearningRate`` with the half-cycle from ``lightning_clr.tune_cycle_length`` (if present)
   oracle           the best fixed SGD LR of a grid (by median final accuracy); the grid's total cost is reported
 
-Variants of clr_auto for the ablations: ``clr_auto[rule=valley,half=3,mode=triangular2,momentum=0,div=10]``
-(``div``: base_lr = max_lr / div).
+Variants of clr_auto for the ablations: ``clr_auto[rule=valley,half=3,mode=triangular2,momentum=0,div=10,final=1]``
+(``div``: base_lr = max_lr / div; ``final``: final_lr_ratio).
 
 Data: ``apt-get install dataset-fashion-mnist`` (IDX files under /usr/share/datasets/fashion-mnist/), or
 the four ``*.gz`` files of github.com/zalandoresearch/fashion-mnist in ``--data-dir``.
@@ -225,6 +225,8 @@ class Bench:
                 kwargs["cycle_momentum"] = v["momentum"] not in ("0", "false", "False")
             if "whole" in v:
                 kwargs["fit_whole_cycles"] = v["whole"] not in ("0", "false", "False")
+            if "final" in v:
+                kwargs["final_lr_ratio"] = float(v["final"])
             clr = CyclicLearningRate(**kwargs)
             extra.append(clr)
             model = self.model(seed)

@@ -5,12 +5,16 @@
 1.5-2x in the median (per-batch noise sigma 0.45-0.75 in log units). Before the noise-robust reading the range
 test read 2.5e-7 (64 rows) or fell back to the optimizer's 1e-4 (512 rows), and the test MSE was 10.6 / 4.3
 against 0.05 / 0.022 for the best constant LR. The grid of constant LRs is trained here, in the test, with the
-same model, data, seed and epochs.
+same model, data and epochs, on the same three seeds (model initialization and data order): a constant LR at
+the edge of stability (0.022 here) ends anywhere between 0.04 and a divergence from one seed to the next, so a
+single seed's best of seven is luck, and the comparison is between medians over the seeds, as the oracle of
+benchmarks/panel.py is.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 import warnings
 
 import lightning.pytorch as pl
@@ -53,12 +57,12 @@ class MLP(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
 
 
-def test_mse(rows: int, epochs: int, lr: float, callbacks: list[pl.Callback], tmp_path) -> float:
-    torch.manual_seed(0)
+def test_mse(rows: int, epochs: int, lr: float, callbacks: list[pl.Callback], tmp_path, seed: int = 0) -> float:
+    torch.manual_seed(seed)
     x, y = regression(rows, seed=1)
     x_test, y_test = regression(1024, seed=2)
     model = MLP(lr)
-    train = DataLoader(TensorDataset(x, y), batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(0))
+    train = DataLoader(TensorDataset(x, y), batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(seed))
     trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(tmp_path),
                          callbacks=callbacks)
@@ -71,27 +75,35 @@ def test_mse(rows: int, epochs: int, lr: float, callbacks: list[pl.Callback], tm
 
 test_mse.__test__ = False  # a helper, not a test
 
+SEEDS = (0, 1, 2)
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(v if math.isfinite(v) else math.inf for v in values)
+
 
 @pytest.mark.parametrize(
-    "rows, epochs, factor",
+    "rows, epochs",
     [
-        # Measured with the noise-robust reading, seeds 0-3: 1.01, 1.32, 1.03, 1.93 x the grid's best.
-        (512, 8, 1.5),
-        # Measured, seeds 0-3: 2.12, 1.49, 2.12, 1.38 x. The 1.5x target of issue 12 is NOT met at 64 rows:
-        # CLR's own schedule (triangular, base = max / 4) is 1.6-1.7x behind the best constant LR on 2 of 3 seeds
-        # even at the best max_lr by hand (0.0178), so this case checks the rescue at 2.5x, not the target.
-        (64, 100, 2.5),
+        # Measured: CyclicLearningRate() 0.0721, 0.1034, 0.0788 (median 1.34x the grid's best median, LR 0.01:
+        # 0.0488, 0.0950, 0.0589); before the bottom-of-the-curve reading 2.12x on seed 0 alone.
+        (64, 100),
+        # Measured: 0.0169, 0.0180, 0.0156 against 0.0224, 0.0259, 0.0212 (0.75x the grid's best median, LR 0.01).
+        (512, 8),
     ],
 )
-def test_defaults_rescue_a_far_too_low_optimizer_lr(rows: int, epochs: int, factor: float, tmp_path) -> None:
-    clr = CyclicLearningRate()
-    mse = test_mse(rows, epochs, TOO_LOW, [clr], tmp_path)
-    result = clr.range_test_result
-    assert not result.fallback, result.message
-    assert clr.max_lr > 10 * TOO_LOW  # the curve itself showed the optimizer's LR to be far too low
-    grid = {lr: test_mse(rows, epochs, lr, [], tmp_path) for lr in GRID}
-    best_lr, best = min(((lr, v) for lr, v in grid.items() if math.isfinite(v)), key=lambda kv: kv[1])
-    assert mse <= factor * best, (
-        f"{rows} rows: CyclicLearningRate() test MSE {mse:.4g} (max_lr {clr.max_lr:.3g}) against {best:.4g}"
-        f" for the best constant LR {best_lr:.3g} of the grid {[f'{v:.3g}' for v in grid.values()]}"
+def test_defaults_rescue_a_far_too_low_optimizer_lr(rows: int, epochs: int, tmp_path) -> None:
+    mses, maxes = [], []
+    for seed in SEEDS:
+        clr = CyclicLearningRate()
+        mses.append(test_mse(rows, epochs, TOO_LOW, [clr], tmp_path, seed))
+        result = clr.range_test_result
+        assert not result.fallback, result.message
+        assert clr.max_lr > 10 * TOO_LOW  # the curve itself showed the optimizer's LR to be far too low
+        maxes.append(clr.max_lr)
+    grid = {lr: median([test_mse(rows, epochs, lr, [], tmp_path, seed) for seed in SEEDS]) for lr in GRID}
+    best_lr, best = min(grid.items(), key=lambda kv: kv[1])
+    assert median(mses) <= 1.5 * best, (
+        f"{rows} rows: CyclicLearningRate() test MSE {mses} (max_lr {maxes}), median {median(mses):.4g}, against"
+        f" {best:.4g} for the best constant LR {best_lr:.3g} of the grid (medians {grid})"
     )

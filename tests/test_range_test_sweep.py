@@ -157,7 +157,8 @@ def test_param_groups_keep_their_configured_ratios(lrs: tuple[float, float]) -> 
 
 def test_fallback_is_the_reference_groups_lr() -> None:
     probe = Probe(cfg(num_steps=10, max_lr=1e-2))
-    with pytest.warns(UserWarning, match="the curve is flat"):
+    reason = r"cannot read the bounds, falling back to max_lr=0.002 \(the optimizer's LR\)"
+    with pytest.warns(UserWarning, match=reason):
         trainer(callbacks=[probe], max_steps=1).fit(GroupModel((1e-4, 2e-3), flat=True), loader())
     r = probe.result
     assert r is not None and r.fallback and r.max_lr == 2e-3 and r.base_lr == 2e-3 / 4

@@ -45,18 +45,22 @@ __all__ = [
 RULES = ("smith", "valley", "steepest", "minimum")
 MIN_POINTS = 5  # fewer finite points than this: no rule is trusted, explicit fallback
 FLAT_TOLERANCE = 0.02  # a total drop below 2% of the starting value counts as flat
-DIVERGENCE_GAP = 3.0  # every rule keeps max_lr at least this factor below the LR of the curve's minimum
-INSTABILITY_FACTOR = 1.3  # a raw loss this many times the best smoothed loss so far: the first instability
+RISE_BACK = 0.5  # the curve's bottom ends where it has risen back by half its drop (or at the first instability)
+DIVERGENCE_GAP = 3.0  # on a clean curve, max_lr is the bottom's middle this factor lower, and every rule stays
+# this factor below the bottom's end (digits, Fashion-MNIST, Adam and AdamW tasks of docs/benchmarks.md)
+INSTABILITY_FACTOR = 1.3  # a raw loss this many times the best EMA loss so far: the first instability
 MINIMUM_DIVISOR = 10.0  # the "minimum" rule: a tenth of the minimum's LR (Fashion-MNIST: the minimum diverged)
 DEFAULT_BASE_DIVISOR = 4.0  # Smith: base_lr = max_lr / 3 .. / 4
-# Noisy curves (tiny batches: consecutive losses differ by 2-3x at a fixed LR). sigma is the per-point noise of
-# the raw curve in log units (see noise_sigma); the small regression of issue 12 measured 0.45-0.75, digits 0.02.
-NOISE_FREE = 0.05  # below this sigma the curve is read as given (the caller's EMA), as before
-NOISE_PER_POINT = 0.1  # above it, the centered smoother's half-width is one point per 0.1 of sigma ...
-MAX_HALF_WIDTH = 5  # ... up to 5 (11 points: 0.9 decade at the default 100 steps over 8 decades)
-NOISE_SIGMAS = 3.0  # a drop counts only if it exceeds this many sigmas of the smoothed curve's noise
-INSTABILITY_SIGMAS = 4.0  # a raw loss must exceed 1.3 x the best smoothed loss by this many sigmas more
-NOISY_DIVERGENCE_GAP = 2.0  # the gap below the minimum of the centered smoothing, which does not lag (see suggest)
+# The rules read a centered robust smoothing of the raw losses (see _read_curve). sigma is the per-point noise of
+# the raw curve in log units (see noise_sigma): the small regression of issue 12 (batches of 8) measured 0.45-0.75,
+# batches of 32-128 of it 0.13-0.42; classification losses 0.002-0.04, batches of 8 included.
+CLEAN_HALF_WIDTH = 1  # a clean curve: a 3-point median, then a 3-point mean (one odd batch is not the curve)
+NOISE_FREE = 0.05  # from this sigma on, a curve is noisy:
+NOISE_PER_POINT = 0.1  # the smoother's half-width grows by one point per 0.1 of sigma ...
+MAX_HALF_WIDTH = 5  # ... up to 5 (11 points: 0.9 decade at the default 100 steps over 8 decades),
+NOISE_SIGMAS = 3.0  # a drop counts only if it exceeds this many sigmas of the smoothed curve's noise,
+INSTABILITY_SIGMAS = 4.0  # an instability must exceed 1.3 x the best EMA loss by this many sigmas more,
+NOISY_GAP = 1.0  # and max_lr is the bottom's middle itself: its bottom is the noise floor, not instability
 
 
 def sweep_lrs(min_lr: float, max_lr: float, num_steps: int, mode: str = "exponential") -> list[float]:
@@ -146,77 +150,79 @@ def _steepest_index(xs: list[float], ys: list[float], stop: int) -> int:
     return best
 
 
-def _first_instability(ys: list[float], raw: Sequence[float], start: float, flat: float, sigma: float) -> Optional[int]:
-    """Index of the first raw loss above ``INSTABILITY_FACTOR`` x the best smoothed loss so far, once the
-    smoothed curve has started to fall. The smoothed curve lags the raw one by about ``1/smoothing`` points,
-    so on a noisy curve its minimum can sit past the LR where single steps already blew up. On a noisy curve
-    (per-point noise ``sigma`` in log units, 0 below ``NOISE_FREE``) the raw loss must exceed that by
-    ``INSTABILITY_SIGMAS`` sigmas more, so that noise alone does not count as an instability."""
+def _first_instability(
+    ys: list[float], reference: Sequence[float], raw: Sequence[float], start: float, flat: float, sigma: float
+) -> Optional[int]:
+    """Index of the first raw loss above ``INSTABILITY_FACTOR`` x the best ``reference`` loss so far, once the
+    read curve ``ys`` has started to fall. ``reference`` is the sweep's bias-corrected EMA: it trails the raw
+    losses, so during a steep fall it stays above them and only a real blow-up counts (the centered smoothing
+    leads a fall by up to its half-width, and would). On a noisy curve (per-point noise ``sigma`` in log units,
+    0 below ``NOISE_FREE``) the raw loss must exceed that by ``INSTABILITY_SIGMAS`` sigmas more, so that noise
+    alone does not count as an instability."""
     factor = INSTABILITY_FACTOR * math.exp(INSTABILITY_SIGMAS * sigma)
-    best = min(ys[0], start)
-    for k in range(1, min(len(ys), len(raw))):
+    best = math.inf
+    for k in range(1, min(len(ys), len(reference), len(raw))):
+        if ys[k - 1] >= start - flat:
+            continue  # not falling yet: an EMA anchored on an odd first batch is not a level to compare with
+        best = min(best, reference[k - 1])
         value = raw[k]
-        falling = ys[k - 1] < start - flat
-        if falling and value is not None and math.isfinite(value) and value > factor * best:
+        if value is not None and math.isfinite(value) and value > factor * best:
             return k
-        best = min(best, ys[k])
     return None
 
 
 @dataclass(frozen=True)
 class _Reading:
-    """The curve the rules read: log-LRs ``xs``, values ``ys``, the aligned raw losses, the raw curve's noise
-    ``sigma``, the smoother's ``half_width`` (0: read as given) and the noise of ``ys`` itself (log units)."""
+    """The curve the rules read: log-LRs ``xs``, values ``ys``, the aligned raw losses and sweep EMA (``None``
+    when the curve is read as given), the raw curve's noise ``sigma``, the smoother's ``half_width`` (0: read as
+    given) and the noise of ``ys`` itself (log units, 0 on a clean curve)."""
 
     xs: list[float]
     ys: list[float]
     raw: Optional[list[float]]
+    reference: Optional[list[float]]
     sigma: float
     half_width: int
     noise: float
-    start: float  # the level the drop is measured from
 
-
-def _clean_start(ys: list[float], raw: Optional[list[float]]) -> tuple[int, float]:
-    """Where a low-noise curve's reading starts, and its start level. Normally the first point. When the
-    first raw loss is an outlier (off the median of the next 5 by more than 5x their spread plus 2%), the
-    start level is that median, and while an EMA anchored on a low first batch is still rising back to it,
-    those leading points are skipped: its own decay (high first batch) or rise (low one) is not the curve."""
-    if raw is None or len(raw) < 6 or not ys:
-        return 0, ys[0] if ys else math.nan
-    following = sorted(raw[1:6])
-    med = following[2]
-    spread = sorted(abs(v - med) for v in following)[2]
-    if abs(raw[0] - med) <= 5 * spread + FLAT_TOLERANCE * abs(med):
-        return 0, ys[0]
-    j = 0
-    while j < len(ys) - 1 and ys[j] < med - FLAT_TOLERANCE * abs(med):
-        j += 1
-    return j, med
+    @property
+    def noisy(self) -> bool:
+        return self.sigma >= NOISE_FREE
 
 
 def _read_curve(lrs: Sequence[float], curve: Sequence[float], raw: Optional[Sequence[float]]) -> _Reading:
-    """A curve with less than ``NOISE_FREE`` per-point noise is read as given. A noisier one (tiny batches) is
-    read from ``raw`` (else ``curve``) through :func:`robust_smooth`, one point of half-width per
-    ``NOISE_PER_POINT`` of noise, and its first ``half_width`` points, whose windows are cut short, are
-    dropped: no bound comes from a noisy start, and the start level is a median, not the first batch."""
+    """With ``raw`` (the unsmoothed losses), the rules read a centered robust smoothing of them
+    (:func:`robust_smooth`): half-width ``CLEAN_HALF_WIDTH`` on a clean curve, one point more per
+    ``NOISE_PER_POINT`` of per-point noise on a noisy one (tiny batches), and the first ``2 * half_width``
+    points, whose windows are cut short, are dropped (no bound comes from an odd first batch). Centered, it does
+    not lag: ``curve``, the sweep's bias-corrected EMA, trails the raw losses by about ``1/smoothing`` points, and
+    its minimum sat up to a decade past the raw curve's (the char transformer of docs/benchmarks.md). Without
+    ``raw`` (a metric's curve), ``curve`` is read as given."""
     xs, ys = _finite_prefix(lrs, curve)
-    raw_ys: Optional[list[float]] = None
-    if raw is not None:
-        raw_xs, raw_ys = _finite_prefix(lrs, raw)
-        n = min(len(xs), len(raw_xs))
-        xs, ys, raw_ys = xs[:n], ys[:n], raw_ys[:n]
-    source = raw_ys if raw_ys is not None else ys
-    sigma = noise_sigma(source) if len(source) >= MIN_POINTS else 0.0
-    if sigma < NOISE_FREE:
-        j, start = _clean_start(ys, raw_ys)
-        return _Reading(xs[j:], ys[j:], raw_ys[j:] if raw_ys is not None else None, sigma, 0, 0.0, start)
+    if raw is None:
+        return _Reading(xs, ys, None, None, 0.0, 0, 0.0)
+    raw_xs, raw_ys = _finite_prefix(lrs, raw)
+    n = min(len(xs), len(raw_xs))
+    xs, ys, raw_ys = xs[:n], ys[:n], raw_ys[:n]
+    sigma = noise_sigma(raw_ys) if n >= MIN_POINTS else 0.0
     # At most a fifteenth of the curve: on a 16-point sweep a wider window mixes the blow-up into the minimum.
-    h = min(MAX_HALF_WIDTH, math.ceil(sigma / NOISE_PER_POINT), max(1, len(source) // 15))
-    smoothed = robust_smooth(source, h)
-    noise = 1.25 * sigma / math.sqrt(2 * h + 1)  # a median of 2h+1 points has about 1.25x the mean's error
-    ys = smoothed[h:]
-    return _Reading(xs[h:], ys, raw_ys[h:] if raw_ys is not None else None, sigma, h, noise, ys[0] if ys else math.nan)
+    h = 0
+    if n >= MIN_POINTS:
+        h = max(CLEAN_HALF_WIDTH, min(MAX_HALF_WIDTH, math.ceil(sigma / NOISE_PER_POINT), n // 15))
+    smoothed = robust_smooth(raw_ys, h)
+    noise = 1.25 * sigma / math.sqrt(2 * h + 1) if sigma >= NOISE_FREE else 0.0  # a median's error: 1.25x a mean's
+    cut = 2 * h  # a point's median-then-mean window reaches 2h points back: the first 2h see a cut-short window
+    return _Reading(xs[cut:], smoothed[cut:], raw_ys[cut:], ys[cut:], sigma, h, noise)
+
+
+def _start_level(ys: list[float], i_min: int) -> float:
+    """The level a drop is measured from: the median of the curve's first half up to its minimum (the plateau
+    before the fall), or its first point where that is higher (a curve falling from the start). Not the first
+    point alone: a noisy first batch, high or low, is not the curve."""
+    head = sorted(ys[: max(1, i_min // 2)])
+    k = len(head) // 2
+    median = head[k] if len(head) % 2 else 0.5 * (head[k - 1] + head[k])
+    return max(ys[0], median)
 
 
 def _within_noise(start: float, low: float, noise: float) -> bool:
@@ -227,23 +233,34 @@ def _within_noise(start: float, low: float, noise: float) -> bool:
     return z[0] - z[1] <= NOISE_SIGMAS * noise
 
 
+def _bottom_end(ys: list[float], i_min: int, drop: float) -> int:
+    """Where the curve's bottom ends: the first point past the minimum at which the read curve has risen back by
+    ``RISE_BACK`` of its drop (the last point if it never does)."""
+    level = ys[i_min] + RISE_BACK * drop
+    return next((i for i in range(i_min, len(ys)) if ys[i] >= level), len(ys) - 1)
+
+
 def _max_lr(
-    rule: str, xs: list[float], ys: list[float], start: float, i_min: int, points: dict[str, float], gap: float
+    rule: str, xs: list[float], ys: list[float], start: float, i_min: int, i_end: int, points: dict[str, float],
+    gap: float,
 ) -> float:
+    """``max_lr`` by ``rule``; every rule keeps it at least ``gap`` below the LR where the bottom ends."""
     drop = start - ys[i_min]
     lr_at_min = math.exp(xs[i_min])
     if rule == "smith":
         points["start_lr"] = math.exp(_crossing(xs, ys, start - 0.1 * drop, i_min))
-        high = math.exp(_crossing(xs, ys, ys[i_min] + 0.1 * drop, i_min))
+        stop = _crossing(xs, ys, ys[i_min] + 0.1 * drop, i_min)  # where the curve stops falling
+        points["bottom_start_lr"] = math.exp(stop)
+        high = math.exp(0.5 * (stop + xs[i_end])) / gap  # the bottom's middle in log-LR
     elif rule == "valley":
-        start, end, idx = _valley_index(ys)
-        points["valley_start_lr"], points["valley_end_lr"] = math.exp(xs[start]), math.exp(xs[end])
+        first, end, idx = _valley_index(ys)
+        points["valley_start_lr"], points["valley_end_lr"] = math.exp(xs[first]), math.exp(xs[end])
         high = math.exp(xs[idx])
     elif rule == "steepest":
         high = math.exp(xs[_steepest_index(xs, ys, i_min)])
     else:  # minimum
         high = lr_at_min / MINIMUM_DIVISOR
-    return min(high, lr_at_min / gap)
+    return min(high, math.exp(xs[i_end]) / gap)
 
 
 def suggest(
@@ -256,33 +273,37 @@ def suggest(
     base_divisor: float = DEFAULT_BASE_DIVISOR,
     raw: Optional[Sequence[float]] = None,
 ) -> Suggestion:
-    """Read ``base_lr`` and ``max_lr`` off a (smoothed) curve, lower is better, in log-LR space.
+    """Read ``base_lr`` and ``max_lr`` off a curve, lower is better, in log-LR space.
 
-    Rules (every one sets ``base_lr = max_lr / base_divisor``, Smith's advice of /3 to /4, and keeps
-    ``max_lr`` at least ``DIVERGENCE_GAP`` = 3x below the LR of the curve's minimum):
+    **The reading.** With ``raw`` (the sweep's unsmoothed losses) the rules read a centered robust smoothing of
+    them (``_read_curve``), which does not lag as ``curve`` (the sweep's EMA) does. Its *bottom* runs from where
+    the curve stops falling (90% of its drop from the plateau before the fall is done) to where it ends: the
+    first instability (a raw loss above ``INSTABILITY_FACTOR`` x the best EMA loss so far), or where the curve
+    has risen back by ``RISE_BACK`` of its drop. Without ``raw`` (a metric's curve) ``curve`` is read as given.
 
-    - ``"smith"``: ``max_lr`` where the curve *stops falling*: the first LR at which 90% of the drop
-      from the first point to the minimum is done (interpolated in log-LR). The LR where it *starts
-      to fall* (10% of the drop) is reported in ``points["start_lr"]``.
+    Rules (every one sets ``base_lr = max_lr / base_divisor``, Smith's advice of /3 to /4, and keeps ``max_lr``
+    at least ``gap`` below the bottom's end):
+
+    - ``"smith"``: the middle of the bottom in log-LR, ``gap`` lower: between where the loss stops falling and
+      where it blows up, as Smith reads the curve ("where the loss slows, becomes ragged, or starts to rise").
+      The LR where it *starts to fall* (10% of the drop) is reported in ``points["start_lr"]``, the bottom's
+      ends in ``points["bottom_start_lr"]`` and ``points["bottom_end_lr"]``.
     - ``"valley"``: fastai's rule: halfway along the longest descending stretch of the curve.
     - ``"steepest"``: the steepest descent of the curve against log-LR.
     - ``"minimum"``: a tenth of the LR at the curve's minimum (measured on Fashion-MNIST: the minimum
       itself diverged, a tenth of it trained well).
 
-    With ``raw`` (the unsmoothed losses), "the curve's minimum" above is the earlier of the smoothed
-    minimum and the first instability: the first raw loss above ``INSTABILITY_FACTOR`` (1.3) x the best
-    smoothed loss so far. The EMA lags by about ``1/smoothing`` points, and on a noisy curve (digits) its
-    minimum sat past LRs where single steps had already blown up; training at a third of it diverged.
+    ``gap`` is ``DIVERGENCE_GAP`` (3) on a clean curve and ``NOISY_GAP`` (1) on a **noisy** one (per-point noise
+    :func:`noise_sigma` of ``NOISE_FREE`` = 5% or more, as with batches of 8 rows of a regression): there the
+    smoother is wider, a drop counts only if it exceeds ``NOISE_SIGMAS`` sigmas of the smoothing's noise, an
+    instability must exceed the noise too, and the bottom is the per-batch noise floor rather than the onset of
+    divergence (measured: the best ``max_lr`` of four such regressions was 1-4x the smoothed minimum, and
+    training diverged only at 2-10x). ``points["noise_sigma"]`` reports the noise.
 
-    **Noisy curves** (per-point noise :func:`noise_sigma` of ``NOISE_FREE`` = 5% or more, as with batches of
-    8 rows): the rules read a centered robust smoothing of ``raw`` instead (see ``_read_curve``), a drop
-    counts only if it exceeds ``NOISE_SIGMAS`` sigmas of that smoothing's noise, and an instability must
-    exceed the noise too. ``points["noise_sigma"]`` reports the noise.
-
-    Only the finite prefix of the curve is used. Fewer than ``MIN_POINTS`` points, a curve that never
-    falls, or a drop below ``FLAT_TOLERANCE`` of its start (or within the noise): ``max_lr =
-    fallback_max_lr`` (for example the optimizer's LR), at most a tenth of ``diverged_at`` when given,
-    with ``fallback=True``.
+    Only the finite prefix of the curve is used. Fewer than ``MIN_POINTS`` points, a curve that never falls, or
+    a drop below ``FLAT_TOLERANCE`` of its start (or within the noise) fall back with ``fallback=True``: to a
+    tenth of ``diverged_at`` when the sweep diverged (not the optimizer's LR, which the flat curve may well show
+    to be too low), else to ``fallback_max_lr`` (for example the optimizer's LR).
     """
     if rule not in RULES:
         raise ValueError(f"range test `rule` must be one of {RULES}, got {rule!r}")
@@ -292,15 +313,16 @@ def suggest(
     xs, ys = reading.xs, reading.ys
 
     def fallback(what: str, points: Optional[dict[str, float]] = None) -> Suggestion:
-        high = float(fallback_max_lr)
-        cap = ""
-        if diverged_at is not None and math.isfinite(diverged_at) and high > diverged_at / MINIMUM_DIVISOR:
+        high, source = float(fallback_max_lr), "the optimizer's LR"
+        if diverged_at is not None and math.isfinite(diverged_at) and diverged_at > 0:
+            # The sweep showed where the LR is too high; a tenth of that, not the optimizer's LR, which may be the
+            # very LR the flat curve showed to be too low (1e-4 on the small regression of issue 12).
             high = diverged_at / MINIMUM_DIVISOR
-            cap = f", capped at a tenth of the LR where the sweep diverged ({diverged_at:.3g})"
+            source = f"a tenth of the LR where the sweep diverged ({diverged_at:.3g})"
         base = high / base_divisor
         reason = (
             f"{what}; the {rule!r} rule cannot read the bounds, falling back to max_lr={high:.4g}"
-            f" (the optimizer's LR{cap}) and base_lr={base:.4g} (max_lr / {base_divisor:g})"
+            f" ({source}) and base_lr={base:.4g} (max_lr / {base_divisor:g})"
         )
         return Suggestion(rule, base, high, True, reason, dict(points or {}))
 
@@ -308,7 +330,7 @@ def suggest(
     if n < MIN_POINTS:
         return fallback(f"the curve has only {n} finite point(s), fewer than {MIN_POINTS}")
     i_min = min(range(n), key=lambda i: ys[i])
-    start = reading.start
+    start = _start_level(ys, i_min)
     drop = start - ys[i_min]
     points = {"min_point_lr": math.exp(xs[i_min])}
     if reading.half_width:
@@ -326,14 +348,16 @@ def suggest(
             f" (sigma {reading.sigma:.2f} in log units)",
             points,
         )
-    if reading.raw is not None:
-        noise = reading.sigma if reading.half_width else 0.0  # below NOISE_FREE, 1.3x is already > 5 sigmas
-        k = _first_instability(ys, reading.raw, start, FLAT_TOLERANCE * scale, noise)
-        if k is not None:
+    i_end = _bottom_end(ys, i_min, drop)
+    if reading.raw is not None and reading.reference is not None:
+        noise = reading.sigma if reading.noisy else 0.0  # below NOISE_FREE, 1.3x is already > 5 sigmas
+        k = _first_instability(ys, reading.reference, reading.raw, start, FLAT_TOLERANCE * scale, noise)
+        if k is not None and k <= i_end:
             points["instability_lr"] = math.exp(xs[k])
-            i_min = min(i_min, k)
-    gap = NOISY_DIVERGENCE_GAP if reading.half_width else DIVERGENCE_GAP
-    high = _max_lr(rule, xs, ys, start, i_min, points, gap)
+            i_min, i_end = min(i_min, k), k
+    points["bottom_end_lr"] = math.exp(xs[i_end])
+    gap = NOISY_GAP if reading.noisy else DIVERGENCE_GAP
+    high = _max_lr(rule, xs, ys, start, i_min, i_end, points, gap)
     return Suggestion(rule, high / base_divisor, high, False, "", points)
 
 

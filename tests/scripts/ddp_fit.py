@@ -42,7 +42,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=32, help="per-rank batch size")
     p.add_argument("--max-epochs", type=int, default=2)
     p.add_argument("--bounds", choices=("explicit", "auto"), default="explicit")
-    p.add_argument("--range-steps", type=int, default=20, help="range test num_steps")
+    p.add_argument("--range-steps", type=int, default=40, help="range test num_steps")
     p.add_argument("--range-min-lr", type=float, default=1e-4)
     p.add_argument("--range-max-lr", type=float, default=10.0)
     p.add_argument("--half-cycle-epochs", type=float, default=1.0)
