@@ -155,7 +155,7 @@ def build(name: str, quick: bool = False, data_dir: Optional[str] = None) -> Tas
         n_train, n_test = (2000, 1000) if quick else (6_000, 5_000)
         return Task(name, "sgd", 1 if quick else 6, 128, lambda: SmallCNN().net, ce, accuracy, "test acc", True,
                     [0.78, 0.80, 0.82] if not quick else [0.5, 0.6], [0.01, 0.2] if quick else
-                    [0.01, 0.02, 0.05, 0.1], _subset(tx, ty, n_train), (ex[:n_test], ey[:n_test]), 0.01, 0.01,
+                    [0.01, 0.02, 0.05, 0.1, 0.2], _subset(tx, ty, n_train), (ex[:n_test], ey[:n_test]), 0.01, 0.01,
                     f"Fashion-MNIST, {n_train:,}-image seeded training subset, {n_test:,} test images, SmallCNN",
                     evals_per_epoch=1.0)
     if name == "digits":
@@ -169,7 +169,7 @@ def build(name: str, quick: bool = False, data_dir: Optional[str] = None) -> Tas
         val_text, val_files = stdlib_text(CHARLM_VAL, 4_000 if quick else CHARLM_VAL_CHARS)
         return Task(name, "adamw", 1 if quick else 3, 32, lambda: CharTransformer(), lm_loss, lm_metric,
                     "val loss (nats/char)", False, [2.5, 2.2], [1e-3, 1e-2] if quick else
-                    [1e-3, 3e-3, 1e-2], char_windows(train_text), char_windows(val_text), 1e-3, 1e-3,
+                    [1e-3, 3e-3, 1e-2, 3e-2], char_windows(train_text), char_windows(val_text), 1e-3, 1e-3,
                     f"char-level LM on {len(train_text):,} chars of stdlib source ({', '.join(CHARLM_TRAIN)}), "
                     f"validated on {len(val_text):,} chars of ({', '.join(CHARLM_VAL)})",
                     extra={"train_files": train_files, "val_files": val_files})
@@ -192,7 +192,7 @@ def build(name: str, quick: bool = False, data_dir: Optional[str] = None) -> Tas
         train, test = teacher_regression(rows)
         epochs = (4 if quick else 64) if rows == 64 else (2 if quick else 16)
         return Task(name, "sgd", epochs, 8, lambda: mlp(8, 32, 1), nn.functional.mse_loss, mse, "test MSE", False,
-                    [0.5, 0.2], [1e-3, 1e-2] if quick else [1e-3, 3e-3, 1e-2, 3e-2, 1e-1], train, test, 1e-4, 0.01,
+                    [0.5, 0.2], [1e-3, 1e-2] if quick else [3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1], train, test, 1e-4, 0.01,
                     f"noisy regression, {rows} train / 2,000 test rows, MLP 8-32-1, optimizer LR 1e-4",
                     evals_per_epoch=0.25 if rows == 64 else 1.0)
     raise ValueError(f"unknown task {name!r}")

@@ -283,7 +283,11 @@ def test_two_ranks_match_one_rank_with_the_same_global_batch(ddp_run: list[dict[
     double = ddp_run[0]
     assert single["num_training_batches"] == double["num_training_batches"] == 4
     assert single["range_test"]["lrs"] == double["range_test"]["lrs"]
-    assert single["range_test"]["losses"] == pytest.approx(double["range_test"]["losses"], rel=1e-5)
+    # Float32 summation order differs by ~1e-7 per step; the last point, where the sweep blew up (x100 in two
+    # steps), amplifies it to 2e-5.
+    losses_1, losses_2 = single["range_test"]["losses"], double["range_test"]["losses"]
+    assert losses_1[:-1] == pytest.approx(losses_2[:-1], rel=1e-5)
+    assert losses_1[-1] == pytest.approx(losses_2[-1], rel=BOUNDS_RTOL)
     assert single["base_lr"] == pytest.approx(double["base_lr"], rel=BOUNDS_RTOL)
     assert single["max_lr"] == pytest.approx(double["max_lr"], rel=BOUNDS_RTOL)
     assert single["lrs"] == pytest.approx(double["lrs"], rel=BOUNDS_RTOL)
