@@ -21,19 +21,21 @@ from lightning_clr._settings import CycleSettings
 from lightning_clr._validation import ArgumentError
 from lightning_clr.schedule import derive_step_sizes, whole_cycles
 
-__all__ = ["STREAM_CYCLES", "Cycle", "build_plan", "describe", "expand_bounds", "resolve_bounds", "resolve_cycle"]
+__all__ = ["STREAM_CYCLES", "Cycle", "build_plan", "describe", "expand_bounds", "follow_run_length", "resolve_bounds",
+           "resolve_cycle"]
 
 STREAM_CYCLES = 3  # cycles that fill a `max_steps` run whose dataloader has no length (Smith: at least 3)
 
 
 class Cycle(NamedTuple):
-    """The cycle length of a fit, resolved before the range test."""
+    """The cycle length (and the annealing tail) of a fit, resolved before the range test."""
 
     step_size_up: int
     step_size_down: int
     steps_per_epoch: Optional[int]  # None: the train dataloader has no length
     total_steps: Optional[int]  # None: unknown or unbounded
     half_cycle_epochs: Optional[float]  # what the step sizes were derived from; None when given
+    final_lr_ratio: float = 1.0  # the tail's end (1: none); see resolve_cycle
 
 
 def expand_bounds(name: str, values: tuple[float, ...], n_groups: int) -> tuple[float, ...]:
@@ -62,10 +64,43 @@ def _total_steps(trainer: pl.Trainer) -> Optional[int]:
 
 
 def resolve_cycle(settings: CycleSettings, trainer: pl.Trainer) -> Cycle:
-    """The cycle length of this fit.
+    """The cycle length of this fit, and its annealing tail.
 
     Called before the range test, so that a run whose cycle cannot be derived fails before any sweep step.
     """
+    cycle = _cycle_length(settings, trainer)
+    return cycle._replace(final_lr_ratio=_final_lr_ratio(settings, cycle.total_steps))
+
+
+def _final_lr_ratio(settings: CycleSettings, total: Optional[int]) -> float:
+    """The tail ends at the run's last step: without a known length the default tail is left out, and a ratio
+    the user set is refused."""
+    ratio = settings.final_lr_ratio
+    if ratio == 1.0 or total is not None:
+        return ratio
+    if "final_lr_ratio" in settings.changed_from_default():
+        raise ArgumentError("final_lr_ratio", ratio, "1.0 when the run's length is unknown",
+                            "the annealing tail ends at the run's last step: set max_epochs or max_steps")
+    rank_zero_info(
+        f"CyclicLearningRate: the run's length is unknown (no max_epochs or max_steps), so it ends without the"
+        f" default annealing tail (final_lr_ratio={ratio:g})."
+    )
+    return 1.0
+
+
+def follow_run_length(plan: CyclePlan, trainer: pl.Trainer) -> tuple[CyclePlan, Optional[str]]:
+    """On resume, the annealing tail ends at this fit's last step: a run made longer (or shorter) than the
+    checkpoint's moves it there, with a message. A preempted job resumed with the same length keeps its plan."""
+    total = _total_steps(trainer)
+    if plan.final_lr_ratio == 1.0 or total is None or total == plan.total_steps:
+        return plan, None
+    return plan.replace(total_steps=total), (
+        f"the run's length changed from {plan.total_steps} to {total} optimizer steps: the annealing tail"
+        f" (final_lr_ratio={plan.final_lr_ratio:g}) now ends at step {total}"
+    )
+
+
+def _cycle_length(settings: CycleSettings, trainer: pl.Trainer) -> Cycle:
     per_epoch = _steps_per_epoch(trainer)
     total = _total_steps(trainer)
     if settings.step_size_up is not None:
@@ -171,7 +206,7 @@ def build_plan(
     bounds: tuple[tuple[float, ...], tuple[float, ...], Any],
     optimizers: list[Optimizer],
 ) -> CyclePlan:
-    up, down, per_epoch, total, half = cycle
+    up, down, per_epoch, total, half, final = cycle
     base, high, result = bounds
     return CyclePlan(
         base_lr=base,
@@ -187,7 +222,7 @@ def build_plan(
         cycle_momentum=settings.cycle_momentum,
         base_momentum=settings.base_momentum,
         max_momentum=settings.max_momentum,
-        final_lr_ratio=settings.final_lr_ratio,
+        final_lr_ratio=final,
         steps_per_epoch=per_epoch,
         total_steps=total,
         half_cycle_epochs=half,

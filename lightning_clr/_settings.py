@@ -19,9 +19,10 @@ from lightning_clr._validation import ArgumentError, boolean, positive_float
 from lightning_clr.range_test import RangeTestConfig
 from lightning_clr.schedule import import_scale_fn, scale_fn_path, validate_schedule_args
 
-__all__ = ["DEFAULT_HALF_CYCLE_EPOCHS", "CycleSettings"]
+__all__ = ["DEFAULT_FINAL_LR_RATIO", "DEFAULT_HALF_CYCLE_EPOCHS", "CycleSettings"]
 
 DEFAULT_HALF_CYCLE_EPOCHS = 2.0
+DEFAULT_FINAL_LR_RATIO = 0.1  # the annealing tail: docs/benchmarks.md section 4 measures why
 Bounds = Union[float, list[float], tuple[float, ...], None]
 
 
@@ -63,7 +64,7 @@ class CycleSettings:
     cycle_momentum: bool = False
     base_momentum: float = 0.85
     max_momentum: float = 0.95
-    final_lr_ratio: float = 1.0
+    final_lr_ratio: float = DEFAULT_FINAL_LR_RATIO
     range_test: RangeTestConfig = field(default_factory=RangeTestConfig)
 
     def __post_init__(self) -> None:

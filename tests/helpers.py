@@ -106,6 +106,17 @@ class LRRecorder(Callback):
         self.global_steps.append(trainer.global_step)
 
 
+class StopAt(Callback):
+    """Ends the fit after ``step`` optimizer steps, as a preempted job ends: same settings, same run length."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        if trainer.global_step >= self.step:
+            trainer.should_stop = True
+
+
 def trainer(**kwargs: Any) -> pl.Trainer:
     defaults: dict[str, Any] = dict(
         accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,

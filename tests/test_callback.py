@@ -3,6 +3,7 @@ optimization, momentum rules, resume, precision and every bad input."""
 
 from __future__ import annotations
 
+import logging
 import math
 import pickle
 import warnings
@@ -11,16 +12,22 @@ from typing import Any
 import lightning.pytorch as pl
 import pytest
 import torch
-from helpers import LRRecorder, TinyModel, loader, trainer
+from helpers import LRRecorder, StopAt, TinyModel, loader, trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.plugins import MixedPrecision
 
 from lightning_clr import ArgumentError, CyclicLearningRate, cyclic_lr, cyclic_momentum
+from lightning_clr._settings import DEFAULT_FINAL_LR_RATIO
 
 
 def half_scale(cycle: float) -> float:
     return 0.5**cycle
+
+
+def tail_lr(step: int, total: int, **kwargs: Any) -> float:
+    """The default schedule of a ``total``-step run: CLR with the default annealing tail."""
+    return cyclic_lr(step, total_steps=total, final_lr_ratio=DEFAULT_FINAL_LR_RATIO, **kwargs)
 
 
 def torch_lrs(n_steps: int, groups: int = 1, momentum: float = 0.9, **kwargs: Any) -> list[list[float]]:
@@ -46,11 +53,25 @@ def torch_lrs(n_steps: int, groups: int = 1, momentum: float = 0.9, **kwargs: An
 )
 def test_lr_trace_equals_torch_cycliclr_per_optimizer_step(kwargs):
     rec = LRRecorder()
-    t = trainer(callbacks=[CyclicLearningRate(cycle_momentum=False, **kwargs), rec], max_epochs=3)
+    clr = CyclicLearningRate(cycle_momentum=False, final_lr_ratio=1.0, **kwargs)  # 1.0: no tail, exactly torch's
+    t = trainer(callbacks=[clr, rec], max_epochs=3)
     t.fit(TinyModel(param_groups=2), loader(n=64, batch_size=8))
     assert len(rec.lrs) == t.global_step == 24
     torch_kwargs = {k: v for k, v in kwargs.items()}
     assert rec.lrs == torch_lrs(24, groups=2, **torch_kwargs)  # bitwise, every group, every step
+
+
+def test_the_default_tail_is_torch_cycliclr_until_the_last_falling_half_then_below_it():
+    rec = LRRecorder()
+    kwargs = dict(base_lr=0.01, max_lr=0.1, step_size_up=3)
+    t = trainer(callbacks=[CyclicLearningRate(**kwargs), rec], max_epochs=3)  # 24 steps, the tail: the last 3
+    t.fit(TinyModel(), loader(n=64, batch_size=8))
+    torch_trace = [lrs[0] for lrs in torch_lrs(24, **kwargs)]
+    ours = [lrs[0] for lrs in rec.lrs]
+    assert ours[:22] == torch_trace[:22]  # steps 0..21: the floor is still base_lr (the tail starts after step 21)
+    assert all(a < b for a, b in zip(ours[22:], torch_trace[22:]))
+    assert ours == [cyclic_lr(k, total_steps=24, final_lr_ratio=DEFAULT_FINAL_LR_RATIO, **kwargs) for k in range(24)]
+    assert cyclic_lr(24, total_steps=24, final_lr_ratio=DEFAULT_FINAL_LR_RATIO, **kwargs) == pytest.approx(0.001)
 
 
 def test_accumulation_steps_once_per_optimizer_step_including_short_window():
@@ -58,8 +79,8 @@ def test_accumulation_steps_once_per_optimizer_step_including_short_window():
     clr = CyclicLearningRate(base_lr=0.01, max_lr=0.1, step_size_up=3, cycle_momentum=False)
     t = trainer(callbacks=[clr, rec], max_epochs=2, accumulate_grad_batches=3)
     t.fit(TinyModel(), loader(n=80, batch_size=8))  # 10 batches -> 3 + 3 + 3 + 1: 4 optimizer steps per epoch
-    assert t.global_step == 8 and clr.steps == [8]
-    expected = [cyclic_lr(k, base_lr=0.01, max_lr=0.1, step_size_up=3) for k in range(8)]
+    assert t.global_step == 8 and clr.steps == [8] and clr.plan.total_steps == 8
+    expected = [tail_lr(k, 8, base_lr=0.01, max_lr=0.1, step_size_up=3) for k in range(8)]
     assert [lrs[0] for lrs in rec.lrs] == expected
 
 
@@ -78,8 +99,9 @@ def test_fit_whole_cycles_ends_the_run_at_a_cycle_end():
     t.fit(TinyModel(), loader(n=40, batch_size=8))  # 5 steps/epoch, 50 steps: 2 cycles of 12 up + 13 down
     assert (clr.step_size_up, clr.step_size_down) == (12, 13)
     kwargs = dict(base_lr=0.01, max_lr=0.1, step_size_up=12, step_size_down=13)
-    assert [lr[0] for lr in rec.lrs] == [cyclic_lr(k, **kwargs) for k in range(50)]
-    assert cyclic_lr(t.global_step, **kwargs) == 0.01  # the run ends exactly at a cycle end
+    assert [lr[0] for lr in rec.lrs] == [tail_lr(k, 50, **kwargs) for k in range(50)]
+    assert cyclic_lr(t.global_step, **kwargs) == 0.01  # the run ends exactly at a cycle end ...
+    assert tail_lr(t.global_step, 50, **kwargs) == pytest.approx(0.001)  # ... which the default tail takes lower
     assert max(lr[0] for lr in rec.lrs[-12:]) < max(lr[0] for lr in rec.lrs)
 
 
@@ -111,7 +133,8 @@ class ManualModel(TinyModel):
 
 def test_manual_optimization_steps_once_per_optimizer_step():
     rec = LRRecorder()
-    clr = CyclicLearningRate(base_lr=0.01, max_lr=0.1, step_size_up=3)
+    # Two steps per batch: Trainer's run length (5 batches) is not this optimizer's 10 steps, so no tail here.
+    clr = CyclicLearningRate(base_lr=0.01, max_lr=0.1, step_size_up=3, final_lr_ratio=1.0)
     t = trainer(callbacks=[clr, rec], max_epochs=1)
     t.fit(ManualModel(steps_per_batch=2), loader(n=40, batch_size=8))
     assert clr.steps == [10] and len(rec.lrs) == 10
@@ -126,8 +149,8 @@ def test_several_optimizers_each_follow_the_schedule_with_their_own_bounds():
     assert clr.steps == [4, 4]
     sgd = [lrs[0] for lrs in rec.lrs[0::2]]
     adam = [lrs[0] for lrs in rec.lrs[1::2]]
-    assert sgd == [cyclic_lr(k, base_lr=0.01, max_lr=0.1, step_size_up=2) for k in range(4)]
-    assert adam == [cyclic_lr(k, base_lr=0.001, max_lr=0.004, step_size_up=2) for k in range(4)]
+    assert sgd == [tail_lr(k, 4, base_lr=0.01, max_lr=0.1, step_size_up=2) for k in range(4)]
+    assert adam == [tail_lr(k, 4, base_lr=0.001, max_lr=0.004, step_size_up=2) for k in range(4)]
 
 
 @pytest.mark.parametrize(
@@ -164,11 +187,12 @@ def test_scheduler_from_configure_optimizers_is_replaced_with_a_warning():
     with pytest.warns(UserWarning, match=r"replaces the CyclicLR scheduler \(interval='epoch'\)"):
         t.fit(WithCyclicLR(), loader(n=24, batch_size=8))
     assert t.lr_scheduler_configs == []
-    assert [lrs[0] for lrs in rec.lrs] == [cyclic_lr(k, base_lr=0.01, max_lr=0.1, step_size_up=2) for k in range(6)]
+    assert [lrs[0] for lrs in rec.lrs] == [tail_lr(k, 6, base_lr=0.01, max_lr=0.1, step_size_up=2) for k in range(6)]
     assert {m[0] for m in rec.momenta} == {0}  # CyclicLR's momentum switch-on was undone
 
 
-def _fit(tmp_path, max_steps: int, ckpt_path: Any = None, every: int = 0, shuffle: bool = True) -> tuple:
+def _fit(tmp_path, max_steps: int, ckpt_path: Any = None, every: int = 0, shuffle: bool = True,
+         stop_at: int = 0) -> tuple:
     pl.seed_everything(7)
     rec = LRRecorder()
     callbacks: list[Any] = [
@@ -176,6 +200,8 @@ def _fit(tmp_path, max_steps: int, ckpt_path: Any = None, every: int = 0, shuffl
     ]
     if every:
         callbacks.append(ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=every, save_top_k=-1))
+    if stop_at:
+        callbacks.append(StopAt(stop_at))
     t = trainer(callbacks=callbacks, max_steps=max_steps, max_epochs=-1, enable_checkpointing=bool(every))
     model = TinyModel(optimizer="adam")
     t.fit(model, loader(n=40, batch_size=8, shuffle=shuffle), ckpt_path=ckpt_path)
@@ -184,11 +210,13 @@ def _fit(tmp_path, max_steps: int, ckpt_path: Any = None, every: int = 0, shuffl
 
 @pytest.mark.parametrize("stop_at", [7, 10])  # mid-epoch, and at an epoch end (5 batches per epoch)
 def test_resume_continues_the_lr_sequence_bitwise(tmp_path, stop_at):
+    # 17 steps with the default annealing tail over the last 3; the first fit is preempted after `stop_at`.
     full, _, full_model = _fit(tmp_path / "a", max_steps=17, shuffle=False)
-    first, _, _ = _fit(tmp_path / "b", max_steps=stop_at, every=stop_at, shuffle=False)
+    first, _, _ = _fit(tmp_path / "b", max_steps=17, every=stop_at, shuffle=False, stop_at=stop_at)
     ckpt = next((tmp_path / "b").glob(f"*step={stop_at}.ckpt"))
     state = torch.load(ckpt, weights_only=False)["callbacks"]["CyclicLearningRate"]
     assert state["steps"] == [stop_at] and state["plan"]["step_size_up"] == 3
+    assert state["plan"]["total_steps"] == 17 and state["plan"]["final_lr_ratio"] == DEFAULT_FINAL_LR_RATIO
     pickle.dumps(state)
     second, t2, resumed_model = _fit(tmp_path / "c", max_steps=17, ckpt_path=ckpt, shuffle=False)
     assert t2.global_step == 17
@@ -197,6 +225,18 @@ def test_resume_continues_the_lr_sequence_bitwise(tmp_path, stop_at):
     if stop_at == 10:  # Lightning replays a half-finished epoch from its first batch, so weights match only here
         for p, q in zip(full_model.parameters(), resumed_model.parameters()):
             assert torch.equal(p, q)
+
+
+def test_a_resumed_fit_that_runs_longer_moves_the_tail_to_its_new_end(tmp_path):
+    first, _, _ = _fit(tmp_path / "a", max_steps=10, every=10, shuffle=False)
+    ckpt = next((tmp_path / "a").glob("*step=10.ckpt"))
+    with pytest.warns(UserWarning, match=r"the run's length changed from 10 to 20 optimizer steps: the annealing"
+                                         r" tail \(final_lr_ratio=0.1\) now ends at step 20"):
+        second, t2, _ = _fit(tmp_path / "b", max_steps=20, ckpt_path=ckpt, shuffle=False)
+    kwargs = dict(base_lr=0.001, max_lr=0.01, step_size_up=3, mode="triangular2")
+    assert [lr[0] for lr in first.lrs] == [tail_lr(k, 10, **kwargs) for k in range(10)]
+    assert [lr[0] for lr in second.lrs] == [tail_lr(k, 20, **kwargs) for k in range(10, 20)]
+    assert t2.callbacks[0].plan.total_steps == 20
 
 
 def test_scale_fn_is_saved_by_import_path_and_a_lambda_is_not(tmp_path):
@@ -238,7 +278,7 @@ def test_amp_steps_skipped_by_the_grad_scaler_do_not_advance_the_schedule():
     assert lrs[5] == lrs[4]  # the step after the skipped one repeats its LR
     distinct = [lrs[0]] + [b for a, b in zip(lrs, lrs[1:]) if b != a]  # a skipped step repeats its LR
     assert len(lrs) - len(distinct) == skipped
-    assert distinct == [cyclic_lr(k, base_lr=0.01, max_lr=0.1, step_size_up=3) for k in range(8 - skipped + 1)][
+    assert distinct == [tail_lr(k, 8, base_lr=0.01, max_lr=0.1, step_size_up=3) for k in range(8 - skipped + 1)][
         : len(distinct)
     ]
 
@@ -257,7 +297,7 @@ def test_works_with_bf16_validation_limits_and_lr_monitor(tmp_path):
     header = rows[0].split(",")
     col = next(i for i, name in enumerate(header) if name.startswith("lr-SGD"))
     logged = [float(r.split(",")[col]) for r in rows[1:] if r.split(",")[col]]
-    expected = [cyclic_lr(k, base_lr=0.01, max_lr=0.1, step_size_up=2) for k in range(8)]
+    expected = [tail_lr(k, 8, base_lr=0.01, max_lr=0.1, step_size_up=2) for k in range(8)]
     assert logged == pytest.approx(expected, rel=1e-12)  # the monitor sees the LR change every step
 
 
@@ -374,10 +414,22 @@ def test_final_lr_ratio_anneals_the_last_falling_half_in_a_fit():
 
 
 def test_final_lr_ratio_needs_a_known_run_length():
-    clr = CyclicLearningRate(base_lr=0.01, max_lr=0.1, step_size_up=3, final_lr_ratio=0.1)
+    clr = CyclicLearningRate(base_lr=0.01, max_lr=0.1, step_size_up=3, final_lr_ratio=0.2)
     t = trainer(callbacks=[clr], max_epochs=-1, max_time={"seconds": 5})
     with pytest.raises(ArgumentError, match=r"`final_lr_ratio` must be 1.0 when the run's length is unknown"):
         t.fit(TinyModel(), torch.utils.data.DataLoader(_Stream(), batch_size=8))
+
+
+def test_the_default_tail_is_left_out_when_the_run_length_is_unknown(caplog):
+    rec = LRRecorder()
+    clr = CyclicLearningRate(base_lr=0.01, max_lr=0.1, step_size_up=3)
+    t = trainer(callbacks=[clr, rec], max_epochs=-1, max_time={"seconds": 1})
+    with caplog.at_level(logging.INFO):
+        t.fit(TinyModel(), torch.utils.data.DataLoader(_Stream(), batch_size=8))
+    assert clr.plan.final_lr_ratio == 1.0 and clr.plan.total_steps is None
+    assert "ends without the default annealing tail (final_lr_ratio=0.1)" in caplog.text
+    assert [lrs[0] for lrs in rec.lrs] == [cyclic_lr(k, base_lr=0.01, max_lr=0.1, step_size_up=3)
+                                           for k in range(len(rec.lrs))]
 
 
 class _Stream(torch.utils.data.IterableDataset):

@@ -17,10 +17,11 @@ from typing import Any
 import lightning.pytorch as pl
 import pytest
 import torch
-from helpers import LRRecorder, TinyModel, loader, trainer
+from helpers import LRRecorder, StopAt, TinyModel, loader, trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_clr import CyclicLearningRate, cyclic_lr
+from lightning_clr._settings import DEFAULT_FINAL_LR_RATIO
 
 STOP = 7  # mid-epoch (5 batches per epoch)
 END = 15
@@ -38,19 +39,19 @@ class Counting(TinyModel):
         return super().training_step(batch, batch_idx)
 
 
-def fit(tmp: Path, clr: CyclicLearningRate, max_steps: int, ckpt_path: Any = None, save: bool = False) -> LRRecorder:
+def fit(tmp: Path, clr: CyclicLearningRate, max_steps: int, ckpt_path: Any = None, save_at: int = 0) -> LRRecorder:
     pl.seed_everything(3)
     rec = LRRecorder()
     callbacks: list[Any] = [clr, rec]
-    if save:
-        callbacks.append(ModelCheckpoint(dirpath=tmp, every_n_train_steps=max_steps, save_top_k=-1))
-    t = trainer(callbacks=callbacks, max_steps=max_steps, max_epochs=-1, enable_checkpointing=save)
+    if save_at:  # a preempted job: checkpointed and stopped at `save_at`, same settings and run length
+        callbacks += [ModelCheckpoint(dirpath=tmp, every_n_train_steps=save_at, save_top_k=-1), StopAt(save_at)]
+    t = trainer(callbacks=callbacks, max_steps=max_steps, max_epochs=-1, enable_checkpointing=bool(save_at))
     t.fit(Counting(momentum=0.9), loader(n=40, shuffle=False), ckpt_path=ckpt_path)
     return rec
 
 
 def checkpoint(tmp: Path, **kwargs: Any) -> Path:
-    fit(tmp, CyclicLearningRate(**kwargs), STOP, save=True)
+    fit(tmp, CyclicLearningRate(**kwargs), END, save_at=STOP)
     return next(tmp.glob(f"*step={STOP}.ckpt"))
 
 
@@ -59,6 +60,11 @@ def tamper(path: Path, out: Path, edit: Any) -> Path:
     edit(ckpt["callbacks"]["CyclicLearningRate"])
     torch.save(ckpt, out)
     return out
+
+
+def tail_lr(step: int, **kwargs: Any) -> float:
+    """The default schedule of an ``END``-step run: CLR with the default annealing tail."""
+    return cyclic_lr(step, total_steps=END, final_lr_ratio=DEFAULT_FINAL_LR_RATIO, **kwargs)
 
 
 def lrs(rec: LRRecorder) -> list[float]:
@@ -83,7 +89,7 @@ def test_explicit_settings_take_effect_from_the_resumed_step_with_a_warning(tmp_
     for name, old, value in (("base_lr", 0.001, 0.002), ("max_lr", 0.01, 0.5), ("step_size_up", 3, 7),
                              ("step_size_down", 3, 7)):
         assert f"`{name}`: the checkpoint has {old}, the callback was given {value}" in text
-    expected = [cyclic_lr(k, mode="triangular2", **new) for k in range(STOP, END)]  # mode: the checkpoint's
+    expected = [tail_lr(k, mode="triangular2", **new) for k in range(STOP, END)]  # mode: the checkpoint's
     assert lrs(resumed) == expected
 
 
@@ -99,7 +105,7 @@ def test_range_test_does_not_run_again_on_resume(tmp_path):
 
     config = RangeTestConfig(num_steps=20, save=False, progress_bar=False)
     clr = CyclicLearningRate(range_test=config, step_size_up=3)
-    fit(tmp_path / "a", clr, STOP, save=True)
+    fit(tmp_path / "a", clr, STOP + 2, save_at=STOP)
     ckpt = next((tmp_path / "a").glob(f"*step={STOP}.ckpt"))
     Counting.calls = 0
     again = CyclicLearningRate(range_test=config, step_size_up=3)
@@ -136,7 +142,7 @@ def test_a_checkpoint_scale_fn_path_is_never_imported(tmp_path, monkeypatch):
     with pytest.warns(UserWarning, match=r"`scale_fn`: the checkpoint has 'evil_scale_xyz:f'"):
         resumed = fit(tmp_path / "c", CyclicLearningRate(scale_fn=tenth), END, ckpt_path=bad)
     assert not marker.exists()
-    assert lrs(resumed) == [cyclic_lr(k, base_lr=0.01, max_lr=0.1, step_size_up=2, scale_fn=tenth)
+    assert lrs(resumed) == [tail_lr(k, base_lr=0.01, max_lr=0.1, step_size_up=2, scale_fn=tenth)
                             for k in range(STOP, END)]
 
 
@@ -193,7 +199,8 @@ def test_a_tampered_checkpoint_fails_naming_the_key_before_any_step(tmp_path, ed
 
 
 def test_a_first_release_checkpoint_state_still_resumes(tmp_path):
-    kwargs = dict(base_lr=0.001, max_lr=0.01, step_size_up=3, mode="triangular2")
+    # The first release had no annealing tail: its state resumes without one, whatever today's default.
+    kwargs = dict(base_lr=0.001, max_lr=0.01, step_size_up=3, mode="triangular2", final_lr_ratio=1.0)
     full = fit(tmp_path / "full", CyclicLearningRate(**kwargs), END)
     ckpt = checkpoint(tmp_path / "a", **kwargs)
 

@@ -15,6 +15,7 @@ from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
 
 from lightning_clr import ArgumentError, CyclicLearningRate, RangeTestConfig, cyclic_lr
+from lightning_clr._settings import DEFAULT_FINAL_LR_RATIO
 
 QUICK = RangeTestConfig(num_steps=30, min_lr=1e-6, max_lr=10.0, save=False, progress_bar=False)
 
@@ -123,9 +124,11 @@ def test_iterable_dataset_with_max_steps_fills_whole_cycles():
     assert t.global_step == 120 and clr.steps == [120]
     assert (clr.step_size_up, clr.step_size_down) == (20, 20) and clr.steps_per_epoch is None
     base, high = clr.base_lr, clr.max_lr
-    expected = [cyclic_lr(k, base_lr=base, max_lr=high, step_size_up=20) for k in range(120)]
+    kwargs = dict(base_lr=base, max_lr=high, step_size_up=20, total_steps=120)
+    expected = [cyclic_lr(k, final_lr_ratio=DEFAULT_FINAL_LR_RATIO, **kwargs) for k in range(120)]
     assert [lrs[0] for lrs in rec.lrs] == expected
-    assert cyclic_lr(120, base_lr=base, max_lr=high, step_size_up=20) == base  # it ends at a cycle end
+    assert cyclic_lr(120, **kwargs) == base  # it ends at a cycle end, which the default tail takes lower:
+    assert cyclic_lr(120, final_lr_ratio=DEFAULT_FINAL_LR_RATIO, **kwargs) == pytest.approx(base / 10)
 
 
 def test_iterable_dataset_without_max_steps_fails_before_the_range_test(tmp_path):

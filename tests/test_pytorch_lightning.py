@@ -141,14 +141,18 @@ def test_standalone_lr_range_test_under_both_packages(tmp_path: Any) -> None:
 
 @refused_by_old_pytorch_lightning
 def test_resume_from_a_checkpoint_under_pytorch_lightning(tmp_path: Any) -> None:
-    from pytorch_lightning.callbacks import ModelCheckpoint
+    from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+
+    class Preempted(Callback):  # stops after the first epoch: same settings and run length as the full fit
+        def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+            trainer.should_stop = True
 
     clr = dict(base_lr=1e-3, max_lr=1e-2, step_size_up=4)
     full, _ = fit("pytorch_lightning", tmp_path / "full", CyclicLearningRate(**clr))
     ckpt_dir = tmp_path / "ckpt"
     model = model_class("pytorch_lightning")()
-    tr = trainer("pytorch_lightning", tmp_path, max_epochs=1, enable_checkpointing=True,
-                 callbacks=[CyclicLearningRate(**clr), ModelCheckpoint(dirpath=str(ckpt_dir))])
+    tr = trainer("pytorch_lightning", tmp_path, enable_checkpointing=True,
+                 callbacks=[CyclicLearningRate(**clr), ModelCheckpoint(dirpath=str(ckpt_dir)), Preempted()])
     tr.fit(model, data())
     ckpt = next(ckpt_dir.glob("*.ckpt"))
     resumed = model_class("pytorch_lightning")()
