@@ -55,7 +55,7 @@ from _panel_tasks import TASKS, Task, build  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 PEERS = ["default", "lr_find", "one_cycle", "warmup_cosine"]
-DEFAULT_RECIPES = ["default", "lr_find", "one_cycle", "warmup_cosine", "clr_auto", "clr[final=0.1]",
+DEFAULT_RECIPES = ["default", "lr_find", "one_cycle", "warmup_cosine", "clr_auto", "clr[final=1]",
                    "clr[final=0.01]", "clr[mode=triangular2]", "oracle"]
 VARIANT = re.compile(r"^clr\[(.*)\]$")
 

@@ -194,7 +194,7 @@ def test_panel_quick_and_report(tmp_path: Path) -> None:
     cfg = digits["config"]
     assert digits["errors"] == [] and cfg["quick"] and cfg["higher_better"]
     ran = {r["recipe"] for r in digits["runs"]}
-    assert ran == {"default", "lr_find", "one_cycle", "clr_auto", "clr[final=0.1]", "clr[final=0.01]",
+    assert ran == {"default", "lr_find", "one_cycle", "clr_auto", "clr[final=1]", "clr[final=0.01]",
                    "clr[mode=triangular2]"} | {f"grid_lr={lr:g}" for lr in cfg["grid"]}  # no warm-up+cosine on SGD
     by = {r["recipe"]: r for r in digits["runs"]}
     for r in digits["runs"]:
@@ -203,8 +203,8 @@ def test_panel_quick_and_report(tmp_path: Path) -> None:
     assert by["lr_find"]["lr"] == by["one_cycle"]["lr"] and by["lr_find"]["setup_steps"] > 0
     clr = by["clr_auto"]
     assert 0 < clr["base_lr"] < clr["max_lr"] and clr["setup_steps"] >= 10
-    tail = by["clr[final=0.1]"]["lr_trace"]  # the annealing tail ends below base_lr
-    assert tail[-1] < by["clr[final=0.1]"]["base_lr"] * 0.5 and min(clr["lr_trace"]) >= clr["base_lr"] * 0.999
+    plain = by["clr[final=1]"]  # the default's annealing tail ends below base_lr; final_lr_ratio=1 ends at it
+    assert clr["lr_trace"][-1] < clr["base_lr"] * 0.5 and min(plain["lr_trace"]) >= plain["base_lr"] * 0.999
     agg = _panel_report.aggregate(digits)
     best = max((n for n in agg["recipes"] if n.startswith("grid_lr=")), key=lambda n: agg["recipes"][n]["final"])
     assert agg["oracle"] == best and agg["recipes"]["oracle"]["final"] == agg["recipes"][best]["final"]
