@@ -10,7 +10,7 @@ Recipes, every one with the same steps, data order and initial weights per seed:
   warmup_cosine  (charlm only) linear warm-up over 5% of the steps to 1e-3, cosine down to 1e-4 (nanoGPT's habit)
   clr_auto       ``CyclicLearningRate()`` with every default; the optimizer carries the task's LR
   clr[k=v,...]   variants: ``final`` (final_lr_ratio), ``mode``, ``half`` (half_cycle_epochs), ``div``
-                 (RangeTestConfig.base_divisor), ``rule``
+                 (RangeTestConfig.base_divisor), ``rule``, ``max`` (fixed bounds max/4..max, no range test)
   oracle         the best constant LR of the task's grid by median final metric; its cost is reported
 
 Raw results go to ``benchmarks/results/panel_<task>.json``; ``--report`` writes the tables into
@@ -128,10 +128,12 @@ def clr_callback(recipe: str) -> Any:
     from lightning_clr import CyclicLearningRate, RangeTestConfig
 
     v = parse_variant(recipe)
-    unknown = set(v) - {"final", "mode", "half", "div", "rule"}
+    unknown = set(v) - {"final", "mode", "half", "div", "rule", "max"}
     if unknown:
         raise SystemExit(f"--recipes {recipe!r}: unknown keys {sorted(unknown)}")
     kwargs: dict[str, Any] = {}
+    if "max" in v:  # fixed bounds instead of the range test: max_lr and base_lr = max_lr / 4 (benchmarks/bounds.py)
+        kwargs.update(max_lr=float(v["max"]), base_lr=float(v["max"]) / 4)
     rt = {k: conv(v[key]) for key, k, conv in (("div", "base_divisor", float), ("rule", "rule", str)) if key in v}
     if rt:
         kwargs["range_test"] = RangeTestConfig(**rt)

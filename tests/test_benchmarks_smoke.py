@@ -223,3 +223,30 @@ def test_panel_quick_and_report(tmp_path: Path) -> None:
     assert text.startswith("# Benchmarks\n\nkept\n") and text.count("<!-- panel:start -->") == 1
     assert "| **clr_auto** |" in text and "| digits | val acc |" in text and "| reg64 | test MSE |" in text
     assert f"{agg['recipes']['clr_auto']['final']:.4f}" in text and "Oracle grid 0.01, 0.1: 2 runs" in text
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_bounds_quick_puts_the_reading_on_the_fixed_bounds_map(tmp_path: Path) -> None:
+    """bounds.py --quick: CyclicLearningRate() and fixed bounds on the same task and seed, then --report."""
+    import bounds
+
+    proc = _run(["benchmarks/bounds.py", "--quick", "--task", "issue512", "--out-dir", str(tmp_path)], timeout=280)
+    data = json.loads((tmp_path / "bounds_issue512_quick.json").read_text())
+    cfg = data["config"]
+    assert cfg["quick"] and cfg["higher_better"] is False and cfg["grid"] == bounds.MAX_GRID["issue512"][:2]
+    by = {r["recipe"]: r for r in data["runs"]}
+    assert set(by) == {"clr_auto"} | {f"clr[max={m:g}]" for m in cfg["grid"]}
+    for m in cfg["grid"]:  # fixed bounds: no range test, max_lr as given, base_lr a quarter of it
+        r = by[f"clr[max={m:g}]"]
+        assert r["max_lr"] == m and r["base_lr"] == m / 4 and r["setup_steps"] == 0
+    assert by["clr_auto"]["setup_steps"] > 0 and not by["clr_auto"]["fallback"]
+    summary = bounds.summarize(data)
+    assert summary["best"] == min(by[f"clr[max={m:g}]"]["final"] for m in cfg["grid"])
+    assert summary["auto_max_lr"] == [by["clr_auto"]["max_lr"]]
+    assert "| issue512 | test MSE |" in proc.stdout
+    doc = tmp_path / "doc.md"
+    doc.write_text("# Benchmarks\n")
+    _run(["benchmarks/bounds.py", "--report", "--quick", "--task", "issue512", "--out-dir", str(tmp_path), "--doc",
+          str(doc)], timeout=60)
+    assert "<!-- bounds:start -->" in doc.read_text() and "| issue512 | test MSE |" in doc.read_text()
