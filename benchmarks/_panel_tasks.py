@@ -194,7 +194,8 @@ def build(name: str, quick: bool = False, data_dir: Optional[str] = None) -> Tas
         train, test = teacher_regression(rows)
         epochs = (4 if quick else 64) if rows == 64 else (2 if quick else 16)
         return Task(name, "sgd", epochs, 8, lambda: mlp(8, 32, 1), nn.functional.mse_loss, mse, "test MSE", False,
-                    [0.5, 0.2], [1e-3, 1e-2] if quick else [3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1], train, test, 1e-4, 0.01,
+                    [0.5, 0.2], [1e-3, 1e-2] if quick else [3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1], train, test, 1e-4,
+                    0.01,
                     f"noisy regression, {rows} train / 2,000 test rows, MLP 8-32-1, optimizer LR 1e-4",
                     evals_per_epoch=0.25 if rows == 64 else 1.0)
     if name in ("issue64", "issue512"):

@@ -2,8 +2,8 @@
 
 1. Per optimizer step, in microseconds (median of blocks of calls):
    - the callback's writer, ``ScheduleWriter.apply(i)``: computing and writing LR and momentum into the param groups;
-   - the callback's hook path per step, ``on_before_optimizer_step`` + ``on_train_batch_end``
-     (what Lightning calls around every optimizer step);
+   - the callback's path per step: the step hook it registers on the optimizer (torch calls it after every
+     ``optimizer.step()``), which counts the step and writes the next LR;
    - ``torch.optim.lr_scheduler.CyclicLR.step()`` on the same kind of optimizer (SGD with momentum,
      momentum cycling on in both), which is what a per-step scheduler costs.
 2. Whole ``trainer.fit`` wall time of a tiny MLP, callback (explicit bounds: no range test) against a
@@ -19,6 +19,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -106,10 +107,10 @@ def per_step_costs(calls: int, blocks: int) -> dict[str, Any]:
     trainer = make_trainer([clr], max_epochs=1, max_steps=4)
     trainer.fit(model, train_dataloaders=tiny_loader(128, 32))
     opt = trainer.optimizers[0]
+    stepped = clr._writer._stepped(0)  # what the optimizer calls after each of its steps (torch's step post-hook)
 
     def hooks() -> None:
-        clr.on_before_optimizer_step(trainer, model, opt)
-        clr.on_train_batch_end(trainer, model, None, None, 0)
+        stepped(opt, (), {})
 
     ref_model = TinyMLP()
     ref_opt = torch.optim.SGD(ref_model.parameters(), lr=1e-3, momentum=0.9)
@@ -128,6 +129,60 @@ class EmptyCallback(Callback):
     """A callback with no hooks of its own: what Lightning's dispatch of callback hooks costs by itself."""
 
 
+def build_fit(kind: str, epochs: int) -> tuple[pl.Trainer, TinyMLP]:
+    """The trainer and model of one whole-fit ``kind`` (see ``KINDS``)."""
+    pl.seed_everything(0, verbose=False)
+    model = TinyMLP(cyclic=kind == "torch_cycliclr")
+    callbacks: list[Callback] = []
+    if kind == "callback":
+        callbacks = [CyclicLearningRate(base_lr=1e-3, max_lr=6e-3)]
+    elif kind == "empty_callback":
+        callbacks = [EmptyCallback()]
+    return make_trainer(callbacks, max_epochs=epochs), model
+
+
+def callgrind_worker(kind: str, epochs: int, n: int, batch_size: int) -> None:
+    """Run under ``valgrind --tool=callgrind --instr-atstart=no``: instructions are counted inside ``trainer.fit``
+    alone (imports and set-up are not instrumented)."""
+    import subprocess
+
+    loader = tiny_loader(n, batch_size)
+    trainer, model = build_fit(kind, epochs)
+    toggle = ["callgrind_control", "-i"]
+    subprocess.run([*toggle, "on", str(os.getpid())], check=True, capture_output=True)
+    trainer.fit(model, train_dataloaders=loader)
+    subprocess.run([*toggle, "off", str(os.getpid())], check=True, capture_output=True)
+
+
+def instructions(epochs: int, n: int, batch_size: int) -> dict[str, Any]:
+    """CPU instructions executed inside ``trainer.fit`` per kind, counted by callgrind: repeatable where wall and
+    CPU time are not (on a shared VM, one fit's time varies by +-15% from one run to the next). Two kinds at a
+    time, one process each."""
+    import re
+    import subprocess
+
+    env = dict(os.environ, PYTHONHASHSEED="0")
+    procs = {}
+    counts: dict[str, int] = {}
+    for batch in (KINDS[:2], KINDS[2:]):
+        for kind in batch:
+            cmd = ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--callgrind-out-file=/dev/null",
+                   sys.executable, __file__, "--callgrind-worker", kind, "--epochs", str(epochs), "--n", str(n),
+                   "--batch-size", str(batch_size)]
+            procs[kind] = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        for kind in batch:
+            err = procs[kind].communicate()[1]
+            found = re.search(r"Collected : (\d+)", err)
+            if procs[kind].returncode != 0 or not found:
+                raise RuntimeError(f"callgrind run of {kind!r} failed: {err[-2000:]}")
+            counts[kind] = int(found.group(1))
+    steps = epochs * ((n + batch_size - 1) // batch_size)
+    return {"epochs": epochs, "optimizer_steps": steps, "instructions": counts,
+            "ratios": {k: counts[k] / counts["constant"] for k in KINDS},
+            "callback_vs_empty_callback": counts["callback"] / counts["empty_callback"],
+            "per_step": {k: counts[k] / steps for k in KINDS}}
+
+
 def whole_fit(repeats: int, epochs: int, n: int, batch_size: int) -> dict[str, Any]:
     """Fit the tiny MLP with a constant LR, with the callback, with an empty callback and with torch's CyclicLR
     (``interval="step"``); the kinds take turns in a rotating order."""
@@ -136,14 +191,7 @@ def whole_fit(repeats: int, epochs: int, n: int, batch_size: int) -> dict[str, A
     cpu: dict[str, list[float]] = {kind: [] for kind in KINDS}
 
     def one(kind: str) -> tuple[float, float]:
-        pl.seed_everything(0, verbose=False)
-        model = TinyMLP(cyclic=kind == "torch_cycliclr")
-        callbacks: list[Callback] = []
-        if kind == "callback":
-            callbacks = [CyclicLearningRate(base_lr=1e-3, max_lr=6e-3)]
-        elif kind == "empty_callback":
-            callbacks = [EmptyCallback()]
-        trainer = make_trainer(callbacks, max_epochs=epochs)
+        trainer, model = build_fit(kind, epochs)
         t0, c0 = time.perf_counter(), time.process_time()
         trainer.fit(model, train_dataloaders=loader)
         return time.perf_counter() - t0, time.process_time() - c0
@@ -211,7 +259,8 @@ def markdown(data: dict[str, Any]) -> str:
         "|---|---|",
         f"| the callback's writer, `ScheduleWriter.apply` (LR + momentum into the param group) |"
         f" {cell(s['callback_apply'])} |",
-        f"| callback hook path (`on_before_optimizer_step` + `on_train_batch_end`) | {cell(s['callback_hooks'])} |",
+        f"| the callback's per-step path: its optimizer step hook (count the step, then `apply`) |"
+        f" {cell(s['callback_hooks'])} |",
         f"| `torch.optim.lr_scheduler.CyclicLR.step()` | {cell(s['torch_cycliclr_step'])} |",
         "",
         f"Whole `trainer.fit` of a tiny MLP ({f['optimizer_steps']} optimizer steps, batch {f['batch_size']}, "
@@ -233,6 +282,7 @@ def markdown(data: dict[str, Any]) -> str:
         f"Paired, round by round ({pw['rounds']} rounds, each running every kind once back to back), the callback's"
         f" fit against the empty callback's: wall {pw['median']:.4f} (quartiles {pw['q1']:.4f}–{pw['q3']:.4f}),"
         f" CPU {pc['median']:.4f} (quartiles {pc['q1']:.4f}–{pc['q3']:.4f}).",
+        *_instruction_lines(data.get("instructions")),
         "",
         f"- [{'x' if ok_step else ' '}] per-step cost of the callback's hooks <= torch CyclicLR.step()",
         f"- [{'x' if pc['median'] <= 1.005 else ' '}] whole-fit CPU-time ratio to an empty Callback, paired,"
@@ -245,6 +295,26 @@ def markdown(data: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _instruction_lines(ins: Optional[dict[str, Any]]) -> list[str]:
+    if not ins:
+        return []
+    c = ins["instructions"]
+    return [
+        "",
+        f"CPU instructions inside `trainer.fit` ({ins['optimizer_steps']} optimizer steps, callgrind, one process per"
+        " kind, imports and set-up not counted; repeatable where time is not):",
+        "",
+        "| fit | instructions | per step | ratio to the constant LR |",
+        "|---|---|---|---|",
+        *[f"| {LABELS[k]} | {c[k]:,} | {ins['per_step'][k]:,.0f} | {ins['ratios'][k]:.4f} |" for k in KINDS],
+        "",
+        f"The callback's fit against the empty callback's: **{ins['callback_vs_empty_callback']:.4f}** in instructions"
+        f" ({(c['callback'] - c['empty_callback']) / ins['optimizer_steps']:,.0f} instructions per step more).",
+        f"- [{'x' if ins['callback_vs_empty_callback'] <= 1.005 else ' '}] whole-fit instruction ratio to an empty"
+        f" Callback <= 1.005 ({ins['callback_vs_empty_callback']:.4f})",
+    ]
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="few repetitions: a smoke run of seconds")
@@ -254,9 +324,18 @@ def main(argv: Optional[list[str]] = None) -> int:
                    "when given)")
     p.add_argument("--doc", default=None, help="Markdown file whose 'overhead' section is updated "
                                                 "(default: docs/benchmarks.md for a full run into docs/benchmarks)")
+    p.add_argument("--instructions", action="store_true", help="also count each fit's CPU instructions with "
+                   "valgrind's callgrind (minutes; needs valgrind)")
+    p.add_argument("--callgrind-worker", choices=KINDS, help=argparse.SUPPRESS)
+    p.add_argument("--epochs", type=int, default=2, help=argparse.SUPPRESS)
+    p.add_argument("--n", type=int, default=4096, help=argparse.SUPPRESS)
+    p.add_argument("--batch-size", type=int, default=32, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     quiet_lightning()
+    if args.callgrind_worker:
+        callgrind_worker(args.callgrind_worker, args.epochs, args.n, args.batch_size)
+        return 0
     out_dir = Path(args.out_dir) if args.out_dir is not None else DOCS_DIR
     raw_dir = results_dir(args.results_dir, args.out_dir)
     data: dict[str, Any] = {
@@ -270,6 +349,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     else:
         data["per_step"] = per_step_costs(calls=100, blocks=501)
         data["whole_fit"] = whole_fit(repeats=41, epochs=5, n=4096, batch_size=32)
+    if args.instructions:
+        data["instructions"] = instructions(epochs=1 if args.quick else 5, n=args.n, batch_size=args.batch_size)
     data["quick"] = args.quick
     text = markdown(data)
     stem = "overhead_quick" if args.quick else "overhead"

@@ -2,8 +2,11 @@
 the optimizer step counts, once per optimizer step. The values come from
 :class:`~lightning_clr.schedule.CyclicSchedule`, the package's one CLR formula.
 
-A step is counted when it completed: ``before_step`` marks the optimizer, ``settle`` (after the step) counts it,
-unless AMP's GradScaler skipped it (its scale dropped), and writes the next step's values.
+A step is counted when it happened: :meth:`ScheduleWriter.start` registers a torch step post-hook on each
+optimizer (``Optimizer.register_step_post_hook``), which counts the step and writes the next step's values. It
+is called exactly when ``optimizer.step()`` ran: once per step under gradient accumulation, once per ``step()``
+call in manual optimization, and not for a step that AMP's GradScaler skipped (inf/NaN gradients), which never
+calls ``optimizer.step()``. :meth:`ScheduleWriter.stop` removes the hooks.
 
 Example:
     >>> import torch
@@ -13,8 +16,10 @@ Example:
     >>> w = ScheduleWriter(plan, [opt], steps=[0])
     >>> w.start(); opt.param_groups[0]["lr"]
     0.1
-    >>> w.before_step(opt); w.settle(); opt.param_groups[0]["lr"]
-    0.3
+    >>> opt.step(); round(opt.param_groups[0]["lr"], 12), w.steps
+    (0.3, [1])
+    >>> w.stop(); opt.step(); w.steps
+    [1]
 """
 
 from __future__ import annotations
@@ -43,7 +48,6 @@ class ScheduleWriter:
         optimizers: list[Optimizer],
         steps: list[int],
         scale_fn: Optional[Callable[[float], float]] = None,
-        scaler: Any = None,
     ) -> None:
         self.plan = plan
         self.optimizers = optimizers
@@ -51,7 +55,7 @@ class ScheduleWriter:
         self._schedule = plan.schedule(scale_fn)
         self._check_amplitude = plan.custom_scale_fn
         self._anneals = plan.final_lr_ratio != 1.0
-        self._index = {id(opt): i for i, opt in enumerate(optimizers)}
+        self._momenta = (plan.max_momentum, plan.base_momentum)
         self._groups: list[list[tuple[dict[str, Any], float, float, Optional[str]]]] = []
         keys = momentum_keys(optimizers, plan.cycle_momentum)
         k = 0
@@ -61,16 +65,27 @@ class ScheduleWriter:
                 rows.append((group, plan.base_lr[k], plan.max_lr[k], keys[k]))
                 k += 1
             self._groups.append(rows)
-        self._scaler = scaler if scaler is not None and scaler.is_enabled() else None
-        self._applied = [-1] * len(optimizers)
-        self._pending = [False] * len(optimizers)
-        self._any_pending = False
-        self._scale_before: Optional[float] = None
+        self._handles: list[Any] = []
 
     def start(self) -> None:
-        """Write every optimizer's values for its current step count."""
-        for i in range(len(self.optimizers)):
+        """Write every optimizer's values for its current step count, and count its steps from now on."""
+        self.stop()
+        for i, opt in enumerate(self.optimizers):
             self.apply(i)
+            self._handles.append(opt.register_step_post_hook(self._stepped(i)))
+
+    def stop(self) -> None:
+        """Stop counting: remove the step hooks (the values written so far stay)."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def _stepped(self, i: int) -> Callable[[Any, Any, Any], None]:
+        def stepped(optimizer: Any, args: Any, kwargs: Any) -> None:  # torch's step post-hook signature
+            self.steps[i] += 1
+            self.apply(i)
+
+        return stepped
 
     def apply(self, i: int) -> None:
         """Set LR (and momentum) of optimizer ``i``'s param groups for its current step count."""
@@ -82,52 +97,14 @@ class ScheduleWriter:
                 f"CyclicLearningRate: the custom `scale_fn` returned {point[1]!r} at step {step}; it must return a"
                 " finite number >= 0"
             )
-        plan = self.plan
         for group, low, high, key in self._groups[i]:
             group["lr"] = interpolate(low * floor, high, point)
             if key is not None:
-                momentum = interpolate(plan.max_momentum, plan.base_momentum, point)
+                momentum = interpolate(*self._momenta, point)
                 if key == "betas":
                     group["betas"] = (momentum, *group["betas"][1:])
                 else:
                     group["momentum"] = momentum
-        self._applied[i] = step
-
-    def before_step(self, optimizer: Any) -> None:
-        """Called right before ``optimizer`` steps (``on_before_optimizer_step``)."""
-        i = self._index.get(id(optimizer))
-        if i is None:
-            return
-        if self._any_pending:  # manual optimization: an earlier step of this batch
-            self.settle()
-        if self._applied[i] != self.steps[i]:
-            self.apply(i)
-        self._pending[i] = self._any_pending = True
-        if self._scaler is not None:
-            self._scale_before = float(self._scaler.get_scale())
-
-    def settle(self) -> None:
-        """Count the steps that completed since :meth:`before_step` and write the next values.
-
-        A step that AMP's GradScaler skipped (inf/NaN gradients) lowers the scale and is not counted.
-        """
-        if not self._any_pending:
-            return
-        self._any_pending = False
-        skipped = False
-        if self._scale_before is not None:
-            skipped = float(self._scaler.get_scale()) < self._scale_before
-            self._scale_before = None
-        for i, pending in enumerate(self._pending):
-            if pending:
-                self._pending[i] = False
-                if not skipped:
-                    self.steps[i] += 1
-                    self.apply(i)
-
-    @property
-    def pending(self) -> bool:
-        return self._any_pending
 
 
 def check_scale_fn(

@@ -154,7 +154,6 @@ class CyclicLearningRate(*callback_bases()):  # a Callback of lightning.pytorch 
     def steps(self) -> list[int]:
         """Optimizer steps taken under the schedule, one count per optimizer."""
         if self._writer is not None:
-            self._writer.settle()
             return list(self._writer.steps)
         return list(self._steps)
 
@@ -242,9 +241,8 @@ class CyclicLearningRate(*callback_bases()):  # a Callback of lightning.pytorch 
                 " plan than rank 0's; every rank follows rank 0's. " + describe(plan), stacklevel=1
             )
         self._plan, self._steps = plan, steps
-        scaler = getattr(trainer.precision_plugin, "scaler", None)  # fp16 AMP's GradScaler, fixed for the fit
-        self._writer = ScheduleWriter(plan, self._optimizers, steps, self._settings.scale_fn, scaler)
-        self._writer.start()
+        self._writer = ScheduleWriter(plan, self._optimizers, steps, self._settings.scale_fn)
+        self._writer.start()  # from here on, the optimizers' own step hooks count the steps that really happen
         self._announce = True
 
     @override
@@ -254,17 +252,14 @@ class CyclicLearningRate(*callback_bases()):  # a Callback of lightning.pytorch 
             rank_zero_info(describe(self._plan))
 
     @override
-    def on_before_optimizer_step(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Optimizer
-    ) -> None:
-        if self._writer is not None:
-            self._writer.before_step(optimizer)
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self._writer is not None:  # no hook of ours stays on the user's optimizer after the fit
+            self._writer.stop()
 
     @override
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any, **kwargs: Any) -> None:
-        writer = self._writer
-        if writer is not None and writer.pending:
-            writer.settle()
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if self._writer is not None:  # a failed fit calls this hook, not teardown
+            self._writer.stop()
 
     @override
     def state_dict(self) -> dict[str, Any]:

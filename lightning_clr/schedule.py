@@ -61,10 +61,18 @@ def _triangular2(x: float) -> float:
 def cycle_position(step: int, step_size_up: float, step_size_down: Optional[float] = None) -> tuple[int, float]:
     """Return ``(cycle, scale_factor)`` at ``step``: the 1-based cycle number and the position
     inside the cycle, 0 at the bottom and 1 at the top of the triangle."""
+    return _position(step, *_cycle_shape(step_size_up, step_size_down))
+
+
+def _cycle_shape(step_size_up: float, step_size_down: Optional[float]) -> tuple[float, float]:
+    """``(total_size, step_ratio)`` of a cycle, as torch's ``CyclicLR`` computes them."""
     up = float(step_size_up)
     down = float(step_size_down) if step_size_down is not None else up
     total_size = up + down
-    step_ratio = up / total_size
+    return total_size, up / total_size
+
+
+def _position(step: int, total_size: float, step_ratio: float) -> tuple[int, float]:
     cycle = math.floor(1 + step / total_size)
     x = 1.0 + step / total_size - cycle
     if x <= step_ratio:
@@ -84,6 +92,11 @@ def amplitude(
     scale_mode: str = "cycle",
 ) -> float:
     """The amplitude multiplier that ``mode`` (or ``scale_fn``) applies at ``step``."""
+    return _amplitude(step, cycle, mode, gamma, scale_fn, scale_mode)
+
+
+def _amplitude(step: int, cycle: int, mode: str, gamma: float, scale_fn: Optional[Callable[[float], float]],
+               scale_mode: str) -> float:
     if scale_fn is None:
         if mode == "triangular":
             return _triangular(cycle)
@@ -132,20 +145,24 @@ class CyclicSchedule:
     total_steps: Optional[int] = None
     final_lr_ratio: float = 1.0
 
+    def __post_init__(self) -> None:
+        # What every step would recompute, once (the callback asks for a point per optimizer step).
+        object.__setattr__(self, "_shape", _cycle_shape(self.step_size_up, self.step_size_down))
+        tail = float(self.step_size_down if self.step_size_down is not None else self.step_size_up)
+        anneals = self.final_lr_ratio != 1.0 and self.total_steps is not None
+        object.__setattr__(self, "_tail", (tail, self.total_steps - tail) if anneals else None)
+
     def point(self, step: int) -> tuple[float, float]:
         """``(scale_factor, amplitude)`` after ``step`` optimizer steps."""
-        cycle, scale_factor = cycle_position(step, self.step_size_up, self.step_size_down)
-        amp = amplitude(
-            step, cycle, mode=self.mode, gamma=self.gamma, scale_fn=self.scale_fn, scale_mode=self.scale_mode
-        )
-        return scale_factor, amp
+        total_size, step_ratio = self._shape  # type: ignore[attr-defined]
+        cycle, scale_factor = _position(step, total_size, step_ratio)
+        return scale_factor, _amplitude(step, cycle, self.mode, self.gamma, self.scale_fn, self.scale_mode)
 
     def floor(self, step: int) -> float:
         """The factor on the lower bound at ``step``: 1 except in the annealing tail."""
-        if self.final_lr_ratio == 1.0 or self.total_steps is None:
+        if self._tail is None:  # type: ignore[attr-defined]
             return 1.0
-        tail = float(self.step_size_down if self.step_size_down is not None else self.step_size_up)
-        start = self.total_steps - tail
+        tail, start = self._tail  # type: ignore[attr-defined]
         if step <= start:
             return 1.0
         return self.final_lr_ratio ** min(1.0, (step - start) / tail)

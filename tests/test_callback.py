@@ -437,3 +437,22 @@ class _Stream(torch.utils.data.IterableDataset):
         data = loader(n=16, batch_size=1).dataset
         while True:
             yield from (data[i] for i in range(len(data)))
+
+
+def test_the_step_hook_counts_real_steps_and_is_removed_after_the_fit_even_after_an_error():
+    class Boom(TinyModel):
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            if batch_idx == 3:
+                raise RuntimeError("boom")
+            return super().training_step(batch, batch_idx)
+
+    clr = CyclicLearningRate(base_lr=0.01, max_lr=0.1, step_size_up=3)
+    model = Boom()
+    t = trainer(callbacks=[clr], max_epochs=1)
+    with pytest.raises(RuntimeError, match="boom"):
+        t.fit(model, loader(n=64, batch_size=8))
+    opt = t.optimizers[0]
+    assert clr.steps == [3] and not opt._optimizer_step_post_hooks  # no hook of ours stays on the optimizer
+    lr = opt.param_groups[0]["lr"]
+    opt.step()  # the user's own step after the fit: not the schedule's business any more
+    assert clr.steps == [3] and opt.param_groups[0]["lr"] == lr

@@ -226,3 +226,27 @@ def test_progress_bar_follows_the_trainer_and_config(show: bool, capsys: pytest.
     assert ("LR range test" in capsys.readouterr().err) is show
 
 
+
+
+def test_the_optimizers_step_hooks_do_not_see_the_sweep() -> None:
+    """A hook on the optimizer's steps (a weight average, a CyclicLearningRate counting its steps) sees the real
+    steps only: the sweep's 20 steps run with the optimizer's step hooks set aside, and they are back after it."""
+    from lightning_clr import CyclicLearningRate
+
+    seen: list[int] = []
+
+    def count(opt: Any, args: Any, kwargs: Any) -> None:
+        seen.append(tr.global_step)
+
+    class CountSteps(Callback):
+        def on_train_start(self, tr: pl.Trainer, model: pl.LightningModule) -> None:
+            tr.optimizers[0].register_step_post_hook(count)
+
+    clr = CyclicLearningRate(base_lr=0.01, max_lr=0.1, step_size_up=3)
+    probe = Probe(cfg(num_steps=20), hook="on_train_batch_start", at_batch=2)
+    tr = trainer(callbacks=[CountSteps(), clr, probe], max_epochs=1)
+    tr.fit(TinyModel(), loader())  # 8 batches
+    assert probe.error is None and len(probe.result.lrs) == 20  # the sweep took its 20 steps mid-fit ...
+    assert seen == list(range(8))  # ... and the user's step hook saw the 8 real steps alone
+    assert clr.steps == [8]  # the schedule counted them alone, so it ends where a fit without the sweep ends
+    assert list(tr.optimizers[0]._optimizer_step_post_hooks.values()) == [count]  # the callback's own is gone

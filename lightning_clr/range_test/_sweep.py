@@ -33,6 +33,9 @@ __all__ = ["Curve", "sweep"]
 _CONFIG_KEYS = ("min_lr", "max_lr", "num_steps", "mode", "rule", "smoothing", "divergence_threshold", "base_divisor")
 
 
+_STEP_HOOKS = ("_optimizer_step_pre_hooks", "_optimizer_step_post_hooks")
+
+
 def _noop(*args: Any, **kwargs: Any) -> None:
     return None
 
@@ -95,16 +98,23 @@ def _capture(trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any)
 
 
 @contextlib.contextmanager
-def _isolated(trainer: pl.Trainer, pl_module: pl.LightningModule) -> Any:
-    """Other callbacks' hooks must not see the sweep, and ``self.log`` is a no-op during it."""
+def _isolated(trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> Any:
+    """Other callbacks' hooks must not see the sweep, nor hooks on the optimizer's steps (a CyclicLearningRate
+    already counting steps, a weight average), and ``self.log`` is a no-op during it."""
     saved_callbacks, saved_should_stop = trainer.callbacks, trainer.should_stop
     saved_log = {name: pl_module.__dict__.get(name) for name in ("log", "log_dict")}
+    # torch (2.0+) keeps an optimizer's step hooks in these two ordered dicts.
+    hooks = {name: getattr(optimizer, name) for name in _STEP_HOOKS if hasattr(optimizer, name)}
     trainer.callbacks = []
     pl_module.log = _noop  # type: ignore[method-assign]
     pl_module.log_dict = _noop  # type: ignore[method-assign]
+    for name, value in hooks.items():
+        setattr(optimizer, name, type(value)())
     try:
         yield
     finally:
+        for name, value in hooks.items():
+            setattr(optimizer, name, value)
         trainer.callbacks = saved_callbacks
         trainer.should_stop = saved_should_stop
         for name, value in saved_log.items():
@@ -154,7 +164,7 @@ def sweep(
 
     bar = _progress_bar(trainer, config, len(lrs), progress_bar)
     try:
-        with _isolated(trainer, pl_module), sigterm_without_collectives(trainer), torch.enable_grad():
+        with _isolated(trainer, pl_module, optimizer), sigterm_without_collectives(trainer), torch.enable_grad():
             for step, lr in enumerate(lrs):
                 for group, scale in zip(optimizer.param_groups, scales):
                     group["lr"] = lr * scale
