@@ -6,13 +6,21 @@
      ``optimizer.step()``), which counts the step and writes the next LR;
    - ``torch.optim.lr_scheduler.CyclicLR.step()`` on the same kind of optimizer (SGD with momentum,
      momentum cycling on in both), which is what a per-step scheduler costs.
-2. Whole ``trainer.fit`` wall time of a tiny MLP, callback (explicit bounds: no range test) against a
-   constant LR; the two alternate, and the ratio is median(callback) / median(constant).
+2. Whole ``trainer.fit`` wall and CPU time of a tiny MLP: the callback (explicit bounds: no range test), a
+   constant LR, an empty ``Callback`` and torch's ``CyclicLR`` stepped by Lightning, in rotating order; ratios of
+   medians and paired per-round ratios.
+3. The callback's own work in a fit, bottom-up: its once-per-fit hooks timed inside real fits, plus its step
+   hook's cost times the steps, against an empty callback's whole fit.
+4. With ``--instructions``: CPU instructions inside ``trainer.fit`` for each kind, under valgrind's callgrind
+   (not disturbed by other jobs on the machine; the region is switched from outside, so counts still vary
+   by about 0.5% between runs).
 
-Targets: per-step cost <= CyclicLR.step(); whole-fit ratio <= 1.01.
+Targets: per-step cost <= CyclicLR.step(); the callback's fit <= 1.005x an empty Callback's (issue 12);
+whole-fit ratio to the constant LR <= 1.01.
 
 Usage:
-    python benchmarks/overhead.py            # ~1-2 min
+    python benchmarks/overhead.py                  # ~5 min
+    python benchmarks/overhead.py --instructions   # ~8 min, needs valgrind
     python benchmarks/overhead.py --quick --out-dir /tmp/x
 """
 
@@ -183,6 +191,55 @@ def instructions(epochs: int, n: int, batch_size: int) -> dict[str, Any]:
             "per_step": {k: counts[k] / steps for k in KINDS}}
 
 
+class TimedCyclicLearningRate(CyclicLearningRate):
+    """The callback, with the time of its once-per-fit hooks summed (its per-step work is the step hook, timed
+    apart by :func:`per_step_costs`)."""
+
+    seconds = 0.0
+
+    def _timed(self, hook: str, *args: Any, **kwargs: Any) -> None:
+        t0 = time.perf_counter()
+        getattr(super(), hook)(*args, **kwargs)
+        TimedCyclicLearningRate.seconds += time.perf_counter() - t0
+
+    def setup(self, *args: Any, **kwargs: Any) -> None:
+        self._timed("setup", *args, **kwargs)
+
+    def on_fit_start(self, *args: Any, **kwargs: Any) -> None:
+        self._timed("on_fit_start", *args, **kwargs)
+
+    def on_train_start(self, *args: Any, **kwargs: Any) -> None:
+        self._timed("on_train_start", *args, **kwargs)
+
+    def on_train_epoch_start(self, *args: Any, **kwargs: Any) -> None:
+        self._timed("on_train_epoch_start", *args, **kwargs)
+
+    def teardown(self, *args: Any, **kwargs: Any) -> None:
+        self._timed("teardown", *args, **kwargs)
+
+
+def own_cost(repeats: int, epochs: int, n: int, batch_size: int, step_hook_us: float) -> dict[str, Any]:
+    """The callback's own work in a fit, bottom-up: its once-per-fit hooks (timed inside real fits, median of
+    ``repeats``) plus its step hook's per-call cost times the steps; against an empty callback's whole fit."""
+    loader = tiny_loader(n, batch_size)
+    per_fit, empty = [], []
+    for _ in range(repeats):
+        TimedCyclicLearningRate.seconds = 0.0
+        pl.seed_everything(0, verbose=False)
+        clr = TimedCyclicLearningRate(base_lr=1e-3, max_lr=6e-3)
+        make_trainer([clr], max_epochs=epochs).fit(TinyMLP(), train_dataloaders=loader)
+        per_fit.append(TimedCyclicLearningRate.seconds)
+        trainer, model = build_fit("empty_callback", epochs)
+        t0 = time.perf_counter()
+        trainer.fit(model, train_dataloaders=loader)
+        empty.append(time.perf_counter() - t0)
+    steps = epochs * ((n + batch_size - 1) // batch_size)
+    fixed, fit = statistics.median(per_fit), statistics.median(empty)
+    own = fixed + steps * step_hook_us * 1e-6
+    return {"once_per_fit_s": fixed, "step_hook_us": step_hook_us, "optimizer_steps": steps, "own_s": own,
+            "empty_callback_fit_s": fit, "ratio": 1 + own / fit}
+
+
 def whole_fit(repeats: int, epochs: int, n: int, batch_size: int) -> dict[str, Any]:
     """Fit the tiny MLP with a constant LR, with the callback, with an empty callback and with torch's CyclicLR
     (``interval="step"``); the kinds take turns in a rotating order."""
@@ -282,6 +339,7 @@ def markdown(data: dict[str, Any]) -> str:
         f"Paired, round by round ({pw['rounds']} rounds, each running every kind once back to back), the callback's"
         f" fit against the empty callback's: wall {pw['median']:.4f} (quartiles {pw['q1']:.4f}–{pw['q3']:.4f}),"
         f" CPU {pc['median']:.4f} (quartiles {pc['q1']:.4f}–{pc['q3']:.4f}).",
+        *_own_cost_lines(data.get("own_cost")),
         *_instruction_lines(data.get("instructions")),
         "",
         f"- [{'x' if ok_step else ' '}] per-step cost of the callback's hooks <= torch CyclicLR.step()",
@@ -293,6 +351,20 @@ def markdown(data: dict[str, Any]) -> str:
         f"- [{'x' if ok_cpu else ' '}] whole-fit CPU-time ratio <= 1.01",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _own_cost_lines(own: Optional[dict[str, Any]]) -> list[str]:
+    if not own:
+        return []
+    return [
+        "",
+        f"The callback's own work, bottom-up: its once-per-fit hooks took {own['once_per_fit_s'] * 1e3:.2f} ms per fit"
+        f" (median of fits timed from inside), and its step hook {own['step_hook_us']:.2f} µs x"
+        f" {own['optimizer_steps']} steps; {own['own_s'] * 1e3:.2f} ms in all against"
+        f" {own['empty_callback_fit_s']:.3f} s for an empty callback's whole fit: **{own['ratio']:.4f}**.",
+        f"- [{'x' if own['ratio'] <= 1.005 else ' '}] the callback's own work, bottom-up, <= 0.5% of an empty"
+        f" Callback's fit ({own['ratio']:.4f})",
+    ]
 
 
 def _instruction_lines(ins: Optional[dict[str, Any]]) -> list[str]:
@@ -349,6 +421,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     else:
         data["per_step"] = per_step_costs(calls=100, blocks=501)
         data["whole_fit"] = whole_fit(repeats=41, epochs=5, n=4096, batch_size=32)
+    data["own_cost"] = own_cost(repeats=3 if args.quick else 11, epochs=1 if args.quick else 5,
+                                n=256 if args.quick else 4096, batch_size=16 if args.quick else 32,
+                                step_hook_us=data["per_step"]["callback_hooks"]["median_us"])
     if args.instructions:
         data["instructions"] = instructions(epochs=1 if args.quick else 5, n=args.n, batch_size=args.batch_size)
     data["quick"] = args.quick
