@@ -1,7 +1,8 @@
-"""Benchmark panel: ``CyclicLearningRate()`` against the usual LR recipes on six small tasks (no download).
+"""Benchmark panel: ``CyclicLearningRate()`` against the usual LR recipes on eight small tasks (no download).
 
 Tasks (``benchmarks/_panel_tasks.py``): ``fashion`` (SGD CNN), ``digits`` (the demo's SGD MLP), ``charlm`` (AdamW
-causal transformer on stdlib source), ``adam_mlp`` (Adam MLP), ``reg64`` / ``reg512`` (the noisy SGD regression).
+causal transformer on stdlib source), ``adam_mlp`` (Adam MLP), ``reg64`` / ``reg512`` (the noisy SGD regression,
+a tanh teacher) and ``issue64`` / ``issue512`` (the same with a linear teacher, as issue 12's test trains it).
 
 Recipes, every one with the same steps, data order and initial weights per seed:
   default        the optimizer's usual constant LR (SGD 0.01, Adam/AdamW 1e-3)
