@@ -313,18 +313,7 @@ def suggest(
     xs, ys = reading.xs, reading.ys
 
     def fallback(what: str, points: Optional[dict[str, float]] = None) -> Suggestion:
-        high, source = float(fallback_max_lr), "the optimizer's LR"
-        if diverged_at is not None and math.isfinite(diverged_at) and diverged_at > 0:
-            # The sweep showed where the LR is too high; a tenth of that, not the optimizer's LR, which may be the
-            # very LR the flat curve showed to be too low (1e-4 on the small regression of issue 12).
-            high = diverged_at / MINIMUM_DIVISOR
-            source = f"a tenth of the LR where the sweep diverged ({diverged_at:.3g})"
-        base = high / base_divisor
-        reason = (
-            f"{what}; the {rule!r} rule cannot read the bounds, falling back to max_lr={high:.4g}"
-            f" ({source}) and base_lr={base:.4g} (max_lr / {base_divisor:g})"
-        )
-        return Suggestion(rule, base, high, True, reason, dict(points or {}))
+        return _fallback(rule, what, points or {}, fallback_max_lr, diverged_at, base_divisor)
 
     n = len(ys)
     if n < MIN_POINTS:
@@ -359,6 +348,30 @@ def suggest(
     gap = NOISY_GAP if reading.noisy else DIVERGENCE_GAP
     high = _max_lr(rule, xs, ys, start, i_min, i_end, points, gap)
     return Suggestion(rule, high / base_divisor, high, False, "", points)
+
+
+def _fallback(
+    rule: str,
+    what: str,
+    points: dict[str, float],
+    fallback_max_lr: float,
+    diverged_at: Optional[float],
+    base_divisor: float,
+) -> Suggestion:
+    """The bounds when the curve cannot be read (``what`` says why): a tenth of where the sweep diverged when it
+    did, else ``fallback_max_lr``."""
+    high, source = float(fallback_max_lr), "the optimizer's LR"
+    if diverged_at is not None and math.isfinite(diverged_at) and diverged_at > 0:
+        # The sweep showed where the LR is too high; a tenth of that, not the optimizer's LR, which may be the
+        # very LR the flat curve showed to be too low (1e-4 on the small regression of issue 12).
+        high = diverged_at / MINIMUM_DIVISOR
+        source = f"a tenth of the LR where the sweep diverged ({diverged_at:.3g})"
+    base = high / base_divisor
+    reason = (
+        f"{what}; the {rule!r} rule cannot read the bounds, falling back to max_lr={high:.4g}"
+        f" ({source}) and base_lr={base:.4g} (max_lr / {base_divisor:g})"
+    )
+    return Suggestion(rule, base, high, True, reason, dict(points))
 
 
 def suggest_all(
