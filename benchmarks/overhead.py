@@ -115,9 +115,11 @@ def per_step_costs(calls: int, blocks: int) -> dict[str, Any]:
     trainer = make_trainer([clr], max_epochs=1, max_steps=4)
     trainer.fit(model, train_dataloaders=tiny_loader(128, 32))
     opt = trainer.optimizers[0]
-    stepped = clr._writer._stepped(0)  # what the optimizer calls after each of its steps (torch's step post-hook)
+    # what the optimizer calls around each of its steps (torch's step pre- and post-hook)
+    arm, stepped = clr._writer._arm(0), clr._writer._stepped(0)
 
     def hooks() -> None:
+        arm(opt, (), {})
         stepped(opt, (), {})
 
     ref_model = TinyMLP()
@@ -316,7 +318,7 @@ def markdown(data: dict[str, Any]) -> str:
         "|---|---|",
         f"| the callback's writer, `ScheduleWriter.apply` (LR + momentum into the param group) |"
         f" {cell(s['callback_apply'])} |",
-        f"| the callback's per-step path: its optimizer step hook (count the step, then `apply`) |"
+        f"| the callback's per-step path: its optimizer step pre- and post-hook (arm, count the step, then `apply`) |"
         f" {cell(s['callback_hooks'])} |",
         f"| `torch.optim.lr_scheduler.CyclicLR.step()` | {cell(s['torch_cycliclr_step'])} |",
         "",

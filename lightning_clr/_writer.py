@@ -2,11 +2,15 @@
 the optimizer step counts, once per optimizer step. The values come from
 :class:`~lightning_clr.schedule.CyclicSchedule`, the package's one CLR formula.
 
-A step is counted when it happened: :meth:`ScheduleWriter.start` registers a torch step post-hook on each
-optimizer (``Optimizer.register_step_post_hook``), which counts the step and writes the next step's values. It
-is called exactly when ``optimizer.step()`` ran: once per step under gradient accumulation, once per ``step()``
-call in manual optimization, and not for a step that AMP's GradScaler skipped (inf/NaN gradients), which never
-calls ``optimizer.step()``. :meth:`ScheduleWriter.stop` removes the hooks.
+A step is counted when it happened: :meth:`ScheduleWriter.start` registers torch step hooks on each
+optimizer (``Optimizer.register_step_pre_hook`` and ``register_step_post_hook``); the post-hook counts the step
+and writes the next step's values. They run exactly when ``optimizer.step()`` runs: once per step under
+gradient accumulation, once per ``step()`` call in manual optimization. A step that AMP's GradScaler skipped
+(inf/NaN gradients) is not counted: the GradScaler does not call ``step()`` then, or, for an optimizer that
+skips by itself (``fused=True``), calls it with ``optimizer.found_inf`` set. A subclass whose ``step()`` calls
+``super().step()`` runs torch's hooks twice per step; the pre-hook arms one count, so it counts once. A wrapper
+that is not a torch optimizer (DeepSpeed's) is hooked through the torch optimizer it wraps (``.optimizer``).
+:meth:`ScheduleWriter.stop` removes the hooks.
 
 Example:
     >>> import torch
@@ -34,7 +38,7 @@ from lightning_clr._optimizers import momentum_keys
 from lightning_clr._plan import CyclePlan
 from lightning_clr.schedule import interpolate
 
-__all__ = ["ScheduleWriter", "check_scale_fn"]
+__all__ = ["ScheduleWriter", "check_scale_fn", "hookable"]
 
 SCALE_FN_CHECKS = 100_000  # at most this many values of a custom scale_fn are checked at fit start
 
@@ -66,13 +70,17 @@ class ScheduleWriter:
                 k += 1
             self._groups.append(rows)
         self._handles: list[Any] = []
+        self._armed = [False] * len(optimizers)
 
     def start(self) -> None:
         """Write every optimizer's values for its current step count, and count its steps from now on."""
         self.stop()
-        for i, opt in enumerate(self.optimizers):
+        targets = [hookable(opt) for opt in self.optimizers]  # refuses an optimizer without torch's hooks first
+        for i, target in enumerate(targets):
             self.apply(i)
-            self._handles.append(opt.register_step_post_hook(self._stepped(i)))
+            self._armed[i] = False
+            self._handles.append(target.register_step_pre_hook(self._arm(i)))
+            self._handles.append(target.register_step_post_hook(self._stepped(i)))
 
     def stop(self) -> None:
         """Stop counting: remove the step hooks (the values written so far stay)."""
@@ -80,8 +88,20 @@ class ScheduleWriter:
             handle.remove()
         self._handles = []
 
+    def _arm(self, i: int) -> Callable[[Any, Any, Any], None]:
+        def arm(optimizer: Any, args: Any, kwargs: Any) -> None:  # torch's step pre-hook signature
+            self._armed[i] = True
+
+        return arm
+
     def _stepped(self, i: int) -> Callable[[Any, Any, Any], None]:
         def stepped(optimizer: Any, args: Any, kwargs: Any) -> None:  # torch's step post-hook signature
+            if not self._armed[i]:
+                return  # the outer call of a nested step() (a subclass calling super().step()): counted already
+            self._armed[i] = False
+            found_inf = getattr(optimizer, "found_inf", None)  # set by GradScaler for a self-skipping optimizer
+            if found_inf is not None and bool(found_inf):
+                return  # the optimizer skipped this step (inf/NaN gradients): no step happened
             self.steps[i] += 1
             self.apply(i)
 
@@ -105,6 +125,21 @@ class ScheduleWriter:
                     group["betas"] = (momentum, *group["betas"][1:])
                 else:
                     group["momentum"] = momentum
+
+
+def hookable(optimizer: Any) -> Optimizer:
+    """The torch optimizer whose step hooks count ``optimizer``'s steps: itself, or the torch optimizer that a
+    wrapper (DeepSpeed's ZeRO and fp16 optimizers) holds as ``.optimizer`` and steps only when its own step
+    happens. Anything else is refused before any training step."""
+    inner = optimizer
+    for _ in range(4):
+        if isinstance(inner, Optimizer):
+            return inner
+        inner = getattr(inner, "optimizer", None)
+    raise TypeError(
+        f"CyclicLearningRate: the optimizer {type(optimizer).__name__} is not a torch.optim.Optimizer and wraps none"
+        " (as `.optimizer`); the callback counts optimizer steps with torch's optimizer step hooks"
+    )
 
 
 def check_scale_fn(

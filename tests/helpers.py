@@ -83,6 +83,8 @@ class TinyModel(pl.LightningModule):
             return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum)
         if self.optimizer_name == "adam":
             return torch.optim.Adam(params, lr=self.lr)
+        if self.optimizer_name == "fused_adam":  # skips an inf step itself: GradScaler calls its step() anyway
+            return torch.optim.Adam(params, lr=self.lr, fused=True)
         if self.optimizer_name == "adagrad":
             return torch.optim.Adagrad(params, lr=self.lr)
         if self.optimizer_name == "rmsprop":

@@ -256,7 +256,10 @@ def test_scale_fn_is_saved_by_import_path_and_a_lambda_is_not(tmp_path):
     pickle.dumps(state)
 
 
-def test_amp_steps_skipped_by_the_grad_scaler_do_not_advance_the_schedule():
+@pytest.mark.parametrize("optimizer", ["sgd", "fused_adam"])
+def test_amp_steps_skipped_by_the_grad_scaler_do_not_advance_the_schedule(optimizer: str):
+    # SGD: the GradScaler does not call step() on an inf step. Fused Adam skips the update itself: the GradScaler
+    # calls its step() with `found_inf` set, and the step hook must not count it.
     class InfOnce(TinyModel):
         def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
             loss = super().training_step(batch, batch_idx)
@@ -269,7 +272,9 @@ def test_amp_steps_skipped_by_the_grad_scaler_do_not_advance_the_schedule():
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
     plugin = MixedPrecision("16-mixed", "cpu", scaler=scaler)
     t = trainer(callbacks=[clr, rec], max_epochs=1, plugins=[plugin])
-    t.fit(InfOnce(momentum=0.9), loader(n=64, batch_size=8))
+    model = InfOnce(optimizer=optimizer, momentum=0.9)
+    t.fit(model, loader(n=64, batch_size=8))
+    assert getattr(t.optimizers[0], "_step_supports_amp_scaling", False) == (optimizer == "fused_adam")
     skipped = round(math.log2(2.0**10 / scaler.get_scale()))
     assert skipped >= 1  # the forced inf step at least
     assert t.global_step == 8  # Lightning counts the skipped step ...
@@ -452,7 +457,30 @@ def test_the_step_hook_counts_real_steps_and_is_removed_after_the_fit_even_after
     with pytest.raises(RuntimeError, match="boom"):
         t.fit(model, loader(n=64, batch_size=8))
     opt = t.optimizers[0]
-    assert clr.steps == [3] and not opt._optimizer_step_post_hooks  # no hook of ours stays on the optimizer
+    assert clr.steps == [3]
+    assert not opt._optimizer_step_pre_hooks and not opt._optimizer_step_post_hooks  # no hook of ours stays
     lr = opt.param_groups[0]["lr"]
     opt.step()  # the user's own step after the fit: not the schedule's business any more
     assert clr.steps == [3] and opt.param_groups[0]["lr"] == lr
+
+
+class _SuperStepSGD(torch.optim.SGD):
+    """A subclass whose step() calls SGD.step(): torch runs the instance's step hooks in both wrapped calls."""
+
+    def step(self, closure: Any = None) -> Any:
+        return super().step(closure)
+
+
+class _SuperStepModel(TinyModel):
+    def configure_optimizers(self) -> Any:
+        torch.optim.SGD(self.parameters(), lr=self.lr)  # any plain SGD wraps SGD.step with torch's hook runner
+        return _SuperStepSGD(self.parameters(), lr=self.lr)
+
+
+def test_a_subclass_calling_super_step_counts_one_step_per_step():
+    rec = LRRecorder()
+    clr = CyclicLearningRate(base_lr=0.01, max_lr=0.1, step_size_up=3, final_lr_ratio=1.0)
+    t = trainer(callbacks=[clr, rec], max_epochs=1)
+    t.fit(_SuperStepModel(), loader(n=64, batch_size=8))
+    assert t.global_step == 8 and clr.steps == [8]
+    assert [lrs[0] for lrs in rec.lrs] == [cyclic_lr(k, base_lr=0.01, max_lr=0.1, step_size_up=3) for k in range(8)]
