@@ -9,10 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from lightning_clr.range_test._reading import MIN_POINTS, NOISE_FREE
 from lightning_clr.range_test._rules import (
     DIVERGENCE_GAP,
-    MIN_POINTS,
-    NOISE_FREE,
     NOISY_GAP,
     RULES,
     BiasCorrectedEMA,
@@ -351,3 +350,17 @@ def test_a_short_noisy_sweep_with_a_three_point_dip_is_at_the_edge_of_its_noise(
     s = suggest(lrs, smooth(deeper, 0.05), "smith", fallback_max_lr=0.01, diverged_at=lrs[-1], raw=deeper)
     assert not s.fallback, s.reason
     assert lrs[9] <= s.max_lr <= lrs[13] / NOISY_GAP
+
+
+def test_a_curve_of_negative_losses_reads_as_its_positive_twin() -> None:
+    # A loss below 0 (a Gaussian NLL, say) makes "1.3x the best loss" meaningless: with a best of -4.9 every
+    # falling point would exceed it and read as an instability (max_lr 1e-4 here). Without the ratio test, the
+    # bottom ends where the curve has risen back by half its drop (log10 lr = 0.3), the same curve moved up.
+    twin = suggest(GRID, CURVE, "smith", fallback_max_lr=0.01, raw=CURVE)
+    for shift in (-1.5, -5.0):
+        shifted = [v + shift for v in CURVE]
+        s = suggest(GRID, shifted, "smith", fallback_max_lr=0.01, raw=shifted)
+        assert not s.fallback and "instability_lr" not in s.points
+        assert s.points["bottom_end_lr"] == pytest.approx(10**0.3, rel=0.06)
+        assert s.points["bottom_start_lr"] == pytest.approx(twin.points["bottom_start_lr"], rel=0.01)
+        assert twin.max_lr <= s.max_lr <= 1.5 * twin.max_lr

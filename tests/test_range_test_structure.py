@@ -19,7 +19,8 @@ ALLOWED = {
     "_step": set(),
     "_guards": set(),
     "_snapshot": set(),
-    "_rules": {"_smoothing"},
+    "_rules": {"_reading", "_smoothing"},
+    "_reading": {"_smoothing"},
     "_smoothing": set(),
     "_plot": set(),
 }

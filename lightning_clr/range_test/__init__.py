@@ -3,8 +3,9 @@ curve, and restore model, optimizer, RNG and trainer state exactly.
 
 The modules, in the one direction data flows: ``_runner`` (run_range_test, lr_range_test, save_result) calls
 ``_sweep`` (the loop and the result), which uses ``_step`` (one optimizer step), ``_snapshot`` (exact restore),
-``_rules`` (pure math of the bounds, with ``_smoothing``: the EMA, noise and the stop rule), ``_guards`` (what
-is refused), ``_signals`` (SIGTERM) and ``_types`` (RangeTestConfig, RangeTestResult); ``_plot`` draws a result.
+``_rules`` (pure math of the bounds, on a reading of the curve by ``_reading``; ``_smoothing``: the EMA, noise
+and the stop rule), ``_guards`` (what is refused), ``_signals`` (SIGTERM) and ``_types`` (RangeTestConfig,
+RangeTestResult); ``_plot`` draws a result.
 
 Example:
     >>> from lightning_clr.range_test import RangeTestConfig

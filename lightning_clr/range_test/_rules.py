@@ -1,6 +1,6 @@
-"""Pure math of the LR range test: the LR sweep and the rules that read both CLR bounds off a curve (the
-smoothing and noise estimates they use are in ``_smoothing``). No Lightning and no torch here, so every rule
-can be tested on synthetic curves.
+"""Pure math of the LR range test: the LR sweep and the rules that read both CLR bounds off a curve (how the
+curve is read, smoothed and judged noisy is in ``_reading`` and ``_smoothing``). No Lightning and no torch here,
+so every rule can be tested on synthetic curves.
 
 All rules work in log-LR space on a curve where *lower is better* (a loss, or a negated accuracy) and
 return a :class:`Suggestion`; none returns ``None``. When the curve is too short or flat they fall back
@@ -20,11 +20,19 @@ import math
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
+from lightning_clr.range_test._reading import (
+    MIN_POINTS,
+    NOISE_SIGMAS,
+    bottom_end,
+    first_instability,
+    read_curve,
+    start_level,
+    within_noise,
+)
 from lightning_clr.range_test._smoothing import (
     BiasCorrectedEMA,
     DivergenceCheck,
     noise_sigma,
-    noise_space,
     robust_smooth,
     smooth,
 )
@@ -43,24 +51,13 @@ __all__ = [
 ]
 
 RULES = ("smith", "valley", "steepest", "minimum")
-MIN_POINTS = 5  # fewer finite points than this: no rule is trusted, explicit fallback
 FLAT_TOLERANCE = 0.02  # a total drop below 2% of the starting value counts as flat
-RISE_BACK = 0.5  # the curve's bottom ends where it has risen back by half its drop (or at the first instability)
 DIVERGENCE_GAP = 3.0  # on a clean curve, max_lr is the bottom's middle this factor lower, and every rule stays
 # this factor below the bottom's end (digits, Fashion-MNIST, Adam and AdamW tasks of docs/benchmarks.md)
-INSTABILITY_FACTOR = 1.3  # a raw loss this many times the best EMA loss so far: the first instability
 MINIMUM_DIVISOR = 10.0  # the "minimum" rule: a tenth of the minimum's LR (Fashion-MNIST: the minimum diverged)
 DEFAULT_BASE_DIVISOR = 4.0  # Smith: base_lr = max_lr / 3 .. / 4
-# The rules read a centered robust smoothing of the raw losses (see _read_curve). sigma is the per-point noise of
-# the raw curve in log units (see noise_sigma): the small regression of issue 12 (batches of 8) measured 0.45-0.75,
-# batches of 32-128 of it 0.13-0.42; classification losses 0.002-0.04, batches of 8 included.
-CLEAN_HALF_WIDTH = 1  # a clean curve: a 3-point median, then a 3-point mean (one odd batch is not the curve)
-NOISE_FREE = 0.05  # from this sigma on, a curve is noisy:
-NOISE_PER_POINT = 0.1  # the smoother's half-width grows by one point per 0.1 of sigma ...
-MAX_HALF_WIDTH = 5  # ... up to 5 (11 points: 0.9 decade at the default 100 steps over 8 decades),
-NOISE_SIGMAS = 3.0  # a drop counts only if it exceeds this many sigmas of the smoothed curve's noise,
-INSTABILITY_SIGMAS = 4.0  # an instability must exceed 1.3 x the best EMA loss by this many sigmas more,
-NOISY_GAP = 1.0  # and max_lr is the bottom's middle itself: its bottom is the noise floor, not instability
+NOISY_GAP = 1.0  # on a noisy curve (_reading.NOISE_FREE), max_lr is the bottom's middle itself: its bottom is the
+# per-batch noise floor, not instability
 
 
 def sweep_lrs(min_lr: float, max_lr: float, num_steps: int, mode: str = "exponential") -> list[float]:
@@ -94,17 +91,6 @@ class Suggestion:
     fallback: bool = False
     reason: str = ""
     points: dict[str, float] = field(default_factory=dict)
-
-
-def _finite_prefix(lrs: Sequence[float], curve: Sequence[float]) -> tuple[list[float], list[float]]:
-    xs: list[float] = []
-    ys: list[float] = []
-    for lr, y in zip(lrs, curve):
-        if y is None or not math.isfinite(y) or not math.isfinite(lr) or lr <= 0:
-            break
-        xs.append(math.log(lr))
-        ys.append(float(y))
-    return xs, ys
 
 
 def _crossing(xs: list[float], ys: list[float], level: float, stop: int) -> float:
@@ -150,96 +136,6 @@ def _steepest_index(xs: list[float], ys: list[float], stop: int) -> int:
     return best
 
 
-def _first_instability(
-    ys: list[float], reference: Sequence[float], raw: Sequence[float], start: float, flat: float, sigma: float
-) -> Optional[int]:
-    """Index of the first raw loss above ``INSTABILITY_FACTOR`` x the best ``reference`` loss so far, once the
-    read curve ``ys`` has started to fall. ``reference`` is the sweep's bias-corrected EMA: it trails the raw
-    losses, so during a steep fall it stays above them and only a real blow-up counts (the centered smoothing
-    leads a fall by up to its half-width, and would). On a noisy curve (per-point noise ``sigma`` in log units,
-    0 below ``NOISE_FREE``) the raw loss must exceed that by ``INSTABILITY_SIGMAS`` sigmas more, so that noise
-    alone does not count as an instability."""
-    factor = INSTABILITY_FACTOR * math.exp(INSTABILITY_SIGMAS * sigma)
-    best = math.inf
-    for k in range(1, min(len(ys), len(reference), len(raw))):
-        if ys[k - 1] >= start - flat:
-            continue  # not falling yet: an EMA anchored on an odd first batch is not a level to compare with
-        best = min(best, reference[k - 1])
-        value = raw[k]
-        if value is not None and math.isfinite(value) and value > factor * best:
-            return k
-    return None
-
-
-@dataclass(frozen=True)
-class _Reading:
-    """The curve the rules read: log-LRs ``xs``, values ``ys``, the aligned raw losses and sweep EMA (``None``
-    when the curve is read as given), the raw curve's noise ``sigma``, the smoother's ``half_width`` (0: read as
-    given) and the noise of ``ys`` itself (log units, 0 on a clean curve)."""
-
-    xs: list[float]
-    ys: list[float]
-    raw: Optional[list[float]]
-    reference: Optional[list[float]]
-    sigma: float
-    half_width: int
-    noise: float
-
-    @property
-    def noisy(self) -> bool:
-        return self.sigma >= NOISE_FREE
-
-
-def _read_curve(lrs: Sequence[float], curve: Sequence[float], raw: Optional[Sequence[float]]) -> _Reading:
-    """With ``raw`` (the unsmoothed losses), the rules read a centered robust smoothing of them
-    (:func:`robust_smooth`): half-width ``CLEAN_HALF_WIDTH`` on a clean curve, one point more per
-    ``NOISE_PER_POINT`` of per-point noise on a noisy one (tiny batches), and the first ``2 * half_width``
-    points, whose windows are cut short, are dropped (no bound comes from an odd first batch). Centered, it does
-    not lag: ``curve``, the sweep's bias-corrected EMA, trails the raw losses by about ``1/smoothing`` points, and
-    its minimum sat up to a decade past the raw curve's (the char transformer of docs/benchmarks.md). Without
-    ``raw`` (a metric's curve), ``curve`` is read as given."""
-    xs, ys = _finite_prefix(lrs, curve)
-    if raw is None:
-        return _Reading(xs, ys, None, None, 0.0, 0, 0.0)
-    raw_xs, raw_ys = _finite_prefix(lrs, raw)
-    n = min(len(xs), len(raw_xs))
-    xs, ys, raw_ys = xs[:n], ys[:n], raw_ys[:n]
-    sigma = noise_sigma(raw_ys) if n >= MIN_POINTS else 0.0
-    # At most a fifteenth of the curve: on a 16-point sweep a wider window mixes the blow-up into the minimum.
-    h = 0
-    if n >= MIN_POINTS:
-        h = max(CLEAN_HALF_WIDTH, min(MAX_HALF_WIDTH, math.ceil(sigma / NOISE_PER_POINT), n // 15))
-    smoothed = robust_smooth(raw_ys, h)
-    noise = 1.25 * sigma / math.sqrt(2 * h + 1) if sigma >= NOISE_FREE else 0.0  # a median's error: 1.25x a mean's
-    cut = 2 * h  # a point's median-then-mean window reaches 2h points back: the first 2h see a cut-short window
-    return _Reading(xs[cut:], smoothed[cut:], raw_ys[cut:], ys[cut:], sigma, h, noise)
-
-
-def _start_level(ys: list[float], i_min: int) -> float:
-    """The level a drop is measured from: the median of the curve's first half up to its minimum (the plateau
-    before the fall), or its first point where that is higher (a curve falling from the start). Not the first
-    point alone: a noisy first batch, high or low, is not the curve."""
-    head = sorted(ys[: max(1, i_min // 2)])
-    k = len(head) // 2
-    median = head[k] if len(head) % 2 else 0.5 * (head[k - 1] + head[k])
-    return max(ys[0], median)
-
-
-def _within_noise(start: float, low: float, noise: float) -> bool:
-    """Whether the drop from the start to the minimum is within ``NOISE_SIGMAS`` of the curve's own noise."""
-    if noise <= 0:
-        return False
-    z, _ = noise_space([start, low])
-    return z[0] - z[1] <= NOISE_SIGMAS * noise
-
-
-def _bottom_end(ys: list[float], i_min: int, drop: float) -> int:
-    """Where the curve's bottom ends: the first point past the minimum at which the read curve has risen back by
-    ``RISE_BACK`` of its drop (the last point if it never does)."""
-    level = ys[i_min] + RISE_BACK * drop
-    return next((i for i in range(i_min, len(ys)) if ys[i] >= level), len(ys) - 1)
-
-
 def _max_lr(
     rule: str, xs: list[float], ys: list[float], start: float, i_min: int, i_end: int, points: dict[str, float],
     gap: float,
@@ -276,7 +172,7 @@ def suggest(
     """Read ``base_lr`` and ``max_lr`` off a curve, lower is better, in log-LR space.
 
     **The reading.** With ``raw`` (the sweep's unsmoothed losses) the rules read a centered robust smoothing of
-    them (``_read_curve``), which does not lag as ``curve`` (the sweep's EMA) does. Its *bottom* runs from where
+    them (``read_curve``), which does not lag as ``curve`` (the sweep's EMA) does. Its *bottom* runs from where
     the curve stops falling (90% of its drop from the plateau before the fall is done) to where it ends: the
     first instability (a raw loss above ``INSTABILITY_FACTOR`` x the best EMA loss so far), or where the curve
     has risen back by ``RISE_BACK`` of its drop. Without ``raw`` (a metric's curve) ``curve`` is read as given.
@@ -309,7 +205,7 @@ def suggest(
         raise ValueError(f"range test `rule` must be one of {RULES}, got {rule!r}")
     if not (base_divisor >= 1) or not math.isfinite(base_divisor):
         raise ValueError(f"`base_divisor` must be a finite number >= 1, got {base_divisor!r}")
-    reading = _read_curve(lrs, curve, raw)
+    reading = read_curve(lrs, curve, raw)
     xs, ys = reading.xs, reading.ys
 
     def fallback(what: str, points: Optional[dict[str, float]] = None) -> Suggestion:
@@ -319,7 +215,7 @@ def suggest(
     if n < MIN_POINTS:
         return fallback(f"the curve has only {n} finite point(s), fewer than {MIN_POINTS}")
     i_min = min(range(n), key=lambda i: ys[i])
-    start = _start_level(ys, i_min)
+    start = start_level(ys, i_min)
     drop = start - ys[i_min]
     points = {"min_point_lr": math.exp(xs[i_min])}
     if reading.half_width:
@@ -331,16 +227,16 @@ def suggest(
         return fallback(
             f"the curve is flat (it fell by {drop:.3g}, less than {FLAT_TOLERANCE:.0%} of {scale:.3g})", points
         )
-    if _within_noise(start, ys[i_min], reading.noise):
+    if within_noise(start, ys[i_min], reading.noise):
         return fallback(
             f"the curve's drop ({drop:.3g}) is within {NOISE_SIGMAS:g} sigmas of its per-batch noise"
             f" (sigma {reading.sigma:.2f} in log units)",
             points,
         )
-    i_end = _bottom_end(ys, i_min, drop)
+    i_end = bottom_end(ys, i_min, drop)
     if reading.raw is not None and reading.reference is not None:
         noise = reading.sigma if reading.noisy else 0.0  # below NOISE_FREE, 1.3x is already > 5 sigmas
-        k = _first_instability(ys, reading.reference, reading.raw, start, FLAT_TOLERANCE * scale, noise)
+        k = first_instability(ys, reading.reference, reading.raw, start, FLAT_TOLERANCE * scale, noise)
         if k is not None and k <= i_end:
             points["instability_lr"] = math.exp(xs[k])
             i_min, i_end = min(i_min, k), k
