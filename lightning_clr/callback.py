@@ -36,7 +36,7 @@ __all__ = ["CyclicLearningRate"]
 
 
 class CyclicLearningRate(*callback_bases()):  # a Callback of lightning.pytorch and of pytorch_lightning
-    r"""Cyclical learning rate (Smith, 2015), set once per optimizer step through the Trainer's hooks.
+    r"""Cyclical learning rate (Smith, 2015), set once per optimizer step by a step hook on the optimizer.
 
     The LR after ``t`` optimizer steps is exactly what :class:`torch.optim.lr_scheduler.CyclicLR`
     gives after ``t`` calls of ``step()``; see :func:`lightning_clr.cyclic_lr`. Nothing has to change
