@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import importlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Literal, Optional
 
 from lightning_clr._validation import (
@@ -144,9 +144,12 @@ class CyclicSchedule:
     scale_mode: str = "cycle"
     total_steps: Optional[int] = None
     final_lr_ratio: float = 1.0
+    # Derived once from the fields above (the callback asks for a point per optimizer step): the cycle's
+    # (total_size, step_ratio), and the annealing tail's (length, first step), None without a tail.
+    _shape: tuple[float, float] = field(init=False, repr=False, compare=False)
+    _tail: Optional[tuple[float, float]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        # What every step would recompute, once (the callback asks for a point per optimizer step).
         object.__setattr__(self, "_shape", _cycle_shape(self.step_size_up, self.step_size_down))
         tail = float(self.step_size_down if self.step_size_down is not None else self.step_size_up)
         anneals = self.final_lr_ratio != 1.0 and self.total_steps is not None
@@ -154,15 +157,14 @@ class CyclicSchedule:
 
     def point(self, step: int) -> tuple[float, float]:
         """``(scale_factor, amplitude)`` after ``step`` optimizer steps."""
-        total_size, step_ratio = self._shape  # type: ignore[attr-defined]
-        cycle, scale_factor = _position(step, total_size, step_ratio)
+        cycle, scale_factor = _position(step, *self._shape)
         return scale_factor, _amplitude(step, cycle, self.mode, self.gamma, self.scale_fn, self.scale_mode)
 
     def floor(self, step: int) -> float:
         """The factor on the lower bound at ``step``: 1 except in the annealing tail."""
-        if self._tail is None:  # type: ignore[attr-defined]
+        if self._tail is None:
             return 1.0
-        tail, start = self._tail  # type: ignore[attr-defined]
+        tail, start = self._tail
         if step <= start:
             return 1.0
         return self.final_lr_ratio ** min(1.0, (step - start) / tail)
