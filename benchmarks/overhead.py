@@ -139,13 +139,18 @@ class EmptyCallback(Callback):
     """A callback with no hooks of its own: what Lightning's dispatch of callback hooks costs by itself."""
 
 
-def build_fit(kind: str, epochs: int) -> tuple[pl.Trainer, TinyMLP]:
-    """The trainer and model of one whole-fit ``kind`` (see ``KINDS``)."""
+def fit_steps(epochs: int, n: int, batch_size: int) -> int:
+    """Optimizer steps of a whole fit of ``epochs`` over ``n`` rows."""
+    return epochs * ((n + batch_size - 1) // batch_size)
+
+
+def build_fit(kind: str, epochs: int, clr_class: type = CyclicLearningRate) -> tuple[pl.Trainer, TinyMLP]:
+    """The trainer and model of one whole-fit ``kind`` (see ``KINDS``); ``clr_class`` builds the callback."""
     pl.seed_everything(0, verbose=False)
     model = TinyMLP(cyclic=kind == "torch_cycliclr")
     callbacks: list[Callback] = []
     if kind == "callback":
-        callbacks = [CyclicLearningRate(base_lr=1e-3, max_lr=6e-3)]
+        callbacks = [clr_class(base_lr=1e-3, max_lr=6e-3)]
     elif kind == "empty_callback":
         callbacks = [EmptyCallback()]
     return make_trainer(callbacks, max_epochs=epochs), model
@@ -186,7 +191,7 @@ def instructions(epochs: int, n: int, batch_size: int) -> dict[str, Any]:
             if procs[kind].returncode != 0 or not found:
                 raise RuntimeError(f"callgrind run of {kind!r} failed: {err[-2000:]}")
             counts[kind] = int(found.group(1))
-    steps = epochs * ((n + batch_size - 1) // batch_size)
+    steps = fit_steps(epochs, n, batch_size)
     return {"epochs": epochs, "optimizer_steps": steps, "instructions": counts,
             "ratios": {k: counts[k] / counts["constant"] for k in KINDS},
             "callback_vs_empty_callback": counts["callback"] / counts["empty_callback"],
@@ -227,15 +232,14 @@ def own_cost(repeats: int, epochs: int, n: int, batch_size: int, step_hook_us: f
     per_fit, empty = [], []
     for _ in range(repeats):
         TimedCyclicLearningRate.seconds = 0.0
-        pl.seed_everything(0, verbose=False)
-        clr = TimedCyclicLearningRate(base_lr=1e-3, max_lr=6e-3)
-        make_trainer([clr], max_epochs=epochs).fit(TinyMLP(), train_dataloaders=loader)
+        trainer, model = build_fit("callback", epochs, TimedCyclicLearningRate)
+        trainer.fit(model, train_dataloaders=loader)
         per_fit.append(TimedCyclicLearningRate.seconds)
         trainer, model = build_fit("empty_callback", epochs)
         t0 = time.perf_counter()
         trainer.fit(model, train_dataloaders=loader)
         empty.append(time.perf_counter() - t0)
-    steps = epochs * ((n + batch_size - 1) // batch_size)
+    steps = fit_steps(epochs, n, batch_size)
     fixed, fit = statistics.median(per_fit), statistics.median(empty)
     own = fixed + steps * step_hook_us * 1e-6
     return {"once_per_fit_s": fixed, "step_hook_us": step_hook_us, "optimizer_steps": steps, "own_s": own,
@@ -263,7 +267,7 @@ def whole_fit(repeats: int, epochs: int, n: int, batch_size: int) -> dict[str, A
             w, c = one(kind)
             wall[kind].append(w)
             cpu[kind].append(c)
-    steps = epochs * ((n + batch_size - 1) // batch_size)
+    steps = fit_steps(epochs, n, batch_size)
     med = {kind: statistics.median(v) for kind, v in wall.items()}
     med_cpu = {kind: statistics.median(v) for kind, v in cpu.items()}
     return {
