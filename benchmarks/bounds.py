@@ -5,12 +5,11 @@ fixed bounds, ``max_lr`` from a per-task grid and ``base_lr = max_lr / 4``; the 
 tail, the data order and the initial weights are the same. The grid shows which ``max_lr`` trains best and where
 training falls off a cliff; the reading's ``max_lr`` per seed shows where the range test landed on that map.
 
-Tasks: the six of ``benchmarks/panel.py`` and three more (``benchmarks/_panel_tasks.py``): ``issue64`` and
-``issue512``, issue 12's regression as ``tests/test_noisy_regression.py`` trains it (a linear teacher), and
-``digits_b8``, the digits task with batches of 8 rows (where the reading is known to land too high).
+Tasks: the eight of ``benchmarks/panel.py`` and one more (``benchmarks/_panel_tasks.py``): ``digits_b8``, the
+digits task with batches of 8 rows (where the reading is known to land too high).
 
 Usage:
-    python benchmarks/bounds.py                         # every task, 3 seeds (~30 min on one idle core)
+    python benchmarks/bounds.py                         # every task, 3 seeds (9 min on the 2-core docs machine)
     python benchmarks/bounds.py --task digits_b8        # one task
     python benchmarks/bounds.py --quick --out-dir /tmp/x   # seconds
     python benchmarks/bounds.py --report                # the table in docs/benchmarks.md from the results
