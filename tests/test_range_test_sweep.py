@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from torchmetrics.classification import MulticlassAccuracy
 
-from lightning_clr import RangeTestResult
+from lightning_clr import CyclicLearningRate, RangeTestResult
 from lightning_clr.range_test._rules import suggest
 
 
@@ -226,13 +226,9 @@ def test_progress_bar_follows_the_trainer_and_config(show: bool, capsys: pytest.
     assert ("LR range test" in capsys.readouterr().err) is show
 
 
-
-
 def test_the_optimizers_step_hooks_do_not_see_the_sweep() -> None:
     """A hook on the optimizer's steps (a weight average, a CyclicLearningRate counting its steps) sees the real
     steps only: the sweep's 20 steps run with the optimizer's step hooks set aside, and they are back after it."""
-    from lightning_clr import CyclicLearningRate
-
     seen: list[int] = []
 
     def count(opt: Any, args: Any, kwargs: Any) -> None:
