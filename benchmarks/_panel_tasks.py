@@ -16,7 +16,7 @@ Nothing is downloaded:
   8-32-1, SGD momentum 0.9, MSE, batch 8, the optimizer's LR set to 1e-4; 64 or 512 training rows, 2,000 test rows;
   metric test MSE.
 - ``issue64`` / ``issue512``: the same regression with a linear teacher (target variance ~8, the scale of the
-  issue's own figures), as tests/test_noisy_regression.py trains it: 100 or 8 epochs, 1,024 test rows.
+  issue's own figures), as tests/callback/test_noisy_regression.py trains it: 100 or 8 epochs, 1,024 test rows.
 """
 
 from __future__ import annotations
@@ -204,7 +204,7 @@ def build(name: str, quick: bool = False, data_dir: Optional[str] = None) -> Tas
         epochs = (4 if quick else 100) if rows == 64 else (2 if quick else 8)
         return Task(name, "sgd", epochs, 8, lambda: mlp(8, 32, 1), nn.functional.mse_loss, mse, "test MSE", False,
                     [1.0, 0.1], [1e-3, 1e-2] if quick else [1e-3, 3e-3, 1e-2, 2e-2, 5e-2], train, test, 1e-4, 0.01,
-                    f"issue 12's regression as tests/test_noisy_regression.py has it: a linear teacher (variance ~8) "
+                    f"issue 12's regression as tests/callback/test_noisy_regression.py has it: a linear teacher (variance ~8) "
                     f"+ N(0, 0.1^2), {rows} train / 1,024 test rows, MLP 8-32-1, optimizer LR 1e-4",
                     evals_per_epoch=0.25 if rows == 64 else 1.0)
     if name == "digits_b8":  # small-batch classification: the reading's known limit (docs/benchmarks.md)

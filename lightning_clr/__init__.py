@@ -20,8 +20,8 @@ __version__ = "0.1.0"
 # Public name -> the module that defines it.
 _LAZY: dict[str, str] = {
     "ArgumentError": "lightning_clr._validation",
-    "CyclePlan": "lightning_clr._plan",
-    "CycleSettings": "lightning_clr._settings",
+    "CyclePlan": "lightning_clr.engine._plan",
+    "CycleSettings": "lightning_clr.engine._settings",
     "CyclicLearningRate": "lightning_clr.callback",
     "CyclicSchedule": "lightning_clr.schedule",
     "cyclic_lr": "lightning_clr.schedule",
@@ -56,11 +56,11 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from lightning_clr._plan import CyclePlan
-    from lightning_clr._settings import CycleSettings
     from lightning_clr._validation import ArgumentError
     from lightning_clr.callback import CyclicLearningRate
     from lightning_clr.cli import LightningCLRCLI
+    from lightning_clr.engine._plan import CyclePlan
+    from lightning_clr.engine._settings import CycleSettings
     from lightning_clr.range_test import RangeTestConfig, RangeTestResult, lr_range_test
     from lightning_clr.schedule import CyclicSchedule, cyclic_lr, cyclic_momentum
     from lightning_clr.tuning import CyclePruningCallback, CycleTuningResult, suggest_cycle, tune_cycle_length

@@ -3,7 +3,7 @@
 - ``settings`` (:class:`~lightning_clr.CycleSettings`): what the user asked for, validated in ``__init__``;
 - ``plan`` (:class:`~lightning_clr.CyclePlan`): what a fit resolved from them at train start (a fit without
   ``ckpt_path`` always resolves a new one) or what a checkpoint restored; immutable, it is the checkpoint state;
-- the per-step writer (:class:`~lightning_clr._writer.ScheduleWriter`), which sets ``lr = f(step)`` once per
+- the per-step writer (:class:`~lightning_clr.engine._writer.ScheduleWriter`), which sets ``lr = f(step)`` once per
   optimizer step through the pure functions of :mod:`lightning_clr.schedule`.
 """
 
@@ -18,9 +18,9 @@ from torch.optim import Optimizer
 from typing_extensions import override
 
 from lightning_clr._compat import callback_bases
-from lightning_clr._optimizers import remove_schedulers, training_optimizers
-from lightning_clr._plan import CyclePlan, one_or_list, reconcile
-from lightning_clr._resolve import (
+from lightning_clr.engine._optimizers import remove_schedulers, training_optimizers
+from lightning_clr.engine._plan import CyclePlan, one_or_list
+from lightning_clr.engine._resolve import (
     build_plan,
     describe,
     expand_bounds,
@@ -28,8 +28,9 @@ from lightning_clr._resolve import (
     resolve_bounds,
     resolve_cycle,
 )
-from lightning_clr._settings import DEFAULT_FINAL_LR_RATIO, DEFAULT_HALF_CYCLE_EPOCHS, CycleSettings
-from lightning_clr._writer import ScheduleWriter, check_scale_fn
+from lightning_clr.engine._resume import reconcile
+from lightning_clr.engine._settings import DEFAULT_FINAL_LR_RATIO, DEFAULT_HALF_CYCLE_EPOCHS, CycleSettings
+from lightning_clr.engine._writer import ScheduleWriter, check_scale_fn
 from lightning_clr.range_test import RangeTestConfig, RangeTestResult, refuse_sharded
 
 __all__ = ["CyclicLearningRate"]

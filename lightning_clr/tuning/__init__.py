@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 from lightning_clr.tuning._config import OutputConfig, SearchSpace, StudyConfig
-from lightning_clr.tuning._objective import CyclePruningCallback, suggest_cycle
+from lightning_clr.tuning._pruning_callback import CyclePruningCallback, suggest_cycle
 from lightning_clr.tuning._result import CycleTuningResult
 from lightning_clr.tuning._tuner import tune_cycle_length
 

@@ -1,6 +1,6 @@
 """The settings of :func:`lightning_clr.tune_cycle_length`, grouped into three validated frozen objects
 (:class:`SearchSpace`, :class:`StudyConfig`, :class:`OutputConfig`), and the helpers that read them: the
-Optuna search space, Smith's warm-start values, and which process is rank 0 before any Trainer exists.
+Optuna search space and Smith's warm-start values (which process is rank 0: ``_env``).
 
 Each object checks its own fields when built, so a bad value fails before any training step with an
 :class:`~lightning_clr._validation.ArgumentError` naming the field. Torch-free, and optuna-free until a
@@ -221,36 +221,6 @@ def grouped(name: str, value: Any, cls: type) -> Any:
                 raise
             raise ArgumentError(name, value, f"a {cls.__name__} or a dict of its fields", str(err)) from None
     raise ArgumentError(name, value, f"None, a {cls.__name__} or a dict of its fields")
-
-
-def is_global_zero() -> bool:
-    """Rank 0 of the whole job, known before any Trainer exists (torchrun, SLURM, Lightning's own launcher)."""
-    env = os.environ
-    for key in ("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK"):
-        if key in env:
-            return int(env[key]) == 0
-    if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
-        return int(env["SLURM_PROCID"]) == 0
-    return int(env.get("LOCAL_RANK", "0")) == 0 and int(env.get("NODE_RANK", env.get("GROUP_RANK", "0"))) == 0
-
-
-def spawns(strategy: Any) -> bool:
-    """Whether the strategy trains in child processes that the parent's in-memory study cannot reach."""
-    if isinstance(strategy, str):
-        return any(word in strategy for word in ("spawn", "fork", "notebook"))
-    return getattr(strategy, "_start_method", "popen") in ("spawn", "fork", "forkserver")
-
-
-def distributed(trainer_kwargs: dict[str, Any]) -> bool:
-    devices, nodes = trainer_kwargs.get("devices", "auto"), trainer_kwargs.get("num_nodes", 1)
-    if devices in ("auto", -1, "-1", None):  # Lightning's default: every visible GPU
-        import torch
-
-        accelerator = trainer_kwargs.get("accelerator", "auto")
-        gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-        devices = torch.cuda.device_count() if gpu else 1
-    many = devices not in (1, "1", [0]) or nodes not in (1, None)
-    return many or int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def heuristic_half_cycles(space: SearchSpace) -> list[int]:

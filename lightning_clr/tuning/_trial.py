@@ -22,8 +22,9 @@ from optuna.trial import TrialState
 from lightning_clr._compat import callback_bases
 from lightning_clr.callback import CyclicLearningRate
 from lightning_clr.range_test._rules import DEFAULT_BASE_DIVISOR
-from lightning_clr.tuning._config import TuneRun, distributed
-from lightning_clr.tuning._objective import CyclePruningCallback, _configure
+from lightning_clr.tuning._config import TuneRun
+from lightning_clr.tuning._env import distributed
+from lightning_clr.tuning._pruning_callback import CyclePruningCallback, _configure
 from lightning_clr.tuning._storage import Heartbeat, StorageError, make_storage, storage_errors
 
 

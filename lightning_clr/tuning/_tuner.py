@@ -37,13 +37,11 @@ from lightning_clr.tuning._config import (
     SearchSpace,
     StudyConfig,
     TuneRun,
-    distributed,
     grouped,
     heuristic_half_cycles,
-    is_global_zero,
     optuna_space,
-    spawns,
 )
+from lightning_clr.tuning._env import distributed, is_global_zero, spawns
 from lightning_clr.tuning._result import CycleTuningResult, result_of
 
 __all__ = ["tune_cycle_length"]

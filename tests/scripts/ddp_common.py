@@ -1,4 +1,4 @@
-"""Shared pieces of the standalone DDP scripts (run through ``subprocess`` by tests/test_ddp.py).
+"""Shared pieces of the standalone DDP scripts (run through ``subprocess`` by tests/callback/test_ddp.py).
 
 Every rank writes one JSON file, ``rank{global_rank}.json``, from a hook: with ``ddp_spawn`` and
 ``ddp_fork`` only the parent returns from ``fit``, so nothing per-rank may live after ``fit()``.

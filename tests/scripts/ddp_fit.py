@@ -1,6 +1,6 @@
 """One CyclicLearningRate fit on N CPU ranks (gloo); every rank writes ``OUT/rank{r}.json``.
 
-Launched by tests/test_ddp.py through ``subprocess`` in one of these ways (the script is the same):
+Launched by tests/callback/test_ddp.py through ``subprocess`` in one of these ways (the script is the same):
 
     python ddp_fit.py --out DIR --strategy ddp --devices 2          # Lightning re-runs this script per rank
     python ddp_fit.py --out DIR --strategy ddp_spawn --devices 2

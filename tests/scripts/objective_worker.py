@@ -1,5 +1,5 @@
 """A user-owned Optuna objective with ``suggest_cycle`` and ``CyclePruningCallback`` on 2 gloo ranks,
-run through ``subprocess`` by tests/test_objective.py.
+run through ``subprocess`` by tests/tuning/test_pruning_callback.py.
 
 Launchers: ``--strategy ddp`` (Lightning re-runs this script for rank 1) and torchrun (every rank runs it):
 rank 0 runs ``study.optimize``; the other ranks call the objective with ``trial=None`` once per trial.

@@ -1,4 +1,4 @@
-"""A real fit whose LR range test is long (each ``training_step`` sleeps), for tests/test_range_test_signals.py.
+"""A real fit whose LR range test is long (each ``training_step`` sleeps), for tests/range_test/test_signals.py.
 
 Usage: ``python range_test_signal.py OUT_DIR MODE``. MODE ``sweep``: ``CyclicLearningRate`` runs a 2000-step range
 test (about 100 s); ``train``: the same fit without the callback, plain training (Lightning's own reaction, for

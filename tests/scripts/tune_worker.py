@@ -1,4 +1,4 @@
-"""A standalone tuning worker, run through ``subprocess`` by tests/test_tuning.py.
+"""A standalone tuning worker, run through ``subprocess`` by tests/tuning/test_tuner.py.
 
 Modes:
 - ``ours`` (default): ``tune_cycle_length`` with the given storage/strategy. Every rank appends one JSON
@@ -93,7 +93,7 @@ class NaiveTrialCallback(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         import optuna
 
-        from lightning_clr.tuning._objective import destroy_process_group_at_exit
+        from lightning_clr.tuning._pruning_callback import destroy_process_group_at_exit
 
         destroy_process_group_at_exit()  # the gloo exit abort is not the bug shown here
 

@@ -21,7 +21,7 @@ from helpers import LRRecorder, StopAt, TinyModel, loader, trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_clr import CyclicLearningRate, cyclic_lr
-from lightning_clr._settings import DEFAULT_FINAL_LR_RATIO
+from lightning_clr.engine._settings import DEFAULT_FINAL_LR_RATIO
 
 STOP = 7  # mid-epoch (5 batches per epoch)
 END = 15

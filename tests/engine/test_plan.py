@@ -1,5 +1,5 @@
 """CyclePlan as checkpoint state, and the resume rules of `reconcile`, without a Trainer (the Trainer-level
-tests with real checkpoint files are in test_callback_resume.py)."""
+tests with real checkpoint files are in tests/callback/test_resume.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import json
 import pytest
 
 from lightning_clr import CyclePlan, CycleSettings
-from lightning_clr._plan import reconcile
+from lightning_clr.engine._resume import reconcile
 
 
 def plan(**kw):

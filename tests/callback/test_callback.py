@@ -18,7 +18,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.plugins import MixedPrecision
 
 from lightning_clr import ArgumentError, CyclicLearningRate, cyclic_lr, cyclic_momentum
-from lightning_clr._settings import DEFAULT_FINAL_LR_RATIO
+from lightning_clr.engine._settings import DEFAULT_FINAL_LR_RATIO
 
 
 def half_scale(cycle: float) -> float:

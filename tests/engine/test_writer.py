@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from lightning_clr import cyclic_lr
-from lightning_clr._plan import CyclePlan
-from lightning_clr._writer import ScheduleWriter, hookable
+from lightning_clr.engine._plan import CyclePlan
+from lightning_clr.engine._writer import ScheduleWriter, hookable
 
 PLAN = CyclePlan(base_lr=(0.1,), max_lr=(0.5,), group_counts=(1,), step_size_up=2, step_size_down=2)
 

@@ -1,27 +1,5 @@
-"""The ``lightning-clr`` command: a LightningCLI with the CyclicLearningRate callback on by default.
-
-Subcommands: ``fit``, ``validate``, ``test`` and ``predict`` as in any LightningCLI, plus
-``range_test`` (alias ``range-test``: the LR range test alone; prints both bounds and saves the curve as
-JSON and PNG) and ``tune`` (Optuna tuning of the cycle length with :func:`lightning_clr.tune_cycle_length`).
-The callback's arguments are flags under ``--clr.*`` (``--clr.mode triangular2``,
-``--clr.range_test.num_steps 200``); ``--no_clr`` switches it off. Every error is one line that names the
-full flag, with exit status 2, before anything trains.
-
-Needs jsonargparse: ``pip install lightning-clr[cli]``.
-
-Example:
-    .. code-block:: bash
-
-        lightning-clr fit --model examples.digits.DigitsClassifier --data examples.digits.DigitsDataModule \\
-            --trainer.max_epochs 8 --clr.mode triangular2
-        lightning-clr range_test --config cfg.yaml --output_dir range_test/
-        lightning-clr tune --config cfg.yaml --n_trials 8 --storage tune.journal --study_name clr
-
-    In Python, ``LightningCLRCLI`` takes the arguments of ``LightningCLI``:
-
-    >>> from lightning_clr.cli import LightningCLRCLI
-    >>> cli = LightningCLRCLI(MyModel, MyDataModule)  # doctest: +SKIP
-"""
+"""The ``lightning-clr`` LightningCLI: the ``--clr.*`` callback group, the ``range_test`` and ``tune``
+subcommands and the console entry point (the package's docstring says how to use it)."""
 
 from __future__ import annotations
 
@@ -37,11 +15,11 @@ from lightning.pytorch import Callback, LightningDataModule, LightningModule, Tr
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
-from lightning_clr._cli_errors import debug, fail, join_flag, shorten_parse_error
-from lightning_clr._cli_trainer import with_subcommands
 from lightning_clr._quiet import quiet_banner
 from lightning_clr._validation import ArgumentError
 from lightning_clr.callback import CyclicLearningRate
+from lightning_clr.cli._errors import debug, fail, join_flag, shorten_parse_error
+from lightning_clr.cli._trainer import with_subcommands
 from lightning_clr.range_test import RangeTestConfig
 
 __all__ = ["LightningCLRCLI", "main"]
@@ -431,6 +409,3 @@ def main(args: Union[list[str], None] = None) -> None:
             raise
         _fail(str(err))
 
-
-if __name__ == "__main__":  # pragma: no cover
-    main()

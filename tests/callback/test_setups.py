@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
 
 from lightning_clr import ArgumentError, CyclicLearningRate, RangeTestConfig, cyclic_lr
-from lightning_clr._settings import DEFAULT_FINAL_LR_RATIO
+from lightning_clr.engine._settings import DEFAULT_FINAL_LR_RATIO
 
 QUICK = RangeTestConfig(num_steps=30, min_lr=1e-6, max_lr=10.0, save=False, progress_bar=False)
 

@@ -334,11 +334,11 @@ def test_divergence_check_ignores_a_low_first_batch() -> None:
 
 
 def test_a_short_noisy_sweep_with_a_three_point_dip_is_at_the_edge_of_its_noise() -> None:
-    # The raw losses of the 20-step sweep tests/test_ddp.py once ran (1e-4 .. 10, stopped at step 15): a plateau
-    # near 9-10 at sigma 0.29, one 3-point dip to 5-7, then the blow-up. Measured from the plateau's median
+    # The raw losses of the 20-step sweep tests/callback/test_ddp.py once ran (1e-4 .. 10, stopped at step 15):
+    # a plateau near 9-10 at sigma 0.29, one 3-point dip to 5-7, then the blow-up. Measured from the plateau's median
     # (not from its first, highest points), the smoothed dip is 0.55 log units down against a 3-sigma noise of
     # 0.64: no bound is read from it, and the fallback is a tenth of where the sweep diverged, named as such.
-    # (tests/test_ddp.py now sweeps 40 steps, whose curve is read.)
+    # (tests/callback/test_ddp.py now sweeps 40 steps, whose curve is read.)
     raw = [11.51, 16.713, 9.055, 9.755, 7.394, 9.522, 8.072, 8.528, 10.563, 13.552, 6.834, 4.833, 5.327, 12.667,
            71.565, 30862.594]
     lrs = sweep_lrs(1e-4, 10.0, 20)[: len(raw)]

@@ -16,9 +16,9 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.optim import Optimizer
 
 from lightning_clr import range_test
-from lightning_clr._plan import CyclePlan
-from lightning_clr._settings import CycleSettings
 from lightning_clr._validation import ArgumentError
+from lightning_clr.engine._plan import CyclePlan
+from lightning_clr.engine._settings import CycleSettings
 from lightning_clr.schedule import derive_step_sizes, whole_cycles
 
 __all__ = ["STREAM_CYCLES", "Cycle", "build_plan", "describe", "expand_bounds", "follow_run_length", "resolve_bounds",

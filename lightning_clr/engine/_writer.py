@@ -14,7 +14,7 @@ that is not a torch optimizer (DeepSpeed's) is hooked through the torch optimize
 
 Example:
     >>> import torch
-    >>> from lightning_clr._plan import CyclePlan
+    >>> from lightning_clr.engine._plan import CyclePlan
     >>> opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     >>> plan = CyclePlan(base_lr=(0.1,), max_lr=(0.5,), group_counts=(1,), step_size_up=2, step_size_down=2)
     >>> w = ScheduleWriter(plan, [opt], steps=[0])
@@ -34,8 +34,8 @@ from typing import Any, Callable, Optional
 
 from torch.optim import Optimizer
 
-from lightning_clr._optimizers import momentum_keys
-from lightning_clr._plan import CyclePlan
+from lightning_clr.engine._optimizers import momentum_keys
+from lightning_clr.engine._plan import CyclePlan
 from lightning_clr.schedule import interpolate
 
 __all__ = ["ScheduleWriter", "check_scale_fn", "hookable"]

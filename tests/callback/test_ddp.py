@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from processes import clean_env, free_port
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "tests" / "scripts" / "ddp_fit.py"
 TIMEOUT = 150  # seconds per subprocess run (about 25 s here); a deadlocked collective ends here, not in CI's
 

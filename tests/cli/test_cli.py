@@ -23,9 +23,9 @@ import pytest
 import yaml
 
 from lightning_clr import cyclic_lr, cyclic_momentum
-from lightning_clr._settings import DEFAULT_FINAL_LR_RATIO
+from lightning_clr.engine._settings import DEFAULT_FINAL_LR_RATIO
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "examples" / "cli.py"
 CLR_YAML = REPO / "examples" / "lightning_clr_config.yaml"
 PLAIN_YAML = REPO / "examples" / "cli_config.yaml"
@@ -527,6 +527,6 @@ def test_default_clr_stays_out_of_validate(tmp_path: Path, repo_on_path: None) -
     ],
 )
 def test_range_test_alias(argv: list[str], expected: list[str]) -> None:
-    from lightning_clr.cli import _normalize_alias
+    from lightning_clr.cli._app import _normalize_alias
 
     assert _normalize_alias(list(argv)) == expected

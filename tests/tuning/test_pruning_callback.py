@@ -22,7 +22,7 @@ from torch import nn
 from lightning_clr import CyclePruningCallback, CyclicLearningRate, suggest_cycle
 from lightning_clr._validation import ArgumentError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 WORKER = ROOT / "tests" / "scripts" / "objective_worker.py"
 DM = functools.partial(SameTaskData, n=64, batch_size=16)  # 4 optimizer steps per epoch
 
