@@ -41,6 +41,7 @@ import math
 import numbers
 from typing import Any, Callable, Optional
 
+import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
@@ -110,15 +111,17 @@ class ScheduleWriter:
         self._handles = []
 
     def _arm(self, i: int) -> Callable[[Any, Any, Any], None]:
+        take_back = torch.compiler.disable(self._take_back)  # runs eagerly, also inside a compiled step()
+
         def arm(optimizer: Any, args: Any, kwargs: Any) -> None:  # torch's step pre-hook signature
             self._armed[i] = True
             if self._flags[i]:  # the last step's skip flag, read now that it has landed
-                self._take_back(i)
+                take_back(i)
 
         return arm
 
     def _stepped(self, i: int) -> Callable[[Any, Any, Any], None]:
-        def stepped(optimizer: Any, args: Any, kwargs: Any) -> None:  # torch's step post-hook signature
+        def count(optimizer: Any) -> None:
             if not self._armed[i]:
                 return  # the outer call of a nested step() (a subclass calling super().step()): counted already
             self._armed[i] = False
@@ -129,6 +132,14 @@ class ScheduleWriter:
                 return  # the optimizer skipped this step (inf/NaN gradients): no step happened
             self._steps[i] += 1
             self.apply(i)
+
+        eager_count = torch.compiler.disable(count)
+
+        def stepped(optimizer: Any, args: Any, kwargs: Any) -> None:  # torch's step post-hook signature
+            if torch.compiler.is_compiling():  # traced into a compiled step(): a graph break, the count runs eagerly
+                eager_count(optimizer)  # (traced, it would bake the step count and LR into the graph)
+            else:
+                count(optimizer)
 
         return stepped
 
