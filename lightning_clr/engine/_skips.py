@@ -29,11 +29,11 @@ class SkipFlags:
     """The ``found_inf`` flags of one optimizer's steps that were counted before their flag was read."""
 
     def __init__(self) -> None:
-        self._queue: list[tuple[torch.Tensor, Optional[Any]]] = []  # (host copy, CUDA event or None), oldest first
+        self.pending: list[tuple[torch.Tensor, Optional[Any]]] = []  # (host copy, CUDA event or None), oldest first
         self._spare: list[tuple[torch.Tensor, Any]] = []  # pinned buffers and events to reuse
 
     def __bool__(self) -> bool:
-        return bool(self._queue)
+        return bool(self.pending)
 
     def watch(self, found_inf: torch.Tensor) -> None:
         """Start the flag's copy to the host; nothing waits for it."""
@@ -41,20 +41,20 @@ class SkipFlags:
             host, event = self._spare.pop() if self._spare else _pinned()
             host.copy_(found_inf.detach(), non_blocking=True)  # GradScaler's flag has one element
             event.record(torch.cuda.current_stream(found_inf.device))
-            self._queue.append((host, event))
+            self.pending.append((host, event))
         else:
-            self._queue.append((found_inf.detach().clone(), None))
+            self.pending.append((found_inf.detach().clone(), None))
 
     def skipped(self) -> int:
         """How many watched steps the optimizer skipped; reads every flag (waits for a copy still under way)."""
         count = 0
-        for host, event in self._queue:
+        for host, event in self.pending:
             if event is not None:
                 if not event.query():  # the GPU is still on that step: wait for that step only
                     event.synchronize()
                 self._spare.append((host, event))
             count += host.item() != 0
-        self._queue = []
+        self.pending.clear()  # the same list: the writer's pre-hook holds it
         return count
 
 

@@ -52,6 +52,7 @@ from lightning_clr.schedule import interpolate
 
 __all__ = ["ScheduleWriter", "check_scale_fn", "hookable"]
 
+is_compiling = torch.compiler.is_compiling  # one lookup per step less; dynamo knows the function, not its name
 SCALE_FN_CHECKS = 100_000  # at most this many values of a custom scale_fn are checked at fit start
 
 
@@ -112,16 +113,19 @@ class ScheduleWriter:
 
     def _arm(self, i: int) -> Callable[[Any, Any, Any], None]:
         take_back = torch.compiler.disable(self._take_back)  # runs eagerly, also inside a compiled step()
+        pending = self._flags[i].pending
 
         def arm(optimizer: Any, args: Any, kwargs: Any) -> None:  # torch's step pre-hook signature
             self._armed[i] = True
-            if self._flags[i]:  # the last step's skip flag, read now that it has landed
+            if pending:  # the last step's skip flag, read now that it has landed
                 take_back(i)
 
         return arm
 
     def _stepped(self, i: int) -> Callable[[Any, Any, Any], None]:
-        def count(optimizer: Any) -> None:
+        def stepped(optimizer: Any, args: Any, kwargs: Any) -> None:  # torch's step post-hook signature
+            if is_compiling():  # traced into a compiled step(): a graph break, then run eagerly
+                return eager(optimizer, args, kwargs)  # (traced, it would bake the count and LR into the graph)
             if not self._armed[i]:
                 return  # the outer call of a nested step() (a subclass calling super().step()): counted already
             self._armed[i] = False
@@ -133,14 +137,7 @@ class ScheduleWriter:
             self._steps[i] += 1
             self.apply(i)
 
-        eager_count = torch.compiler.disable(count)
-
-        def stepped(optimizer: Any, args: Any, kwargs: Any) -> None:  # torch's step post-hook signature
-            if torch.compiler.is_compiling():  # traced into a compiled step(): a graph break, the count runs eagerly
-                eager_count(optimizer)  # (traced, it would bake the step count and LR into the graph)
-            else:
-                count(optimizer)
-
+        eager = torch.compiler.disable(stepped)
         return stepped
 
     def _take_back(self, i: int) -> None:
@@ -160,23 +157,28 @@ class ScheduleWriter:
                 " finite number >= 0"
             )
         for group, low, high, key in self._groups[i]:
-            lr = interpolate(low * floor, high, point)
-            if isinstance(group["lr"], Tensor):
-                group["lr"].fill_(lr)  # in place: a compiled or captured step reads this tensor
+            lr, current = interpolate(low * floor, high, point), group["lr"]
+            if type(current) is not float and isinstance(current, Tensor):  # isinstance alone is slower
+                current.fill_(lr)  # in place: a compiled or captured step reads this tensor
             else:
                 group["lr"] = lr
             if key is not None:
                 momentum = interpolate(*self._momenta, point)
-                if key == "betas":
-                    betas = group["betas"]
-                    if isinstance(betas[0], Tensor):
-                        betas[0].fill_(momentum)
-                    else:
-                        group["betas"] = (momentum, *betas[1:])
-                elif isinstance(group["momentum"], Tensor):
-                    group["momentum"].fill_(momentum)
+                if key == "momentum":
+                    _write(group, key, momentum)
+                elif type(group["betas"][0]) is not float and isinstance(group["betas"][0], Tensor):
+                    group["betas"][0].fill_(momentum)
                 else:
-                    group["momentum"] = momentum
+                    group["betas"] = (momentum, *group["betas"][1:])
+
+
+def _write(group: dict[str, Any], key: str, value: float) -> None:
+    """A float replaces a float; a tensor is filled in place (a compiled or captured step reads that tensor)."""
+    current = group[key]
+    if type(current) is not float and isinstance(current, Tensor):
+        current.fill_(value)
+    else:
+        group[key] = value
 
 
 def hookable(optimizer: Any) -> Optimizer:
