@@ -212,6 +212,9 @@ class CyclicLearningRate(*callback_bases()):  # a Callback of lightning.pytorch 
             return
         # A new fit resolves a new plan; load_state_dict (called after setup on resume) brings the old one.
         self._plan, self._restored, self._result, self._writer, self._steps = None, None, None, None, []
+        from lightning_clr.cycle_end._warning import warn_epoch_early_stopping  # it imports this module
+
+        warn_epoch_early_stopping(trainer)
         if self._settings.needs_range_test and not trainer.fast_dev_run:
             self._refuse_sharded(trainer)
 
