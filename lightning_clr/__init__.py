@@ -62,8 +62,8 @@ __all__ = [
 if TYPE_CHECKING:  # pragma: no cover
     from lightning_clr._validation import ArgumentError
     from lightning_clr.callback import CyclicLearningRate
-    from lightning_clr.cycle_end import CycleEndCheckpoint, CycleEndEarlyStopping
     from lightning_clr.cli import LightningCLRCLI
+    from lightning_clr.cycle_end import CycleEndCheckpoint, CycleEndEarlyStopping
     from lightning_clr.engine._plan import CyclePlan
     from lightning_clr.engine._settings import CycleSettings
     from lightning_clr.range_test import RangeTestConfig, RangeTestResult, lr_range_test

@@ -122,20 +122,26 @@ def test_without_validation_saves_right_at_the_cycle_end_step(tmp_path: Path) ->
 
 def test_resumed_fit_ranks_old_and_new_cycle_ends_together(tmp_path: Path) -> None:
     """Preempted in cycle 2 (step 52), resumed from the epoch-end checkpoint of step 48: the cycle-end
-    callback's state comes back, so cycle 1 is not saved again and the best 2 are chosen among all three."""
-    cycle_dir, epoch_dir = tmp_path / "cycles", tmp_path / "epochs"
+    callbacks' state comes back, so cycle 1 is not judged again (a fresh state would save the mid-cycle step 56
+    as cycle 1) and the best 2 are chosen among all three cycle ends, before and after the resume."""
+    all_dir, best_dir, epoch_dir = tmp_path / "all", tmp_path / "best", tmp_path / "epochs"
     first, second = ValLosses(), ValLosses()
-    keep = dict(dirpath=str(cycle_dir), monitor="val_loss", save_top_k=2)
+
+    def cycle_checkpoints() -> list[CycleEndCheckpoint]:  # two states in one checkpoint: distinct state keys
+        return [CycleEndCheckpoint(dirpath=str(all_dir)),
+                CycleEndCheckpoint(dirpath=str(best_dir), monitor="val_loss", save_top_k=2)]
+
     epoch_ckpt = ModelCheckpoint(dirpath=str(epoch_dir), save_top_k=-1, filename="{step}")
-    fit([clr(max_lr=0.15), CycleEndCheckpoint(**keep), epoch_ckpt, first, StopAt(52)])
-    assert saved(cycle_dir) == [(1, CYCLE)]
-    resumed = CycleEndCheckpoint(**keep)
-    fit([clr(max_lr=0.15), resumed, second], ckpt_path=str(epoch_dir / "step=48.ckpt"))
-    assert resumed.cycles_judged == 3
+    fit([clr(max_lr=0.15), *cycle_checkpoints(), epoch_ckpt, first, StopAt(52)])
+    assert saved(all_dir) == saved(best_dir) == [(1, CYCLE)]
+    resumed = cycle_checkpoints()
+    fit([clr(max_lr=0.15), *resumed, second], ckpt_path=str(epoch_dir / "step=48.ckpt"))
+    assert saved(all_dir) == [(1, CYCLE), (2, 2 * CYCLE), (3, 3 * CYCLE)]
+    assert [c.cycles_judged for c in resumed] == [3, 3]
     ends = {CYCLE: first.at[CYCLE], 2 * CYCLE: second.at[2 * CYCLE], 3 * CYCLE: second.at[3 * CYCLE]}
     best_two = sorted(sorted(ends, key=ends.__getitem__)[:2])
-    assert [s for _, s in saved(cycle_dir)] == best_two
-    assert [c for c, _ in saved(cycle_dir)] == [{CYCLE: 1, 2 * CYCLE: 2, 3 * CYCLE: 3}[s] for s in best_two]
+    assert [s for _, s in saved(best_dir)] == best_two
+    assert Path(resumed[1].best_model_path).name.endswith(f"step={min(ends, key=ends.__getitem__)}.ckpt")
 
 
 # ---------------------------------------------------------------------------------------------- early stopping
