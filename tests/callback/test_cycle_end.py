@@ -8,7 +8,12 @@ each cycle end than at the one before (measured here, and asserted where a test 
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import signal
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 from typing import Any, Optional
@@ -18,6 +23,7 @@ import pytest
 import torch
 from helpers import SameTaskData, StopAt, TinyModel, trainer
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from processes import ROOT, clean_env
 
 from lightning_clr import ArgumentError, CycleEndCheckpoint, CycleEndEarlyStopping, CyclicLearningRate
 
@@ -231,3 +237,37 @@ def test_bad_cycle_state_in_a_checkpoint_is_refused_naming_it() -> None:
     ckpt = CycleEndCheckpoint()
     with pytest.raises(ValueError, match=r"CycleEndCheckpoint state is invalid: `cycles_judged`"):
         ckpt.load_state_dict({"cycles_judged": "__import__('os')"})
+
+
+# ---------------------------------------------------------------------------------------------- DDP
+@pytest.mark.slow
+def test_ddp_ranks_stop_at_the_same_cycle_end_and_rank_zero_writes(tmp_path: Path) -> None:
+    """2 gloo ranks (tests/scripts/ddp_cycle_end.py): 4 steps per epoch and rank, cycles of 8 steps. Rank 1
+    alone wants to stop at cycle 2; both ranks stop there, and the files are in rank 0's folder only."""
+    script = ROOT / "tests" / "scripts" / "ddp_cycle_end.py"
+    proc = subprocess.Popen([sys.executable, str(script), "--out", str(tmp_path)], env=clean_env(), cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        output = proc.communicate(timeout=150)[0]
+    except subprocess.TimeoutExpired:
+        output = "timed out after 150 s (a rank left waiting in a collective?)"
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # its own session: the ranks it started, nothing else
+        except ProcessLookupError:
+            pass
+        proc.wait()
+    assert proc.returncode == 0, output[-6000:]
+    reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    cycle = reports[0]["cycle_length"]
+    assert cycle == 8
+    for report in reports:
+        assert (report["stopped_cycle"], report["stopped_step"], report["global_step"]) == (2, 2 * cycle, 2 * cycle)
+        assert report["cycles_judged"] == [2, 2]
+        assert report["dirpath"] == str(tmp_path / "ckpt_rank0")  # rank 0's folder, on every rank
+    assert reports[1]["stopping_reason"] == "PATIENCE_EXHAUSTED"
+    assert reports[0]["stopping_reason"] == "NOT_STOPPED"  # rank 0 stopped on rank 1's word
+    assert saved(tmp_path / "ckpt_rank0") == [(1, cycle), (2, 2 * cycle)]
+    assert not (tmp_path / "ckpt_rank1").exists()
+    assert reports[0]["best_k_models"] == reports[1]["best_k_models"] == sorted(
+        p.name for p in (tmp_path / "ckpt_rank0").glob("*.ckpt"))
