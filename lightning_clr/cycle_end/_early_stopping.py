@@ -50,6 +50,8 @@ class CycleEndEarlyStopping(EarlyStopping):
         >>> trainer = pl.Trainer(callbacks=[CyclicLearningRate(), stop], logger=False)
     """
 
+    cycle_end_aware = True  # CyclicLearningRate warns about any other EarlyStopping
+
     def __init__(
         self,
         monitor: str,
