@@ -110,6 +110,13 @@ def test_cycle_end_mid_epoch_is_judged_at_the_next_validation_with_one_warning(t
     assert len(lag) == 1 and "cycle 1 ended at optimizer step 6" in lag[0] and "step 8" in lag[0]
 
 
+def test_cycle_end_no_validation_followed_is_saved_at_the_end_of_the_fit(tmp_path: Path) -> None:
+    """max_steps=12 ends the fit at the end of cycle 2, mid-epoch: no validation comes after it."""
+    ckpt = CycleEndCheckpoint(dirpath=str(tmp_path))
+    fit([clr(step_size_up=3, step_size_down=3), ckpt], max_epochs=None, max_steps=12)
+    assert saved(tmp_path) == [(1, 8), (2, 12)]
+
+
 def test_validation_at_the_cycle_ends_judges_them_exactly(tmp_path: Path) -> None:
     ckpt = CycleEndCheckpoint(dirpath=str(tmp_path), monitor="val_loss")
     with warnings.catch_warnings(record=True) as record:
