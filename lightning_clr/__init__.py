@@ -23,6 +23,8 @@ _LAZY: dict[str, str] = {
     "CyclePlan": "lightning_clr.engine._plan",
     "CycleSettings": "lightning_clr.engine._settings",
     "CyclicLearningRate": "lightning_clr.callback",
+    "CycleEndCheckpoint": "lightning_clr.cycle_end",
+    "CycleEndEarlyStopping": "lightning_clr.cycle_end",
     "CyclicSchedule": "lightning_clr.schedule",
     "cyclic_lr": "lightning_clr.schedule",
     "cyclic_momentum": "lightning_clr.schedule",
@@ -38,6 +40,8 @@ _LAZY: dict[str, str] = {
 
 __all__ = [
     "ArgumentError",
+    "CycleEndCheckpoint",
+    "CycleEndEarlyStopping",
     "CyclePlan",
     "CyclePruningCallback",
     "CycleSettings",
@@ -59,6 +63,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from lightning_clr._validation import ArgumentError
     from lightning_clr.callback import CyclicLearningRate
     from lightning_clr.cli import LightningCLRCLI
+    from lightning_clr.cycle_end import CycleEndCheckpoint, CycleEndEarlyStopping
     from lightning_clr.engine._plan import CyclePlan
     from lightning_clr.engine._settings import CycleSettings
     from lightning_clr.range_test import RangeTestConfig, RangeTestResult, lr_range_test

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import sys
 import warnings
 from typing import Any, Callable, Literal, Optional, Union
 
@@ -212,6 +213,7 @@ class CyclicLearningRate(*callback_bases()):  # a Callback of lightning.pytorch 
             return
         # A new fit resolves a new plan; load_state_dict (called after setup on resume) brings the old one.
         self._plan, self._restored, self._result, self._writer, self._steps = None, None, None, None, []
+        _warn_epoch_early_stopping(trainer)
         if self._settings.needs_range_test and not trainer.fast_dev_run:
             self._refuse_sharded(trainer)
 
@@ -314,6 +316,25 @@ class CyclicLearningRate(*callback_bases()):  # a Callback of lightning.pytorch 
         )
         self._restored = None
         return plan, list(steps)
+
+
+def _warn_epoch_early_stopping(trainer: pl.Trainer) -> None:
+    """One warning per fit for an ``EarlyStopping`` (of either Lightning package) that judges every validation:
+    mid-cycle, the loss rises with the LR. One whose class sets ``cycle_end_aware = True``
+    (:class:`~lightning_clr.CycleEndEarlyStopping`) judges at cycle ends only."""
+    classes = [pl.callbacks.EarlyStopping]
+    standalone = sys.modules.get("pytorch_lightning.callbacks")
+    if standalone is not None:
+        classes.append(standalone.EarlyStopping)
+    plain = [cb for cb in trainer.callbacks
+             if isinstance(cb, tuple(classes)) and not getattr(cb, "cycle_end_aware", False)]
+    if plain:
+        rank_zero_warn(
+            f"CyclicLearningRate: {type(plain[0]).__name__}(monitor={plain[0].monitor!r}, patience="
+            f"{plain[0].patience}) judges every validation, but in the middle of a cycle the loss rises with the"
+            " LR, so it stops cyclical runs in a rising half, far from the cycle end where the model is best. Use"
+            " lightning_clr.CycleEndEarlyStopping (patience in cycles), which judges only at cycle ends."
+        )
 
 
 def _check_restored_shape(restored: tuple[CyclePlan, list[int]], counts: tuple[int, ...]) -> None:
