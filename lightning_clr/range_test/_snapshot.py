@@ -3,9 +3,10 @@
 Covers: parameters, their ``.grad`` and buffers (copied back into the same tensors, so the optimizer,
 DDP and user references stay valid); each submodule's train/eval flag; torchmetrics states inside the
 model; optimizer state and param-group keys (keys added during the test, like ``initial_lr``, are
-removed); LR scheduler states; the AMP GradScaler; the RNG states (torch, CUDA, numpy, python, and any
-``torch.Generator`` of the train dataloaders' samplers); the fit loop's progress counters. No file is
-written, so nothing needs a shared filesystem.
+removed; a tensor LR or tensor betas get their values back in place, as the same tensors); LR scheduler
+states; the AMP GradScaler; the RNG states (torch, CUDA, numpy, python, and any ``torch.Generator`` of the
+train dataloaders' samplers); the fit loop's progress counters. No file is written, so nothing needs a
+shared filesystem.
 
 Example:
     >>> import torch
