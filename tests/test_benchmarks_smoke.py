@@ -137,6 +137,26 @@ def test_docs_tables_regenerate_from_the_stored_results(tmp_path: Path) -> None:
     assert not list(_common.DOCS_DIR.rglob("*.json*"))  # no raw data left beside the docs
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_gpu_check_quick_is_a_dry_run_on_the_cpu(tmp_path: Path) -> None:
+    """benchmarks/gpu_check.py --quick without CUDA: the sync check is skipped (and says so), the skip count, the
+    compiled step's recompiles (dynamo's eager backend) and the overhead code still run through real fits."""
+    proc = _run(["benchmarks/gpu_check.py", "--quick", "--out-dir", str(tmp_path)], timeout=580)
+    data = json.loads((tmp_path / "gpu_check_quick.json").read_text())
+    assert data["cuda"] is False and data["ok"] is True and data["errors"] == {}
+    assert any("set_sync_debug_mode needs CUDA" in line for line in data["skipped"]) and "skipped: sync" in proc.stdout
+    amp = data["checks"]["fused_amp"]
+    assert amp["skipped"] == 2 and amp["counted"] == amp["steps"] - 2 and amp["found_inf"] == ["Tensor"]
+    assert amp["sync_checked"] is False and amp["lr_is_tensor"] is True
+    compiled = data["checks"]["compiled"]
+    assert compiled["backend"] == "eager" and compiled["recompiles"] == {} and compiled["graphs"] >= 1
+    assert compiled["counted"] == compiled["steps"] and compiled["cycles"] >= 2 and compiled["range_test"]
+    overhead = data["checks"]["overhead"]
+    assert 0 < overhead["hooks_per_step_us"] < 1000 and set(overhead["median_wall_s"]) == {"callback",
+                                                                                            "empty_callback"}
+
+
 def test_json_gz_roundtrip_is_reproducible(tmp_path: Path) -> None:
     data = {"runs": [{"acc": 0.9, "lr": [0.1, 0.2]}]}
     _common.write_json(tmp_path / "a.json.gz", data)
