@@ -19,7 +19,7 @@ from typing_extensions import override
 
 from lightning_clr._compat import callback_bases
 from lightning_clr.engine._divergence import DivergenceGuard
-from lightning_clr.engine._guard import Guard
+from lightning_clr.engine._guard import Guard, check_state
 from lightning_clr.engine._optimizers import remove_schedulers, training_optimizers
 from lightning_clr.engine._plan import CyclePlan, one_or_list
 from lightning_clr.engine._resolve import (
@@ -314,7 +314,7 @@ class CyclicLearningRate(*callback_bases()):  # a Callback of lightning.pytorch 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if state_dict:
             self._restored = CyclePlan.from_state(state_dict)  # validated: a bad state raises, naming the key
-            self._guard_state = state_dict.get("guard")  # validated when the guard loads it
+            self._guard_state = check_state(state_dict.get("guard"))  # the guard's levels: plain numbers
 
     # ------------------------------------------------------------------ internals
     def _refuse_sharded(self, trainer: pl.Trainer) -> None:

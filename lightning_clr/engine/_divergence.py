@@ -5,7 +5,8 @@ a time (the losses of ``check_every`` optimizer steps, read once per check): a n
 robust level rose far above the best level so far, is a divergence. "Far" is read the way the range test reads
 its curve (``range_test/_reading.py``): levels are medians in log space (in units of the first window's median
 magnitude when a loss is <= 0), the band is at least ``threshold`` x the best level and at least
-``NOISE_SIGMAS`` sigmas of the windows' own per-batch noise (:func:`noise_sigma`), and the level must also have
+``NOISE_SIGMAS`` sigmas of the per-batch noise (:func:`noise_sigma`) of the last window that passed (not of the
+window judged: a blow-up's accelerating losses would read as noise), and the level must also have
 risen back by ``RISE_BACK`` (half) of the drop from the fit's first window to the best one (in loss units, as
 ``_reading.bottom_end`` measures it), so that a loss near zero late in training may rise tenfold at the cycle's
 peak without counting as a divergence, while a collapse to chance (back near the first loss) or a blow-up does.
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from lightning_clr._validation import ArgumentError, boolean, float_in, int_in
-from lightning_clr.range_test._reading import NOISE_SIGMAS, RISE_BACK
+from lightning_clr.range_test._reading import INSTABILITY_FACTOR, INSTABILITY_SIGMAS, NOISE_SIGMAS, RISE_BACK
 from lightning_clr.range_test._smoothing import noise_sigma
 
 __all__ = ["DivergenceGuard", "DivergenceRule"]
@@ -100,7 +101,7 @@ class DivergenceRule:
 
     ``space`` is ``"log"`` when the first window's losses were all > 0, else ``"linear"`` with ``scale`` its
     median magnitude; ``start`` is the first window's level and ``best`` the lowest level of a window that
-    passed, both in that space.
+    passed, both in that space; ``sigma`` is the per-batch noise of the last window that passed.
     """
 
     def __init__(self, threshold: float = 4.0) -> None:
@@ -109,6 +110,8 @@ class DivergenceRule:
         self.scale = 1.0
         self.start: Optional[float] = None
         self.best: Optional[float] = None
+        self.sigma = 0.0
+        self.calm = True  # the last window passed and ended calm: its state is safe to keep
 
     def _z(self, value: float) -> float:
         return math.log(max(value, _TINY)) if self.space == "log" else value / self.scale
@@ -118,6 +121,7 @@ class DivergenceRule:
 
     def check(self, values: list[float]) -> Optional[str]:
         """Take the next window of losses; return why it diverged, or ``None`` (the window passed)."""
+        self.calm = False  # set True below when the window passed and its last loss is no instability
         if not values:
             return None
         bad = next((v for v in values if not math.isfinite(v)), None)
@@ -129,21 +133,34 @@ class DivergenceRule:
         level = _median([self._z(v) for v in values])
         if self.start is None or self.best is None:
             self.start = self.best = level
+            self.sigma = noise_sigma(values)
+            self.calm = True
             return None
         ratio = math.log(self.threshold) if self.space == "log" else self.threshold - 1.0
-        noise = NOISE_SIGMAS * MEDIAN_ERROR * noise_sigma(values) * math.sqrt(2.0 / len(values))
+        noise = NOISE_SIGMAS * MEDIAN_ERROR * self.sigma * math.sqrt(2.0 / len(values))
         band = max(ratio, noise)
         best, start = self._back(self.best), self._back(self.start)  # the drop in loss units, as _reading's
         if level - self.best > band and self._back(level) >= best + RISE_BACK * (start - best):
             return (f"the training loss rose from {self._back(self.best):.3g} to {self._back(level):.3g} (median of"
                     f" {len(values)} steps; band x{self._back(band) if self.space == 'log' else 1 + band:.3g},"
                     f" drop {self._back(self.start):.3g} -> {self._back(self.best):.3g})")
+        self.calm = self._calm(values[-1])
         self.best = min(self.best, level)
+        self.sigma = noise_sigma(values)
         return None
+
+    def _calm(self, value: float) -> bool:
+        """Whether the state after a window that passed is safe to keep: its last loss is no instability in the
+        range test's sense (``_reading.first_instability``: above ``INSTABILITY_FACTOR`` x the best level, by
+        ``INSTABILITY_SIGMAS`` sigmas of the noise of the windows before more). A median ignores one blown-up
+        loss at a window's end, which is how a blow-up starts; the guard then keeps its older good state."""
+        assert self.best is not None
+        factor = math.log(INSTABILITY_FACTOR) if self.space == "log" else INSTABILITY_FACTOR - 1.0
+        return self._z(value) - self.best <= factor + INSTABILITY_SIGMAS * self.sigma
 
     # ------------------------------------------------------------------ checkpoint state
     def state(self) -> dict[str, Any]:
-        return {"space": self.space, "scale": self.scale, "start": self.start, "best": self.best}
+        return {"space": self.space, "scale": self.scale, "start": self.start, "best": self.best, "sigma": self.sigma}
 
     def load(self, state: Any) -> None:
         """Restore :meth:`state`; a bad value raises an :class:`ArgumentError` naming ``guard.<key>``."""
@@ -153,12 +170,15 @@ class DivergenceRule:
         if space not in (None, "log", "linear"):
             raise ArgumentError("guard.space", space, "None, 'log' or 'linear'")
         values = {}
-        for key in ("scale", "start", "best"):
+        for key in ("scale", "start", "best", "sigma"):
             value = state.get(key)
-            if key != "scale" and value is None:
+            if key in ("start", "best") and value is None:
                 values[key] = None
                 continue
             values[key] = float_in(f"guard.{key}", value, -math.inf, math.inf, low_open=True, high_open=True)
         if (values["start"] is None) != (values["best"] is None) or (space is None) != (values["start"] is None):
             raise ArgumentError("guard", state, "consistent: space, start and best all set or all None")
+        if values["sigma"] < 0:
+            raise ArgumentError("guard.sigma", values["sigma"], "a number >= 0")
         self.space, self.scale, self.start, self.best = space, values["scale"], values["start"], values["best"]
+        self.sigma = values["sigma"]

@@ -32,10 +32,10 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_clr._validation import ArgumentError
 from lightning_clr.engine._divergence import DivergenceGuard, DivergenceRule
-from lightning_clr.engine._plan import CyclePlan
+from lightning_clr.engine._plan import CyclePlan, _bad_state
 from lightning_clr.engine._resolve import _fmt
 
-__all__ = ["DivergenceError", "GoodState", "Guard"]
+__all__ = ["DivergenceError", "GoodState", "Guard", "check_state"]
 
 METRIC_PREFIX = "clr_guard/"
 
@@ -139,9 +139,9 @@ class Guard:
         self.plan = plan
         self.rule = DivergenceRule(config.threshold)
         self._losses: list[Any] = []
-        if state:
-            self.rule.load(state.get("rule"))
-            self._losses = [float(v) for v in _pending(state.get("pending", []))]
+        if state:  # checked when the checkpoint was loaded (check_state)
+            self.rule.load(state["rule"])
+            self._losses = [float(v) for v in state["pending"]]
         self._good: Optional[GoodState] = None
         self._good_levels = self.rule.state()
         self._next_check = 0
@@ -175,30 +175,30 @@ class Guard:
         return self._check(trainer, step)
 
     def _check(self, trainer: Any, step: int) -> Optional[CyclePlan]:
-        values = self._read(trainer)
         trough = self._next_check % self.plan.cycle_length == 0  # this check was due at a trough (low LR)
-        self._next_check = self._following(step)
-        reason = self.rule.check(values)
+        reason = self.decide(step, int(getattr(trainer, "world_size", 1) or 1))
         if reason is None:
-            if trough and self._good is not None:
+            if trough and self._good is not None and self.rule.calm:
                 self._good.capture()
                 self._good_levels = self.rule.state()
             return None
         return self._intervene(trainer, step, reason)
 
-    def _read(self, trainer: Any) -> list[float]:
-        """The window's losses, averaged over the ranks (one all_reduce), read once; the window starts anew."""
+    def decide(self, step: int, world_size: int = 1) -> Optional[str]:
+        """Read the window (averaged over the ranks: one all_reduce), judge it and start the next one; return
+        why it diverged, or ``None``. Every rank judges the same numbers, so every rank decides alike."""
         pending = [v for v in self._losses if not isinstance(v, torch.Tensor)]
         tensors = [v.float().reshape(()) for v in self._losses if isinstance(v, torch.Tensor)]
         self._losses = []
-        if not tensors:
-            return pending
-        window = torch.stack(tensors)
-        world = int(getattr(trainer, "world_size", 1) or 1)
-        if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(window, op=torch.distributed.ReduceOp.SUM)
-            window = window / world
-        return pending + window.tolist()
+        self._next_check = self._following(step)
+        values = pending
+        if tensors:
+            window = torch.stack(tensors)
+            if world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+                torch.distributed.all_reduce(window, op=torch.distributed.ReduceOp.SUM)
+                window = window / world_size
+            values = pending + window.tolist()
+        return self.rule.check(values)
 
     def _intervene(self, trainer: Any, step: int, reason: str) -> CyclePlan:
         plan, config = self.plan, self.config
@@ -238,10 +238,22 @@ class Guard:
         self._good = None
 
 
-def _pending(value: Any) -> list[float]:
-    if not isinstance(value, (list, tuple)) or not all(isinstance(v, (int, float)) for v in value):
-        raise ArgumentError("guard.pending", value, "a list of numbers")
-    return list(value)
+def check_state(state: Any) -> Optional[dict[str, Any]]:
+    """A checkpoint's guard state, checked (plain numbers only); a bad one raises the ``ValueError`` of a bad
+    checkpoint state, naming the key, before any step."""
+    if state is None:
+        return None
+    try:
+        if not isinstance(state, dict) or set(state) != {"rule", "pending"}:
+            raise ArgumentError("guard", state, "a dict with the keys 'pending' and 'rule'")
+        DivergenceRule().load(state["rule"])
+        pending = state["pending"]
+        if not isinstance(pending, (list, tuple)) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in pending):
+            raise ArgumentError("guard.pending", pending, "a list of numbers")
+    except ArgumentError as err:
+        raise _bad_state(err.argument, err.value, err.requirement) from None
+    return state
 
 
 def _log(trainer: Any, step: int, old: CyclePlan, new: CyclePlan) -> None:
