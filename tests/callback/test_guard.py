@@ -5,8 +5,11 @@ error in its last good state, and the guard acts per optimizer step (gradient ac
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +19,15 @@ import torch
 from helpers import LRRecorder, StopAt, TinyModel, loader, trainer
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
+from processes import clean_env
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_clr import CyclicLearningRate, DivergenceError, DivergenceGuard, RangeTestConfig, cyclic_lr
 
 GUARD_LOG = "lightning.pytorch.utilities.rank_zero"
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPTS = ROOT / "tests" / "scripts"
 
 
 # ------------------------------------------------------------------ issue 19: a range test read on the cliff
@@ -67,6 +73,7 @@ def digits_fit(seed: int, guard: DivergenceGuard, max_epochs: int) -> tuple[Cycl
     return clr, accuracy
 
 
+@pytest.mark.slow  # two 4-epoch fits at batch 8: about 70 s of CPU
 @pytest.mark.timeout(600)
 def test_a_max_lr_read_on_the_cliff_is_caught_and_recovered_within_one_cycle():
     """Digits, batches of 8, SGD with momentum 0.9, every default: on seed 2 the range test reads max_lr 0.20,
@@ -243,3 +250,34 @@ def test_manual_optimization_is_watched_when_it_returns_the_loss(return_loss, ca
         assert clr.plan.interventions and not cannot
     else:
         assert clr.plan.interventions == () and len(cannot) == 1
+
+
+# ------------------------------------------------------------------ DDP: two gloo ranks, one rank's loss blows up
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_two_ranks_take_the_same_decision_at_the_same_step(tmp_path):
+    """tests/scripts/guard_ddp.py: rank 1's reported loss is 1000x once the LR passes 0.05 (its gradient is the
+    true one). Both ranks back off at the same step, from one all_reduce per check and none between checks."""
+    reports = {}
+    for name, extra in (("guard", []), ("off", ["--no-guard"])):
+        out = tmp_path / name
+        proc = subprocess.run([sys.executable, str(SCRIPTS / "guard_ddp.py"), "--out", str(out), *extra],
+                              env=clean_env(), cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        reports[name] = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+        reports[name + "_guard"] = [json.loads((out / f"guard{r}.json").read_text()) for r in range(2)]
+    g0, g1 = reports["guard_guard"]
+    assert g0 == g1 and len(g0["interventions"]) == 1 and g0["max_lr"] == 0.04
+    step = g0["interventions"][0]["step"]
+    r0, r1 = reports["guard"]
+    assert r0["lrs"] == r1["lrs"] and r0["weights"] == r1["weights"] and r0["global_step"] == r1["global_step"]
+    assert max(r0["lrs"][step:]) <= 0.04 < max(r0["lrs"][:step])
+    assert max(loss for _, loss in r0["local_losses"]) < 100 < max(loss for _, loss in r1["local_losses"])
+    assert reports["off_guard"][0]["interventions"] == []
+    # The guard's collectives: one all_reduce per check (every 2 steps), none on the steps between.
+    per_step = r0["collectives"]["per_step"]
+    baseline = reports["off"][0]["collectives"]["per_step"]
+    extra = [a - b for a, b in zip(per_step, baseline)]
+    assert extra == [1 if (s + 1) % 2 == 0 else 0 for s in range(len(extra))]
+    assert r0["collectives"]["training_by_name"].get("all_reduce", 0) - reports["off"][0]["collectives"][
+        "training_by_name"].get("all_reduce", 0) == sum(extra)
