@@ -126,7 +126,8 @@ def _loss_of(outputs: Any) -> Optional[torch.Tensor]:
     """The loss the step computed: ``outputs["loss"]`` (Lightning's batch output) or a tensor; else ``None``."""
     loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
     if isinstance(loss, torch.Tensor) and loss.numel() == 1:
-        return loss.detach() if loss.requires_grad else loss
+        loss = loss.detach() if loss.requires_grad else loss
+        return loss if loss.dim() == 0 else loss.reshape(())
     return None
 
 
@@ -188,12 +189,12 @@ class Guard:
         """Read the window (averaged over the ranks: one all_reduce), judge it and start the next one; return
         why it diverged, or ``None``. Every rank judges the same numbers, so every rank decides alike."""
         pending = [v for v in self._losses if not isinstance(v, torch.Tensor)]
-        tensors = [v.float().reshape(()) for v in self._losses if isinstance(v, torch.Tensor)]
+        tensors = [v for v in self._losses if isinstance(v, torch.Tensor)]  # 0-d, from _loss_of
         self._losses = []
         self._next_check = self._following(step)
         values = pending
         if tensors:
-            window = torch.stack(tensors)
+            window = torch.stack(tensors).float()
             if world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
                 torch.distributed.all_reduce(window, op=torch.distributed.ReduceOp.SUM)
                 window = window / world_size
@@ -228,9 +229,9 @@ class Guard:
     def state(self) -> dict[str, Any]:
         """The rule's levels and the losses of the window in progress (read now: a checkpoint is a rare event)."""
         pending = [float(v) for v in self._losses if not isinstance(v, torch.Tensor)]
-        tensors = [v.float().reshape(()) for v in self._losses if isinstance(v, torch.Tensor)]
+        tensors = [v for v in self._losses if isinstance(v, torch.Tensor)]
         if tensors:
-            pending += torch.stack(tensors).tolist()
+            pending += torch.stack(tensors).float().tolist()
         return {"rule": self.rule.state(), "pending": pending}
 
     def release(self) -> None:
