@@ -281,3 +281,18 @@ def test_two_ranks_take_the_same_decision_at_the_same_step(tmp_path):
     assert extra == [1 if (s + 1) % 2 == 0 else 0 for s in range(len(extra))]
     assert r0["collectives"]["training_by_name"].get("all_reduce", 0) - reports["off"][0]["collectives"][
         "training_by_name"].get("all_reduce", 0) == sum(extra)
+
+
+# ------------------------------------------------------------------ the command line
+def test_the_cli_sets_the_guard_and_names_a_bad_flag(tmp_path):
+    args = [sys.executable, "-m", "lightning_clr.cli", "fit", "--model", "examples.digits.DigitsClassifier",
+            "--data", "examples.digits.DigitsDataModule", "--trainer.max_epochs", "1"]
+    env = clean_env()  # the repository on PYTHONPATH: examples.digits imports
+    bad = subprocess.run([*args, "--clr.guard.check_every", "0"], env=env, cwd=tmp_path, capture_output=True,
+                         text=True, timeout=120)
+    assert bad.returncode != 0
+    assert "--clr.guard.check_every: `guard.check_every` must be a whole number" in bad.stderr + bad.stdout
+    shown = subprocess.run([*args, "--clr.guard.enabled", "false", "--clr.guard.backoff_factor", "0.25",
+                            "--print_config"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    assert "enabled: false" in shown.stdout and "backoff_factor: 0.25" in shown.stdout
