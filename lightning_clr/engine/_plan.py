@@ -49,7 +49,7 @@ class CyclePlan:
         half_cycle_epochs: The half-cycle the step sizes were derived from (``None`` when they were given).
         range_test: The range test's result as a dict (``RangeTestResult.to_dict()``), when it ran.
         lr_scale: What the divergence guard multiplied both bounds of every group by (1: it never acted); the
-            LR follows :attr:`effective_base_lr` and :attr:`effective_max_lr`.
+            LR follows ``effective_base_lr`` and ``effective_max_lr``.
         interventions: One dict per back-off of the guard: ``step`` (optimizer step), ``reason``, ``lr_scale``
             (after it).
 
@@ -130,11 +130,12 @@ class CyclePlan:
 
     @property
     def effective_base_lr(self) -> tuple[float, ...]:
-        """The lower bounds the LR follows: ``base_lr`` x ``lr_scale`` (the guard's back-offs)."""
+        """Lower bounds that the LR follows, ``base_lr`` x ``lr_scale`` (after the guard's back-offs)."""
         return self.base_lr if self.lr_scale == 1.0 else tuple(b * self.lr_scale for b in self.base_lr)
 
     @property
     def effective_max_lr(self) -> tuple[float, ...]:
+        """Upper bounds that the LR follows, ``max_lr`` x ``lr_scale``."""
         return self.max_lr if self.lr_scale == 1.0 else tuple(m * self.lr_scale for m in self.max_lr)
 
     @property
