@@ -395,6 +395,8 @@ def markdown(data: dict[str, Any]) -> str:
 
 def _guard_lines(s: dict[str, Any], f: dict[str, Any]) -> list[str]:
     pw, pc = f["paired_wall_ratio_guard_vs_callback"], f["paired_cpu_ratio_guard_vs_callback"]
+    per_step = s["guard_batch_end"]["median_us"] + s["guard_check"]["median_us"] / 10
+    fit_per_step = f["median_cpu_s"]["callback"] / f["optimizer_steps"] * 1e6
     return [
         "",
         f"The divergence guard, on a fit where it never acts: its per-batch path (keep the step's loss tensor) costs"
@@ -402,9 +404,12 @@ def _guard_lines(s: dict[str, Any], f: dict[str, Any]) -> list[str]:
         f" {s['guard_check']['median_us']:.1f} µs, i.e. {s['guard_check']['median_us'] / 10:.2f} µs per step at"
         f" the default `check_every=10`. Whole fits, guard on against guard off, paired ({pw['rounds']} rounds):"
         f" wall {pw['median']:.4f} (quartiles {pw['q1']:.4f}–{pw['q3']:.4f}), CPU {pc['median']:.4f}"
-        f" (quartiles {pc['q1']:.4f}–{pc['q3']:.4f}).",
+        f" (quartiles {pc['q1']:.4f}–{pc['q3']:.4f}). Bottom-up: {per_step:.2f} µs per step against"
+        f" {fit_per_step:.0f} µs of CPU per step for the guard-off fit: **{1 + per_step / fit_per_step:.4f}**.",
         f"- [{'x' if pc['median'] <= 1.01 else ' '}] guard on vs off, whole-fit CPU-time ratio, paired, <= 1.01"
         f" ({pc['median']:.4f})",
+        f"- [{'x' if per_step / fit_per_step <= 0.01 else ' '}] guard on vs off, bottom-up, <= 1.01"
+        f" ({1 + per_step / fit_per_step:.4f})",
     ]
 
 
