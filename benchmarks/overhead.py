@@ -401,7 +401,9 @@ def _guard_lines(s: dict[str, Any], f: dict[str, Any]) -> list[str]:
         "",
         f"The divergence guard, on a fit where it never acts: its per-batch path (keep the step's loss tensor) costs"
         f" {s['guard_batch_end']['median_us']:.2f} µs, and one check of 10 losses (append them, one read, the rule)"
-        f" {s['guard_check']['median_us']:.1f} µs, i.e. {s['guard_check']['median_us'] / 10:.2f} µs per step at"
+        f" {s['guard_check']['median_us']:.1f} µs (min {s['guard_check']['min_us']:.1f}: a block of these is 10x"
+        f" longer than one of the per-batch path, and more often preempted on a loaded machine), i.e."
+        f" {s['guard_check']['median_us'] / 10:.2f} µs per step at"
         f" the default `check_every=10`. Whole fits, guard on against guard off, paired ({pw['rounds']} rounds):"
         f" wall {pw['median']:.4f} (quartiles {pw['q1']:.4f}–{pw['q3']:.4f}), CPU {pc['median']:.4f}"
         f" (quartiles {pc['q1']:.4f}–{pc['q3']:.4f}). Bottom-up: {per_step:.2f} µs per step against"
