@@ -55,6 +55,7 @@ from _common import (  # noqa: E402
     update_section,
     write_json,
 )
+from _guard_cost import guard_calls, guard_lines  # noqa: E402
 
 from lightning_clr import CyclicLearningRate, DivergenceGuard  # noqa: E402
 
@@ -131,32 +132,8 @@ def per_step_costs(calls: int, blocks: int) -> dict[str, Any]:
     ref_opt.step()  # avoid torch's "scheduler.step() before optimizer.step()" warning
     costs: dict[str, Any] = per_call_us(
         {"callback_apply": lambda: clr._writer.apply(0), "callback_hooks": hooks, "torch_cycliclr_step": sched.step,
-         **guard_calls(model)}, calls, blocks)
+         **guard_calls(model, tiny_loader(128, 32))}, calls, blocks)
     return {**costs, "calls_per_block": calls, "blocks": blocks}
-
-
-def guard_calls(model: pl.LightningModule) -> dict[str, Callable[[], Any]]:
-    """The guard's work: its per-batch path (the callback's ``on_train_batch_end`` between checks) and one check
-    of ``check_every`` losses (appending them, one read, the rule), on a guard wired up by a real fit."""
-    clr = CyclicLearningRate(base_lr=1e-3, max_lr=6e-3, step_size_up=2000, guard=DivergenceGuard(enabled=True))
-    trainer = make_trainer([clr], max_epochs=1, max_steps=4)
-    trainer.fit(model, train_dataloaders=tiny_loader(128, 32))
-    guard, every = clr._guard, clr.settings.guard.check_every
-    outputs = {"loss": torch.tensor(1.3)}
-    guard._next_check = 10**12  # between checks
-
-    def batch_end() -> None:
-        clr.on_train_batch_end(trainer, model, outputs, None, 0)
-        if len(guard._losses) > 1000:
-            guard._losses.clear()
-
-    def check() -> None:
-        guard._losses.clear()
-        for _ in range(every):
-            guard._losses.append(outputs["loss"])
-        guard.decide(10**12)
-
-    return {"guard_batch_end": batch_end, "guard_check": check}
 
 
 KINDS = ("constant", "callback", "empty_callback", "torch_cycliclr", "callback_guard")
@@ -378,7 +355,7 @@ def markdown(data: dict[str, Any]) -> str:
         f"Paired, round by round ({pw['rounds']} rounds, each running every kind once back to back), the callback's"
         f" fit against the empty callback's: wall {pw['median']:.4f} (quartiles {pw['q1']:.4f}–{pw['q3']:.4f}),"
         f" CPU {pc['median']:.4f} (quartiles {pc['q1']:.4f}–{pc['q3']:.4f}).",
-        *_guard_lines(s, f),
+        *guard_lines(s, f),
         *_own_cost_lines(data.get("own_cost")),
         *_instruction_lines(data.get("instructions")),
         "",
@@ -391,28 +368,6 @@ def markdown(data: dict[str, Any]) -> str:
         f"- [{'x' if ok_cpu else ' '}] whole-fit CPU-time ratio <= 1.01",
     ]
     return "\n".join(lines) + "\n"
-
-
-def _guard_lines(s: dict[str, Any], f: dict[str, Any]) -> list[str]:
-    pw, pc = f["paired_wall_ratio_guard_vs_callback"], f["paired_cpu_ratio_guard_vs_callback"]
-    per_step = s["guard_batch_end"]["median_us"] + s["guard_check"]["median_us"] / 10
-    fit_per_step = f["median_cpu_s"]["callback"] / f["optimizer_steps"] * 1e6
-    return [
-        "",
-        f"The divergence guard, on a fit where it never acts: its per-batch path (keep the step's loss tensor) costs"
-        f" {s['guard_batch_end']['median_us']:.2f} µs, and one check of 10 losses (append them, one read, the rule)"
-        f" {s['guard_check']['median_us']:.1f} µs (min {s['guard_check']['min_us']:.1f}: a block of these is 10x"
-        f" longer than one of the per-batch path, and more often preempted on a loaded machine), i.e."
-        f" {s['guard_check']['median_us'] / 10:.2f} µs per step at"
-        f" the default `check_every=10`. Whole fits, guard on against guard off, paired ({pw['rounds']} rounds):"
-        f" wall {pw['median']:.4f} (quartiles {pw['q1']:.4f}–{pw['q3']:.4f}), CPU {pc['median']:.4f}"
-        f" (quartiles {pc['q1']:.4f}–{pc['q3']:.4f}). Bottom-up: {per_step:.2f} µs per step against"
-        f" {fit_per_step:.0f} µs of CPU per step for the guard-off fit: **{1 + per_step / fit_per_step:.4f}**.",
-        f"- [{'x' if pc['median'] <= 1.01 else ' '}] guard on vs off, whole-fit CPU-time ratio, paired, <= 1.01"
-        f" ({pc['median']:.4f})",
-        f"- [{'x' if per_step / fit_per_step <= 0.01 else ' '}] guard on vs off, bottom-up, <= 1.01"
-        f" ({1 + per_step / fit_per_step:.4f})",
-    ]
 
 
 def _own_cost_lines(own: Optional[dict[str, Any]]) -> list[str]:
