@@ -86,11 +86,11 @@ def test_overhead_quick(tmp_path: Path) -> None:
     doc.write_text("# Benchmarks\n\nkept text\n")
     _run(["benchmarks/overhead.py", "--quick", "--out-dir", str(tmp_path), "--doc", str(doc)], timeout=280)
     data = json.loads((tmp_path / "overhead_quick.json").read_text())
-    for key in ("callback_apply", "callback_hooks", "torch_cycliclr_step"):
+    for key in ("callback_apply", "callback_hooks", "torch_cycliclr_step", "guard_batch_end", "guard_check"):
         cost = data["per_step"][key]
         assert 0 < cost["min_us"] <= cost["median_us"] <= cost["max_us"] < 10_000, key
     fit = data["whole_fit"]
-    for kind in ("constant", "callback", "empty_callback", "torch_cycliclr"):
+    for kind in ("constant", "callback", "empty_callback", "torch_cycliclr", "callback_guard"):
         assert len(fit["wall_s"][kind]) == len(fit["cpu_s"][kind]) == fit["repeats"], kind
         assert all(0 < c for c in fit["cpu_s"][kind])
     assert math.isfinite(fit["ratio"]) and 0.2 < fit["ratio"] < 5
@@ -98,6 +98,7 @@ def test_overhead_quick(tmp_path: Path) -> None:
     text = doc.read_text()
     assert text.startswith("# Benchmarks\n\nkept text\n") and "<!-- overhead:start -->" in text
     assert "CyclicLR.step()" in text and "ratio" in text
+    assert "guard on vs off" in text and 0.2 < fit["paired_cpu_ratio_guard_vs_callback"]["median"] < 5
     # a second run replaces the section instead of appending another one
     _common.update_section(doc, "overhead", "new text")
     assert doc.read_text().count("<!-- overhead:start -->") == 1 and "new text" in doc.read_text()

@@ -75,11 +75,12 @@ class ScheduleWriter:
         self._momenta = (plan.max_momentum, plan.base_momentum)
         self._groups: list[list[tuple[dict[str, Any], float, float, Optional[str]]]] = []
         keys = momentum_keys(optimizers, plan.cycle_momentum)
+        base, high = plan.effective_base_lr, plan.effective_max_lr  # lowered by the guard's back-offs, if any
         k = 0
         for opt in optimizers:
             rows = []
             for group in opt.param_groups:
-                rows.append((group, plan.base_lr[k], plan.max_lr[k], keys[k]))
+                rows.append((group, base[k], high[k], keys[k]))
                 k += 1
             self._groups.append(rows)
         self._handles: list[Any] = []
