@@ -26,7 +26,6 @@ __all__ = [
     "MAX_STEPS",
     "boolean",
     "choice",
-    "finite_float",
     "float_in",
     "int_in",
     "number",
@@ -76,13 +75,6 @@ def number(name: str, value: Any, requirement: str = "a number") -> float:
     if isinstance(plain, bool) or not isinstance(plain, numbers.Real):
         raise ArgumentError(name, value, requirement)
     return float(plain)
-
-
-def finite_float(name: str, value: Any) -> float:
-    out = number(name, value, "a finite number")
-    if not math.isfinite(out):
-        raise ArgumentError(name, value, "a finite number")
-    return out
 
 
 def positive_float(name: str, value: Any) -> float:

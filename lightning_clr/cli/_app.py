@@ -34,7 +34,6 @@ RANGE_TEST_ALIAS = "range-test"
 _TUNE_SKIP = {"model_kwargs", "datamodule_kwargs", "trainer_kwargs", "max_epochs", "base_lr", "max_lr", "range_test"}
 _CLR_ARGS = frozenset(inspect.signature(CyclicLearningRate).parameters)
 _RANGE_TEST_FIELDS = frozenset(f.name for f in dataclasses.fields(RangeTestConfig))
-_fail = fail  # the name the subcommands use
 
 
 def _import_class(class_path: str) -> Optional[type]:
@@ -294,7 +293,7 @@ class LightningCLRCLI(LightningCLI):
         for name, value in bounds.items():
             if isinstance(value, list):
                 if len(value) != 1:
-                    _fail(f"--clr.{name}: tune needs one value, got {value!r}")
+                    fail(f"--clr.{name}: tune needs one value, got {value!r}")
                 bounds[name] = value[0]
         trainer_kwargs = dict(self._get(self.config_init, "trainer", default={}))
         max_epochs = trainer_kwargs.pop("max_epochs", None)
@@ -312,14 +311,14 @@ class LightningCLRCLI(LightningCLI):
         search = kwargs.get("search")
         if isinstance(clr, CyclicLearningRate) and config.get("search.modes") == SearchSpace().modes:
             if clr.mode == "exp_range":
-                _fail("--clr.mode: tune searches 'triangular' and 'triangular2', got 'exp_range' (its gamma would"
+                fail("--clr.mode: tune searches 'triangular' and 'triangular2', got 'exp_range' (its gamma would"
                       " have to fit each trial's length)")
             if isinstance(search, SearchSpace):
                 kwargs["search"] = dataclasses.replace(search, modes=(clr.mode,))
         try:
             import optuna  # noqa: F401
         except ImportError:
-            _fail("tune needs optuna, an optional dependency: `pip install lightning-clr[tune]`")
+            fail("tune needs optuna, an optional dependency: `pip install lightning-clr[tune]`")
         from lightning_clr.tuning._storage import StorageError
 
         try:
@@ -333,7 +332,7 @@ class LightningCLRCLI(LightningCLI):
                 **kwargs,
             )
         except ArgumentError as err:  # before any trial trained
-            _fail(f"--{err.argument}: {err}")
+            fail(f"--{err.argument}: {err}")
         except StorageError as err:  # one line; the running trial is left to the next worker's heartbeat sweep
             print(f"lightning-clr: error: {err}", file=sys.stderr)
             raise SystemExit(1) from None
@@ -407,5 +406,5 @@ def main(args: Union[list[str], None] = None) -> None:
     except ModuleNotFoundError as err:
         if "lightning-clr[" not in str(err):
             raise
-        _fail(str(err))
+        fail(str(err))
 

@@ -1,5 +1,4 @@
-"""The Trainer side of the ``lightning-clr`` command: the methods of its two extra subcommands, and a quiet
-banner for the tuner's trials.
+"""The Trainer side of the ``lightning-clr`` command: the methods of its two extra subcommands.
 
 LightningCLI reads each subcommand's flags and help off the Trainer method of that name (``Trainer.fit``
 gives ``lightning-clr fit``), so ``range_test`` and ``tune`` are Trainer methods here, mixed into the CLI's
@@ -24,9 +23,6 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning_clr.range_test import RangeTestConfig
 
 __all__ = ["with_subcommands"]
-
-# Loggers of Lightning's per-Trainer banner ("GPU available", "💡 Tip", "LOCAL_RANK: 0 - CUDA_VISIBLE_DEVICES")
-# and of its per-trial "Seed set to 0".
 
 
 class _SubcommandMethods:
@@ -75,16 +71,16 @@ class _SubcommandMethods:
         The flags are the arguments of ``lightning_clr.tune_cycle_length``; ``--trainer.*`` flags configure
         every trial's Trainer (``--trainer.max_epochs`` is one trial's budget), ``--clr.base_lr``,
         ``--clr.max_lr`` and ``--clr.range_test.*`` the LR bounds, and ``--clr.mode`` the mode unless
-        ``--modes`` is given. Each trial builds its own Trainer; this one is not used.
+        ``--search.modes`` is given. Each trial builds its own Trainer; this one is not used. Only this signature
+        and docstring are used here (the subcommand's flags and help): ``LightningCLRCLI.tune`` runs it.
 
         Args:
             model: A LightningModule class or factory (``--model``).
             datamodule: A LightningDataModule class or factory (``--data``).
             verbose: Show Lightning's banner ("GPU available", tips) and a model summary for every trial.
         """
-        from lightning_clr.tuning import tune_cycle_length
-
-        return tune_cycle_length(model, datamodule, **kwargs)
+        raise NotImplementedError("Trainer.tune is the `lightning-clr tune` subcommand's signature; call"
+                                  " lightning_clr.tune_cycle_length to tune from Python")
 
 
 class _SubcommandTrainer(_SubcommandMethods, Trainer):
@@ -109,3 +105,4 @@ def _save_range_test(result: Any, out: Path) -> list[Path]:
 
     paths, _ = save_result(result, str(out))
     return [Path(p) for p in paths]
+

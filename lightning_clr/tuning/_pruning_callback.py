@@ -22,7 +22,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 from typing import Any, Optional
 
 import lightning.pytorch as pl
@@ -254,7 +253,3 @@ def destroy_process_group_at_exit() -> None:
 
     atexit.register(_destroy_dist_connection)
     _DESTROY_REGISTERED = True
-
-
-def is_nan(value: Any) -> bool:
-    return value is not None and math.isnan(float(value))
