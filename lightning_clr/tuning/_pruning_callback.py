@@ -22,12 +22,15 @@ Example:
 
 from __future__ import annotations
 
+import atexit
 from typing import Any, Optional
 
 import lightning.pytorch as pl
+import torch.distributed as dist
 from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_clr._compat import callback_bases
+from lightning_clr._lightning import destroy_dist_connection
 from lightning_clr._validation import ArgumentError, int_in
 from lightning_clr.callback import CyclicLearningRate
 
@@ -243,13 +246,7 @@ def destroy_process_group_at_exit() -> None:
     torch 2.13 in about one 2-rank run in ten.
     """
     global _DESTROY_REGISTERED
-    import torch.distributed as dist
-
     if _DESTROY_REGISTERED or not (dist.is_available() and dist.is_initialized()):
         return
-    import atexit
-
-    from lightning.fabric.utilities.distributed import _destroy_dist_connection
-
-    atexit.register(_destroy_dist_connection)
+    atexit.register(destroy_dist_connection())
     _DESTROY_REGISTERED = True
