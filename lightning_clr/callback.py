@@ -180,9 +180,11 @@ class CyclicLearningRate(*callback_bases()):  # a Callback of lightning.pytorch 
         return self._plan.steps_per_epoch if self._plan else None
 
     @property
-    def half_cycle_epochs(self) -> float:
-        """The given half-cycle in epochs (see :attr:`resolved_half_cycle_epochs` for the fit's)."""
-        return self._settings.half_cycle_epochs
+    def half_cycle_epochs(self) -> Optional[float]:
+        """The half-cycle in epochs: as its siblings (:attr:`base_lr`, :attr:`step_size_up`, :attr:`mode`), the
+        resolved plan's from train start on (``step_size_up / steps_per_epoch``, ``None`` for a fit without
+        epochs), the given one before. The given one is always ``settings.half_cycle_epochs``."""
+        return self.resolved_half_cycle_epochs if self._plan else self._settings.half_cycle_epochs
 
     @property
     def mode(self) -> str:
@@ -201,7 +203,8 @@ class CyclicLearningRate(*callback_bases()):  # a Callback of lightning.pytorch 
 
     @property
     def resolved_half_cycle_epochs(self) -> Optional[float]:
-        """The half-cycle in epochs after fit start (``step_size_up / steps_per_epoch``)."""
+        """The resolved plan's half-cycle in epochs (``step_size_up / steps_per_epoch``); ``None`` before train
+        start. :attr:`half_cycle_epochs` gives the same value from train start on."""
         plan = self._plan
         return plan.step_size_up / plan.steps_per_epoch if plan and plan.steps_per_epoch else None
 

@@ -157,7 +157,7 @@ class CyclePruningCallback(*callback_bases()):  # a Callback of either Lightning
         self.params = trainer.strategy.broadcast(self._rank_zero_params(trainer), src=0) or {}
         kwargs = getattr(clr, _KWARGS, None)
         h = self.params.get(PARAM)
-        if kwargs is not None and h is not None and h != clr.half_cycle_epochs:
+        if kwargs is not None and h is not None and h != clr.settings.half_cycle_epochs:
             _configure(clr, half_cycle_epochs=h, **kwargs)
             setattr(clr, _KWARGS, kwargs)
 
@@ -189,7 +189,7 @@ class CyclePruningCallback(*callback_bases()):  # a Callback of either Lightning
         self._sync(trainer, clr)
         self._cycles, self.pruned_at_epoch, self.reports = 0, None, {}
         max_epochs = trainer.fit_loop.max_epochs
-        h = clr.half_cycle_epochs
+        h = clr.settings.half_cycle_epochs
         if self.whole_cycles and clr.step_size_up is None and max_epochs not in (None, -1) and float(h).is_integer():
             cycle = 2 * int(h)
             epochs = cycle * max(1, round(max_epochs / cycle))

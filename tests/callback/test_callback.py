@@ -484,3 +484,16 @@ def test_a_subclass_calling_super_step_counts_one_step_per_step():
     t.fit(_SuperStepModel(), loader(n=64, batch_size=8))
     assert t.global_step == 8 and clr.steps == [8]
     assert [lrs[0] for lrs in rec.lrs] == [cyclic_lr(k, base_lr=0.01, max_lr=0.1, step_size_up=3) for k in range(8)]
+
+
+def test_half_cycle_epochs_is_the_given_value_before_the_fit_and_the_plans_after():
+    """As base_lr, step_size_up and mode are: the whole-cycle fit changes the half-cycle, and the property says so."""
+    clr = CyclicLearningRate(base_lr=0.01, max_lr=0.1, half_cycle_epochs=2.0)
+    assert clr.half_cycle_epochs == 2.0 and clr.resolved_half_cycle_epochs is None
+    trainer(callbacks=[clr], max_epochs=3).fit(TinyModel(), loader(n=32, batch_size=8))  # 4 steps per epoch
+    assert clr.steps_per_epoch == 4 and clr.step_size_up != 8  # 12 steps: no whole cycle of 2 * 8
+    assert clr.half_cycle_epochs == clr.step_size_up / 4 == clr.resolved_half_cycle_epochs
+    assert clr.settings.half_cycle_epochs == 2.0
+    given = CyclicLearningRate(base_lr=0.01, max_lr=0.1, step_size_up=6)
+    trainer(callbacks=[given], max_epochs=3).fit(TinyModel(), loader(n=32, batch_size=8))
+    assert given.half_cycle_epochs == 1.5
