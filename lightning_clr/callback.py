@@ -181,9 +181,9 @@ class CyclicLearningRate(*callback_bases()):  # a Callback of lightning.pytorch 
 
     @property
     def half_cycle_epochs(self) -> Optional[float]:
-        """The half-cycle in epochs: as its siblings (:attr:`base_lr`, :attr:`step_size_up`, :attr:`mode`), the
-        resolved plan's from train start on (``step_size_up / steps_per_epoch``, ``None`` for a fit without
-        epochs), the given one before. The given one is always ``settings.half_cycle_epochs``."""
+        """The half-cycle in epochs, read as ``base_lr``, ``step_size_up`` and ``mode`` are. From train start on
+        it is the resolved plan's (``step_size_up / steps_per_epoch``, ``None`` for a fit without epochs), before
+        it the given one. The given one is always ``settings.half_cycle_epochs``."""
         return self.resolved_half_cycle_epochs if self._plan else self._settings.half_cycle_epochs
 
     @property
