@@ -68,8 +68,8 @@ class CyclicLearningRate(*callback_bases()):  # a Callback of lightning.pytorch 
         max_momentum: Momentum at the LR base.
         final_lr_ratio: In (0, 1]. Below 1, an annealing tail: over the run's last ``step_size_down`` optimizer
             steps the lower bound falls geometrically from ``base_lr`` to ``base_lr * final_lr_ratio``, so the run
-            ends below ``base_lr`` (Smith's 1cycle "annihilation" in the last falling half). The default, 0.1,
-            won on six of the eight panel tasks of docs/benchmarks.md, tied on one and was within 2% on the last.
+            ends below ``base_lr`` (Smith's 1cycle "annihilation" in the last falling half). The default, 0.1, is
+            measured in docs/benchmarks.md (section 4).
             1.0: the run ends at ``base_lr``, exactly torch's ``CyclicLR``. Needs a known run length (``max_epochs`` or
             ``max_steps``); without one, the default tail is left out (an info line says so) and another value
             is an error.

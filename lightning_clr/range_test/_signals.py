@@ -8,7 +8,7 @@ at the same step.
 
 Under DDP, Lightning's handler also runs a ``broadcast`` from *inside* the signal handler. During the sweep
 that collective can pair with the sweep's all-reduce on a rank that was inside a collective when the signal
-came, and both ranks hang (seen here in 1 of 3 runs). So for the sweep's duration, and only under DDP, the
+came, and both ranks hang (docs/evidence.md). So for the sweep's duration, and only under DDP, the
 handler is the same one without that broadcast: it logs, forwards the signal to the launcher's processes and
 sets the flag, as Lightning's does, and runs Lightning's other SIGTERM handlers (SLURM's, a user's) unchanged.
 

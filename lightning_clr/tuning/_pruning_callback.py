@@ -242,8 +242,7 @@ def destroy_process_group_at_exit() -> None:
     """Destroy torch.distributed's process group when this process exits, once per process.
 
     Lightning does this for NCCL only. A gloo group left alive at interpreter exit sometimes aborts the
-    process ("terminate called without an active exception", SIGABRT) after a successful run; seen here with
-    torch 2.13 in about one 2-rank run in ten.
+    process ("terminate called without an active exception", SIGABRT) after a successful run (docs/evidence.md).
     """
     global _DESTROY_REGISTERED
     if _DESTROY_REGISTERED or not (dist.is_available() and dist.is_initialized()):
