@@ -173,3 +173,27 @@ def test_the_schedule_imports_neither_torch_nor_lightning() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=PACKAGE.parent)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+# Modules whose tests live in a file of another name, and why.
+TESTED_ELSEWHERE = {
+    "lightning_clr._lightning": "tests/test_lightning_seam.py",  # the canary of the seam
+    "lightning_clr.callback": "tests/callback",  # one folder: the callback's many setups
+    "lightning_clr.cli._app": "tests/cli/test_cli.py",  # the command, run end to end
+    "lightning_clr.cli._trainer": "tests/cli/test_cli.py",  # its subcommands, run by the command
+    "lightning_clr.range_test._reading": "tests/range_test/test_rules.py",  # read through the rules
+    "lightning_clr.range_test._smoothing": "tests/range_test/test_rules.py",
+}
+
+
+def test_every_module_has_its_tests_where_the_package_says() -> None:
+    """``lightning_clr/<sub>/_<name>.py`` is tested in ``tests/<sub>/test_<name>.py``."""
+    missing = []
+    for module, path in MODULES.items():
+        if path.stem in ("__init__", "__main__"):
+            continue
+        parts = module.split(".")[1:]
+        expected = TESTED_ELSEWHERE.get(module, "/".join(["tests", *parts[:-1], f"test_{parts[-1].lstrip('_')}.py"]))
+        if not (PACKAGE.parent / expected).exists():
+            missing.append(f"{module}: {expected}")
+    assert not missing, "\n".join(missing)
