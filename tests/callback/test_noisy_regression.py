@@ -87,6 +87,7 @@ def median(values: list[float]) -> float:
     return statistics.median(v if math.isfinite(v) else math.inf for v in values)
 
 
+@pytest.mark.timeout(600)  # 12 fits per case: the longest single-process tests of the suite
 @pytest.mark.parametrize(
     "rows, epochs",
     [
