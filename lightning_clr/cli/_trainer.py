@@ -22,6 +22,7 @@ from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only
 
 from lightning_clr.range_test import RangeTestConfig, lr_range_test, save_result
+from lightning_clr.tuning import tune_cycle_length
 
 __all__ = ["print_tune_result", "with_subcommands"]
 
@@ -70,16 +71,16 @@ class _SubcommandMethods:
         The flags are the arguments of ``lightning_clr.tune_cycle_length``; ``--trainer.*`` flags configure
         every trial's Trainer (``--trainer.max_epochs`` is one trial's budget), ``--clr.base_lr``,
         ``--clr.max_lr`` and ``--clr.range_test.*`` the LR bounds, and ``--clr.mode`` the mode unless
-        ``--search.modes`` is given. Each trial builds its own Trainer; this one is not used. Only this signature
-        and docstring are used here (the subcommand's flags and help): ``LightningCLRCLI.tune`` runs it.
+        ``--search.modes`` is given. Each trial builds its own Trainer; this one is not used. LightningCLI reads
+        the subcommand's flags and help off this method (jsonargparse follows ``**kwargs`` into the call below);
+        ``LightningCLRCLI.tune`` is what runs.
 
         Args:
             model: A LightningModule class or factory (``--model``).
             datamodule: A LightningDataModule class or factory (``--data``).
             verbose: Show Lightning's banner ("GPU available", tips) and a model summary for every trial.
         """
-        raise NotImplementedError("Trainer.tune is the `lightning-clr tune` subcommand's signature; call"
-                                  " lightning_clr.tune_cycle_length to tune from Python")
+        return tune_cycle_length(model, datamodule, **kwargs)  # jsonargparse reads **kwargs' flags off this call
 
 
 class _SubcommandTrainer(_SubcommandMethods, Trainer):
