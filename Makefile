@@ -5,6 +5,8 @@ PY := $(VENV)/bin/python
 # torch is pinned to a release; set TORCH_SPEC=torch to take whatever build pip picks for your machine.
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
+# The suite in parallel, one worker per core (pytest-xdist); tests marked xdist_group run on one worker, in turn.
+PYTEST_PARALLEL ?= -n auto --dist loadgroup
 # The floors job: a second venv with the lowest versions pyproject.toml declares for lightning (and the standalone
 # pytorch-lightning), optuna, torchmetrics and jsonargparse (.ci/floors.py reads them). torch stays TORCH_SPEC:
 # the CPU wheel of the torch floor (2.3) is not on PyPI, whose torch 2.3 is a 2.5 GB CUDA build.
@@ -31,11 +33,11 @@ $(FLOORS_VENV)/.stamp: pyproject.toml Makefile .ci/floors.py
 	touch $@
 
 test: venv
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q $(PYTEST_PARALLEL) $(PYTEST_ARGS)
 
 # The whole suite again on the declared floors (and the standalone pytorch_lightning at the lightning floor).
 test-floors: $(FLOORS_VENV)/.stamp
-	$(FLOORS_PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(FLOORS_PY) -m pytest -q -p no:cacheprovider $(PYTEST_PARALLEL) $(PYTEST_ARGS)
 
 # The HTML reference (docs/_build/html/index.html): every warning and broken reference fails the build.
 docs: venv

@@ -22,8 +22,12 @@ from __future__ import annotations
 
 import functools
 import importlib
+import importlib.util
+import sys
 from types import ModuleType
 from typing import Any
+
+import lightning_utilities.core.rank_zero as shared
 
 __all__ = ["callback_bases", "lightning_package"]
 
@@ -58,8 +62,6 @@ def callback_bases() -> tuple[type, ...]:
         >>> issubclass(Recorder, pl.Callback)
         True
     """
-    import importlib.util
-
     bases = [importlib.import_module("lightning.pytorch").Callback]
     if importlib.util.find_spec("pytorch_lightning") is not None:
         bases.append(_import_quietly("pytorch_lightning").Callback)
@@ -75,12 +77,8 @@ def _import_quietly(name: str) -> ModuleType:
     Trainer to the ``pytorch_lightning.utilities.rank_zero`` logger, and break their logging configuration
     (``logging.getLogger("lightning.pytorch").setLevel(...)``). So the logger is put back as it was.
     """
-    import sys
-
     if name in sys.modules:
         return sys.modules[name]
-    import lightning_utilities.core.rank_zero as shared
-
     previous = shared.log
     try:
         return importlib.import_module(name)

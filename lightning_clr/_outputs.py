@@ -30,6 +30,8 @@ import os
 import tempfile
 from typing import IO, TYPE_CHECKING, Any, Callable, Optional
 
+from lightning_utilities.core.rank_zero import rank_zero_warn
+
 from lightning_clr._validation import ArgumentError
 
 if TYPE_CHECKING:  # matplotlib is optional (lightning-clr[plot])
@@ -185,8 +187,6 @@ def publish(trainer: Any, name: str, *, json_text: Optional[str] = None, figure:
         raise ArgumentError("name", name, "a file name without a directory")
     if not trainer.is_global_zero:
         return []
-    from lightning_utilities.core.rank_zero import rank_zero_warn
-
     written: list[str] = []
     handled = False
     for logger in trainer.loggers:

@@ -26,7 +26,6 @@ __all__ = [
     "MAX_STEPS",
     "boolean",
     "choice",
-    "finite_float",
     "float_in",
     "int_in",
     "number",
@@ -79,6 +78,7 @@ def number(name: str, value: Any, requirement: str = "a number") -> float:
 
 
 def finite_float(name: str, value: Any) -> float:
+    """A finite number (any sign)."""
     out = number(name, value, "a finite number")
     if not math.isfinite(out):
         raise ArgumentError(name, value, "a finite number")

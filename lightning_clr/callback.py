@@ -71,8 +71,8 @@ class CyclicLearningRate(*callback_bases()):  # a Callback of lightning.pytorch 
         max_momentum: Momentum at the LR base.
         final_lr_ratio: In (0, 1]. Below 1, an annealing tail: over the run's last ``step_size_down`` optimizer
             steps the lower bound falls geometrically from ``base_lr`` to ``base_lr * final_lr_ratio``, so the run
-            ends below ``base_lr`` (Smith's 1cycle "annihilation" in the last falling half). The default, 0.1,
-            won on six of the eight panel tasks of docs/benchmarks.md, tied on one and was within 2% on the last.
+            ends below ``base_lr`` (Smith's 1cycle "annihilation" in the last falling half). The default, 0.1, is
+            measured in docs/benchmarks.md (section 4).
             1.0: the run ends at ``base_lr``, exactly torch's ``CyclicLR``. Needs a known run length (``max_epochs`` or
             ``max_steps``); without one, the default tail is left out (an info line says so) and another value
             is an error.
@@ -192,9 +192,11 @@ class CyclicLearningRate(*callback_bases()):  # a Callback of lightning.pytorch 
         return self._plan.steps_per_epoch if self._plan else None
 
     @property
-    def half_cycle_epochs(self) -> float:
-        """The given half-cycle in epochs (see :attr:`resolved_half_cycle_epochs` for the fit's)."""
-        return self._settings.half_cycle_epochs
+    def half_cycle_epochs(self) -> Optional[float]:
+        """The half-cycle in epochs, read as ``base_lr``, ``step_size_up`` and ``mode`` are. From train start on
+        it is the resolved plan's (``step_size_up / steps_per_epoch``, ``None`` for a fit without epochs), before
+        it the given one. The given one is always ``settings.half_cycle_epochs``."""
+        return self.resolved_half_cycle_epochs if self._plan else self._settings.half_cycle_epochs
 
     @property
     def mode(self) -> str:
@@ -213,7 +215,8 @@ class CyclicLearningRate(*callback_bases()):  # a Callback of lightning.pytorch 
 
     @property
     def resolved_half_cycle_epochs(self) -> Optional[float]:
-        """The half-cycle in epochs after fit start (``step_size_up / steps_per_epoch``)."""
+        """The resolved plan's half-cycle in epochs (``step_size_up / steps_per_epoch``); ``None`` before train
+        start. :attr:`half_cycle_epochs` gives the same value from train start on."""
         plan = self._plan
         return plan.step_size_up / plan.steps_per_epoch if plan and plan.steps_per_epoch else None
 

@@ -34,8 +34,6 @@ __all__ = [
     "CyclicSchedule",
     "interpolate",
     "whole_cycles",
-    "amplitude",
-    "cycle_position",
     "cyclic_lr",
     "cyclic_momentum",
     "derive_step_sizes",
@@ -58,12 +56,6 @@ def _triangular2(x: float) -> float:
     return 1 / (2.0 ** (x - 1))
 
 
-def cycle_position(step: int, step_size_up: float, step_size_down: Optional[float] = None) -> tuple[int, float]:
-    """Return ``(cycle, scale_factor)`` at ``step``: the 1-based cycle number and the position
-    inside the cycle, 0 at the bottom and 1 at the top of the triangle."""
-    return _position(step, *_cycle_shape(step_size_up, step_size_down))
-
-
 def _cycle_shape(step_size_up: float, step_size_down: Optional[float]) -> tuple[float, float]:
     """``(total_size, step_ratio)`` of a cycle, as torch's ``CyclicLR`` computes them."""
     up = float(step_size_up)
@@ -80,19 +72,6 @@ def _position(step: int, total_size: float, step_ratio: float) -> tuple[int, flo
     else:
         scale_factor = (x - 1) / (step_ratio - 1)
     return cycle, scale_factor
-
-
-def amplitude(
-    step: int,
-    cycle: int,
-    *,
-    mode: str = "triangular",
-    gamma: float = 1.0,
-    scale_fn: Optional[Callable[[float], float]] = None,
-    scale_mode: str = "cycle",
-) -> float:
-    """The amplitude multiplier that ``mode`` (or ``scale_fn``) applies at ``step``."""
-    return _amplitude(step, cycle, mode, gamma, scale_fn, scale_mode)
 
 
 def _amplitude(step: int, cycle: int, mode: str, gamma: float, scale_fn: Optional[Callable[[float], float]],

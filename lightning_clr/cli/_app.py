@@ -12,16 +12,21 @@ import sys
 from typing import Any, Optional, Union
 
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
+from lightning.pytorch import __version__ as pl_version
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
+from lightning.pytorch.utilities import rank_zero_info
+from lightning_utilities.core.imports import RequirementCache
 
+from lightning_clr._lightning import add_configure_optimizers, cli_get
 from lightning_clr._quiet import quiet_banner
 from lightning_clr._validation import ArgumentError
 from lightning_clr.callback import CyclicLearningRate
 from lightning_clr.cli._errors import debug, fail, join_flag, shorten_parse_error
-from lightning_clr.cli._trainer import with_subcommands
+from lightning_clr.cli._trainer import print_tune_result, with_subcommands
 from lightning_clr.engine._divergence import DivergenceGuard
 from lightning_clr.range_test import RangeTestConfig
+from lightning_clr.schedule import import_scale_fn
+from lightning_clr.tuning import OutputConfig, SearchSpace, tune_cycle_length
 
 __all__ = ["LightningCLRCLI", "main"]
 
@@ -35,7 +40,6 @@ RANGE_TEST_ALIAS = "range-test"
 _TUNE_SKIP = {"model_kwargs", "datamodule_kwargs", "trainer_kwargs", "max_epochs", "base_lr", "max_lr", "range_test"}
 _CLR_ARGS = frozenset(inspect.signature(CyclicLearningRate).parameters)
 _RANGE_TEST_FIELDS = frozenset(f.name for f in dataclasses.fields(RangeTestConfig))
-_fail = fail  # the name the subcommands use
 
 
 def _import_class(class_path: str) -> Optional[type]:
@@ -79,8 +83,6 @@ def validate_clr_args(prefix: str, init_args: dict[str, Any]) -> None:
         kwargs["guard"] = _check(f"{prefix}.guard", DivergenceGuard, **guard)
     path = kwargs.get("scale_fn")
     if isinstance(path, str):
-        from lightning_clr.schedule import import_scale_fn
-
         try:
             import_scale_fn(path)
         except ArgumentError as err:
@@ -119,8 +121,6 @@ class LightningCLRCLI(LightningCLI):
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        from lightning_utilities.core.imports import RequirementCache
-
         available = RequirementCache("jsonargparse[signatures]")
         if not available:
             raise ModuleNotFoundError(
@@ -149,7 +149,6 @@ class LightningCLRCLI(LightningCLI):
         # LightningCLI's own init_parser, with the parser class whose errors are one line. Not through its
         # `parser_class` argument: Lightning 2.5 (the declared floor) does not have it.
         from jsonargparse import ActionConfigFile
-        from lightning.pytorch import __version__ as pl_version
 
         kwargs.setdefault("description", DESCRIPTION)
         kwargs.setdefault("dump_header", [f"lightning.pytorch=={pl_version}"])
@@ -289,18 +288,15 @@ class LightningCLRCLI(LightningCLI):
         ``--clr.range_test.*`` the LR bounds, and ``--clr.mode`` the mode unless ``--search.modes`` is given.
         Exits with status 1 when no trial completed.
         """
-        from lightning_clr._validation import ArgumentError
-        from lightning_clr.tuning import SearchSpace, tune_cycle_length
-
         config = self._subconfig()
-        clr = self._get(self.config_init, "clr")
+        clr = cli_get(self, self.config_init, "clr")
         bounds = {name: config.get(f"clr.{name}") for name in ("base_lr", "max_lr")}
         for name, value in bounds.items():
             if isinstance(value, list):
                 if len(value) != 1:
-                    _fail(f"--clr.{name}: tune needs one value, got {value!r}")
+                    fail(f"--clr.{name}: tune needs one value, got {value!r}")
                 bounds[name] = value[0]
-        trainer_kwargs = dict(self._get(self.config_init, "trainer", default={}))
+        trainer_kwargs = dict(cli_get(self, self.config_init, "trainer", default={}))
         max_epochs = trainer_kwargs.pop("max_epochs", None)
         callbacks = trainer_kwargs.get("callbacks") or []
         callbacks = callbacks if isinstance(callbacks, list) else [callbacks]  # one callback from YAML
@@ -308,22 +304,20 @@ class LightningCLRCLI(LightningCLI):
         if isinstance(trainer_kwargs.get("logger"), bool) or trainer_kwargs.get("logger") is None:
             trainer_kwargs.pop("logger", None)  # each trial gets its own (the --output.logger flag)
         if verbose:  # --verbose=true: the trials' banners and model summaries too
-            from lightning_clr.tuning import OutputConfig
-
             output = kwargs.get("output")
             kwargs["output"] = dataclasses.replace(output if isinstance(output, OutputConfig) else OutputConfig(),
                                                    verbose=True)
         search = kwargs.get("search")
         if isinstance(clr, CyclicLearningRate) and config.get("search.modes") == SearchSpace().modes:
             if clr.mode == "exp_range":
-                _fail("--clr.mode: tune searches 'triangular' and 'triangular2', got 'exp_range' (its gamma would"
+                fail("--clr.mode: tune searches 'triangular' and 'triangular2', got 'exp_range' (its gamma would"
                       " have to fit each trial's length)")
             if isinstance(search, SearchSpace):
                 kwargs["search"] = dataclasses.replace(search, modes=(clr.mode,))
         try:
             import optuna  # noqa: F401
         except ImportError:
-            _fail("tune needs optuna, an optional dependency: `pip install lightning-clr[tune]`")
+            fail("tune needs optuna, an optional dependency: `pip install lightning-clr[tune]`")
         from lightning_clr.tuning._storage import StorageError
 
         try:
@@ -337,11 +331,11 @@ class LightningCLRCLI(LightningCLI):
                 **kwargs,
             )
         except ArgumentError as err:  # before any trial trained
-            _fail(f"--{err.argument}: {err}")
+            fail(f"--{err.argument}: {err}")
         except StorageError as err:  # one line; the running trial is left to the next worker's heartbeat sweep
             print(f"lightning-clr: error: {err}", file=sys.stderr)
             raise SystemExit(1) from None
-        _print_tune_result(result, config.get("output.output_dir"))
+        print_tune_result(result, config.get("output.output_dir"))
         return result
 
     def _factory(self, config: Any, key: str) -> Any:
@@ -356,29 +350,12 @@ class LightningCLRCLI(LightningCLI):
             if key == "model":  # LightningCLI's method works on self.model
                 saved, self.model = self.model, obj
                 try:
-                    self._add_configure_optimizers_method_to_model(self.subcommand)
+                    add_configure_optimizers(self, self.subcommand)
                 finally:
                     self.model = saved
             return obj
 
         return build
-
-
-def _print_tune_result(result: Any, output_dir: Any) -> None:
-    """The best setting as the flags to train with; no completed trial exits with status 1."""
-    best = result.best_half_cycle_epochs
-    if best is None:
-        if result.study is not None:
-            states = sorted({t.state.name for t in result.study.get_trials(deepcopy=False)})
-            print(f"lightning-clr tune: no trial completed (trial states: {', '.join(states) or 'none'};"
-                  f" see {output_dir}/summary.txt)", file=sys.stderr)
-        raise SystemExit(1)
-    lrs = (("base_lr", result.base_lr), ("max_lr", result.best_max_lr))
-    rank_zero_only(print)(
-        f"best half_cycle_epochs={best} step_size_up={result.best_step_size_up} mode={result.best_mode}"
-        f" {result.monitor}={result.best_value:.6g}\ntrain with: --clr.half_cycle_epochs {best}"
-        f" --clr.mode {result.best_mode}" + "".join(f" --clr.{k} {v:.6g}" for k, v in lrs if v is not None)
-    )
 
 
 def _normalize_alias(args: list[str]) -> list[str]:
@@ -411,5 +388,5 @@ def main(args: Union[list[str], None] = None) -> None:
     except ModuleNotFoundError as err:
         if "lightning-clr[" not in str(err):
             raise
-        _fail(str(err))
+        fail(str(err))
 

@@ -1,5 +1,4 @@
-"""The Trainer side of the ``lightning-clr`` command: the methods of its two extra subcommands, and a quiet
-banner for the tuner's trials.
+"""The Trainer side of the ``lightning-clr`` command: the methods of its two extra subcommands.
 
 LightningCLI reads each subcommand's flags and help off the Trainer method of that name (``Trainer.fit``
 gives ``lightning-clr fit``), so ``range_test`` and ``tune`` are Trainer methods here, mixed into the CLI's
@@ -15,18 +14,17 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import sys
 from pathlib import Path
 from typing import Any, Optional
 
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only
 
-from lightning_clr.range_test import RangeTestConfig
+from lightning_clr.range_test import RangeTestConfig, lr_range_test, save_result
+from lightning_clr.tuning import tune_cycle_length
 
-__all__ = ["with_subcommands"]
-
-# Loggers of Lightning's per-Trainer banner ("GPU available", "💡 Tip", "LOCAL_RANK: 0 - CUDA_VISIBLE_DEVICES")
-# and of its per-trial "Seed set to 0".
+__all__ = ["print_tune_result", "with_subcommands"]
 
 
 class _SubcommandMethods:
@@ -50,8 +48,6 @@ class _SubcommandMethods:
             output_dir: Where ``lr_range_test.json`` and ``lr_range_test.png`` go. Default: the trainer's log dir.
             config: The range test's settings (``--clr.range_test.*``).
         """
-        from lightning_clr.range_test import lr_range_test
-
         trainer: Any = self
         config = dataclasses.replace(config or RangeTestConfig(), save=False)  # saved below, where output_dir says
         result = lr_range_test(trainer, model, datamodule=datamodule, config=config)
@@ -75,16 +71,16 @@ class _SubcommandMethods:
         The flags are the arguments of ``lightning_clr.tune_cycle_length``; ``--trainer.*`` flags configure
         every trial's Trainer (``--trainer.max_epochs`` is one trial's budget), ``--clr.base_lr``,
         ``--clr.max_lr`` and ``--clr.range_test.*`` the LR bounds, and ``--clr.mode`` the mode unless
-        ``--modes`` is given. Each trial builds its own Trainer; this one is not used.
+        ``--search.modes`` is given. Each trial builds its own Trainer; this one is not used. LightningCLI reads
+        the subcommand's flags and help off this method (jsonargparse follows ``**kwargs`` into the call below);
+        ``LightningCLRCLI.tune`` is what runs.
 
         Args:
             model: A LightningModule class or factory (``--model``).
             datamodule: A LightningDataModule class or factory (``--data``).
             verbose: Show Lightning's banner ("GPU available", tips) and a model summary for every trial.
         """
-        from lightning_clr.tuning import tune_cycle_length
-
-        return tune_cycle_length(model, datamodule, **kwargs)
+        return tune_cycle_length(model, datamodule, **kwargs)  # jsonargparse reads **kwargs' flags off this call
 
 
 class _SubcommandTrainer(_SubcommandMethods, Trainer):
@@ -105,7 +101,22 @@ def with_subcommands(trainer_class: Any) -> type:
 
 def _save_range_test(result: Any, out: Path) -> list[Path]:
     """Write the curve (JSON) and the plot (PNG) under ``out``, named as a fit's range test names them."""
-    from lightning_clr.range_test import save_result
-
     paths, _ = save_result(result, str(out))
     return [Path(p) for p in paths]
+
+
+def print_tune_result(result: Any, output_dir: Any) -> None:
+    """The best setting as the flags to train with; no completed trial exits with status 1."""
+    best = result.best_half_cycle_epochs
+    if best is None:
+        if result.study is not None:
+            states = sorted({t.state.name for t in result.study.get_trials(deepcopy=False)})
+            print(f"lightning-clr tune: no trial completed (trial states: {', '.join(states) or 'none'};"
+                  f" see {output_dir}/summary.txt)", file=sys.stderr)
+        raise SystemExit(1)
+    lrs = (("base_lr", result.base_lr), ("max_lr", result.best_max_lr))
+    rank_zero_only(print)(
+        f"best half_cycle_epochs={best} step_size_up={result.best_step_size_up} mode={result.best_mode}"
+        f" {result.monitor}={result.best_value:.6g}\ntrain with: --clr.half_cycle_epochs {best}"
+        f" --clr.mode {result.best_mode}" + "".join(f" --clr.{k} {v:.6g}" for k, v in lrs if v is not None)
+    )

@@ -8,6 +8,7 @@ from typing import Any, Literal, Optional
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.trainer.states import TrainerFn
 from typing_extensions import override
 
 from lightning_clr._validation import ArgumentError, boolean, choice, int_in
@@ -120,8 +121,6 @@ class CycleEndCheckpoint(ModelCheckpoint):
         super().on_train_end(trainer, pl_module)  # save_last when nothing was saved
 
     def _save_at(self, trainer: pl.Trainer, moment: Moment) -> None:
-        from lightning.pytorch.trainer.states import TrainerFn
-
         if trainer.fast_dev_run or trainer.state.fn != TrainerFn.FITTING:
             return
         if self._clock.due(trainer, moment) is None or self._last_global_step_saved == trainer.global_step:

@@ -16,6 +16,8 @@ import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.optim import Optimizer
 
+from lightning_clr._lightning import is_mock_optimizer
+
 __all__ = ["SCHEDULER_GROUP_KEYS", "momentum_keys", "remove_schedulers", "training_optimizers"]
 
 # Keys that torch's schedulers add to param groups: LRScheduler's `initial_lr`, OneCycleLR's `max_lr`, `min_lr`,
@@ -25,7 +27,7 @@ SCHEDULER_GROUP_KEYS = ("initial_lr", "max_lr", "min_lr", "base_momentum", "max_
 
 def training_optimizers(trainer: pl.Trainer) -> list[Optimizer]:
     """The fit's optimizers; each param group must have an ``lr``."""
-    optimizers = [opt for opt in trainer.optimizers if type(opt).__name__ != "_MockOptimizer"]
+    optimizers = [opt for opt in trainer.optimizers if not is_mock_optimizer(opt)]
     if not optimizers:
         raise ValueError(
             "CyclicLearningRate needs an optimizer, but `configure_optimizers` returned none."

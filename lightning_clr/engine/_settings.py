@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional
 
 from lightning_clr._validation import ArgumentError, boolean, positive_float
 from lightning_clr.engine._divergence import DivergenceGuard
@@ -24,7 +24,6 @@ __all__ = ["DEFAULT_FINAL_LR_RATIO", "DEFAULT_HALF_CYCLE_EPOCHS", "CycleSettings
 
 DEFAULT_HALF_CYCLE_EPOCHS = 2.0
 DEFAULT_FINAL_LR_RATIO = 0.1  # the annealing tail: docs/benchmarks.md section 4 measures why
-Bounds = Union[float, list[float], tuple[float, ...], None]
 
 
 def _bounds(name: str, value: Any) -> Optional[tuple[float, ...]]:

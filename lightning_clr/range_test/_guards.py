@@ -17,6 +17,7 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.utilities.signature_utils import is_param_in_hook_signature
 
+from lightning_clr._lightning import combined_loader, is_mock_optimizer
 from lightning_clr._validation import ArgumentError, number
 
 __all__ = ["SHARDED_STRATEGIES", "check_supported", "configured_lrs", "refuse_sharded"]
@@ -50,13 +51,13 @@ def refuse_sharded(strategy: Any) -> None:
 def check_supported(trainer: pl.Trainer, pl_module: pl.LightningModule) -> Any:
     """Refuse what the range test cannot do, before any step. Returns the single optimizer."""
     refuse_sharded(trainer.strategy)
-    optimizers = [opt for opt in trainer.optimizers if type(opt).__name__ != "_MockOptimizer"]
+    optimizers = [opt for opt in trainer.optimizers if not is_mock_optimizer(opt)]
     if len(optimizers) != 1:
         raise ValueError(
             f"The LR range test needs exactly one optimizer, found {len(optimizers)}"
             " (configure_optimizers): give `base_lr` and `max_lr` explicitly."
         )
-    if trainer.fit_loop._combined_loader is None:
+    if combined_loader(trainer) is None:
         raise ValueError(
             "The LR range test needs the train dataloader of a running fit: call it from `on_train_start`"
             " of `trainer.fit` (or use `lightning_clr.lr_range_test`)."

@@ -33,8 +33,7 @@ MIN_POINTS = 5  # fewer finite points than this: no rule is trusted, explicit fa
 RISE_BACK = 0.5  # the curve's bottom ends where it has risen back by half its drop (or at the first instability)
 INSTABILITY_FACTOR = 1.3  # a raw loss this many times the best EMA loss so far: the first instability
 # The rules read a centered robust smoothing of the raw losses (see read_curve). sigma is the per-point noise of
-# the raw curve in log units (see noise_sigma): the small regression of issue 12 (batches of 8) measured 0.45-0.75,
-# batches of 32-128 of it 0.13-0.42; classification losses 0.002-0.04, batches of 8 included.
+# the raw curve in log units (see noise_sigma; measured values: docs/evidence.md).
 CLEAN_HALF_WIDTH = 1  # a clean curve: a 3-point median, then a 3-point mean (one odd batch is not the curve)
 NOISE_FREE = 0.05  # from this sigma on, a curve is noisy:
 NOISE_PER_POINT = 0.1  # the smoother's half-width grows by one point per 0.1 of sigma ...
@@ -102,7 +101,7 @@ def read_curve(lrs: Sequence[float], curve: Sequence[float], raw: Optional[Seque
     ``NOISE_PER_POINT`` of per-point noise on a noisy one (tiny batches), and the first ``2 * half_width``
     points, whose windows are cut short, are dropped (no bound comes from an odd first batch). Centered, it does
     not lag: ``curve``, the sweep's bias-corrected EMA, trails the raw losses by about ``1/smoothing`` points, and
-    its minimum sat up to a decade past the raw curve's (the char transformer of docs/benchmarks.md). Without
+    its minimum can sit far past the raw curve's (docs/evidence.md). Without
     ``raw`` (a metric's curve), ``curve`` is read as given."""
     xs, ys = finite_prefix(lrs, curve)
     if raw is None:

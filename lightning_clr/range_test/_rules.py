@@ -53,8 +53,8 @@ __all__ = [
 RULES = ("smith", "valley", "steepest", "minimum")
 FLAT_TOLERANCE = 0.02  # a total drop below 2% of the starting value counts as flat
 DIVERGENCE_GAP = 3.0  # on a clean curve, max_lr is the bottom's middle this factor lower, and every rule stays
-# this factor below the bottom's end (digits, Fashion-MNIST, Adam and AdamW tasks of docs/benchmarks.md)
-MINIMUM_DIVISOR = 10.0  # the "minimum" rule: a tenth of the minimum's LR (Fashion-MNIST: the minimum diverged)
+# this factor below the bottom's end (docs/evidence.md)
+MINIMUM_DIVISOR = 10.0  # the "minimum" rule: a tenth of the minimum's LR (docs/evidence.md)
 DEFAULT_BASE_DIVISOR = 4.0  # Smith: base_lr = max_lr / 3 .. / 4
 NOISY_GAP = 1.0  # on a noisy curve (_reading.NOISE_FREE), max_lr is the bottom's middle itself: its bottom is the
 # per-batch noise floor, not instability
@@ -186,15 +186,13 @@ def suggest(
       ends in ``points["bottom_start_lr"]`` and ``points["bottom_end_lr"]``.
     - ``"valley"``: fastai's rule: halfway along the longest descending stretch of the curve.
     - ``"steepest"``: the steepest descent of the curve against log-LR.
-    - ``"minimum"``: a tenth of the LR at the curve's minimum (measured on Fashion-MNIST: the minimum
-      itself diverged, a tenth of it trained well).
+    - ``"minimum"``: a tenth of the LR at the curve's minimum (the minimum itself can diverge).
 
     ``gap`` is ``DIVERGENCE_GAP`` (3) on a clean curve and ``NOISY_GAP`` (1) on a **noisy** one (per-point noise
     :func:`noise_sigma` of ``NOISE_FREE`` = 5% or more, as with batches of 8 rows of a regression): there the
     smoother is wider, a drop counts only if it exceeds ``NOISE_SIGMAS`` sigmas of the smoothing's noise, an
     instability must exceed the noise too, and the bottom is the per-batch noise floor rather than the onset of
-    divergence (measured: the best ``max_lr`` of four such regressions was 1-4x the smoothed minimum, and
-    training diverged only at 2-10x). ``points["noise_sigma"]`` reports the noise.
+    divergence (docs/evidence.md). ``points["noise_sigma"]`` reports the noise.
 
     Only the finite prefix of the curve is used. Fewer than ``MIN_POINTS`` points, a curve that never falls, or
     a drop below ``FLAT_TOLERANCE`` of its start (or within the noise) fall back with ``fallback=True``: to a
@@ -259,7 +257,7 @@ def _fallback(
     high, source = float(fallback_max_lr), "the optimizer's LR"
     if diverged_at is not None and math.isfinite(diverged_at) and diverged_at > 0:
         # The sweep showed where the LR is too high; a tenth of that, not the optimizer's LR, which may be the
-        # very LR the flat curve showed to be too low (1e-4 on the small regression of issue 12).
+        # very LR the flat curve showed to be too low (docs/evidence.md).
         high = diverged_at / MINIMUM_DIVISOR
         source = f"a tenth of the LR where the sweep diverged ({diverged_at:.3g})"
     base = high / base_divisor

@@ -8,7 +8,7 @@ at the same step.
 
 Under DDP, Lightning's handler also runs a ``broadcast`` from *inside* the signal handler. During the sweep
 that collective can pair with the sweep's all-reduce on a rank that was inside a collective when the signal
-came, and both ranks hang (seen here in 1 of 3 runs). So for the sweep's duration, and only under DDP, the
+came, and both ranks hang (docs/evidence.md). So for the sweep's duration, and only under DDP, the
 handler is the same one without that broadcast: it logs, forwards the signal to the launcher's processes and
 sets the flag, as Lightning's does, and runs Lightning's other SIGTERM handlers (SLURM's, a user's) unchanged.
 
@@ -32,6 +32,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_prefixed_message
 
+from lightning_clr._lightning import sigterm_notifier
+
 __all__ = ["raise_sigterm", "sigterm_without_collectives"]
 
 log = logging.getLogger(__name__)
@@ -49,13 +51,11 @@ def raise_sigterm(trainer: pl.Trainer, step: int) -> None:
 @contextlib.contextmanager
 def sigterm_without_collectives(trainer: pl.Trainer) -> Iterator[None]:
     """Under DDP, for the block's duration: Lightning's SIGTERM handler without its in-handler broadcast."""
-    connector = getattr(trainer, "_signal_connector", None)
+    connector, notifier = sigterm_notifier(trainer)
     current = signal.getsignal(signal.SIGTERM)
-    handlers = list(getattr(current, "signal_handlers", []))
-    notifier = getattr(connector, "_sigterm_notifier_fn", None)
+    handlers = list(getattr(current, "signal_handlers", []))  # Lightning's composed handler, if it is set
     if (
         trainer.world_size <= 1
-        or notifier is None
         or notifier not in handlers
         or threading.current_thread() is not threading.main_thread()
     ):

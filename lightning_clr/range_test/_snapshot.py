@@ -21,11 +21,14 @@ from __future__ import annotations
 
 import copy
 import random
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable
 
 import numpy as np
 import torch
 from torch import nn
+from torchmetrics import Metric
+
+from lightning_clr._lightning import LOOP_STATE, loop_classes, metric_state_keys
 
 __all__ = ["Snapshot"]
 
@@ -62,33 +65,155 @@ def _into(current: Any, saved: Any) -> Any:
     return _clone(saved)
 
 
-def _progress_objects(loop: Any, prefix: str = "") -> Iterable[tuple[str, Any]]:
-    """All progress trackers of a Lightning loop tree, by attribute path."""
-    from lightning.pytorch.loops import _Loop
-    from lightning.pytorch.loops.progress import _BaseProgress
+def _progress_objects(loop: Any, classes: tuple[type, ...]) -> Iterable[Any]:
+    """All progress trackers of a Lightning loop tree (``classes``: :func:`lightning_clr._lightning.loop_classes`)."""
+    progress, containers = classes[1], (classes[0], *classes[2:])
+    for value in vars(loop).values():
+        if isinstance(value, progress):
+            yield value
+        elif isinstance(value, containers):
+            yield from _progress_objects(value, classes)
 
-    for name, value in vars(loop).items():
-        if isinstance(value, _BaseProgress):
-            yield prefix + name, value
-        elif isinstance(value, _Loop) or type(value).__name__ in ("_AutomaticOptimization", "_ManualOptimization"):
-            yield from _progress_objects(value, prefix + name + ".")
+
+class _Tensors:
+    """Parameters and buffers, copied back into the same tensors; and the parameters' ``.grad``."""
+
+    def __init__(self, module: nn.Module) -> None:
+        unique = {id(t): t for t in [*module.parameters(), *module.buffers()]}
+        self.tensors = [(t, t.detach().clone()) for t in unique.values()]
+        self.grads = [(p, None if p.grad is None else p.grad.detach().clone()) for p in module.parameters()]
+
+    def restore(self) -> None:
+        with torch.no_grad():
+            for tensor, saved in self.tensors:
+                if tensor.shape == saved.shape and tensor.dtype == saved.dtype:
+                    tensor.copy_(saved)
+                else:  # a parameter was resized or cast: put the data object back
+                    tensor.data = saved.clone()
+            for param, grad in self.grads:
+                if grad is None:
+                    param.grad = None
+                elif param.grad is not None and param.grad.shape == grad.shape and param.grad.dtype == grad.dtype:
+                    param.grad.copy_(grad)
+                else:
+                    param.grad = grad.clone()
+
+
+class _TrainFlags:
+    """Each submodule's train/eval flag."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.flags = [(m, m.training) for m in module.modules()]
+
+    def restore(self) -> None:
+        for m, flag in self.flags:
+            m.training = flag
+
+
+class _MetricState:
+    """A torchmetrics ``Metric``'s state (instance attributes only: some names are read-only properties)."""
+
+    def __init__(self, metric: Metric) -> None:
+        state = vars(metric)
+        self.metric = metric
+        self.values = {k: _clone(state[k]) for k in metric_state_keys(metric) if k in state}
+
+    def restore(self) -> None:
+        for k, v in self.values.items():
+            setattr(self.metric, k, _clone(v))
+
+
+class _OptimizerState:
+    """An optimizer's per-parameter state and param-group keys; keys and states added since are removed."""
+
+    def __init__(self, optimizer: Any) -> None:
+        self.optimizer = optimizer
+        self.state = {p: {k: _clone(v) for k, v in s.items()} for p, s in optimizer.state.items()}
+        self.groups = [{k: copy.deepcopy(v) for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+
+    def restore(self) -> None:
+        opt = self.optimizer
+        for p in [p for p in opt.state if p not in self.state]:
+            del opt.state[p]
+        for p, saved in self.state.items():
+            current = opt.state[p]
+            for k in [k for k in current if k not in saved]:
+                del current[k]
+            for k, v in saved.items():
+                _put(current, k, v)
+        for group, saved_group in zip(opt.param_groups, self.groups):
+            for k in [k for k in group if k != "params" and k not in saved_group]:
+                del group[k]
+            for k, v in saved_group.items():
+                _put(group, k, v)
+
+
+class _StateDict:
+    """An object with ``state_dict``/``load_state_dict``: an LR scheduler, a loop's progress tracker."""
+
+    def __init__(self, owner: Any) -> None:
+        self.owner, self.saved = owner, copy.deepcopy(owner.state_dict())
+
+    def restore(self) -> None:
+        self.owner.load_state_dict(copy.deepcopy(self.saved))  # CyclicLR.load_state_dict mutates its argument
+
+
+class _Vars:
+    """Every instance attribute of an object (the AMP GradScaler)."""
+
+    def __init__(self, owner: Any) -> None:
+        self.owner, self.saved = owner, {k: _clone(v) for k, v in vars(owner).items()}
+
+    def restore(self) -> None:
+        vars(self.owner).clear()
+        vars(self.owner).update({k: _clone(v) for k, v in self.saved.items()})
+
+
+class _Attribute:
+    """One attribute of an object (a loop's private counters and flags)."""
+
+    def __init__(self, owner: Any, name: str) -> None:
+        self.owner, self.name, self.value = owner, name, getattr(owner, name)
+
+    def restore(self) -> None:
+        setattr(self.owner, self.name, self.value)
+
+
+class _RandomState:
+    """The global RNGs (torch, CUDA when initialized, numpy, python) and the given ``torch.Generator`` objects."""
+
+    def __init__(self, generators: Iterable[torch.Generator]) -> None:
+        self.rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            self.rng["cuda"] = torch.cuda.get_rng_state_all()
+        unique = {id(g): g for g in generators}
+        self.generators = [(g, g.get_state()) for g in unique.values()]
+
+    def restore(self) -> None:
+        torch.set_rng_state(self.rng["torch"])
+        np.random.set_state(self.rng["numpy"])
+        random.setstate(self.rng["python"])
+        if "cuda" in self.rng:
+            torch.cuda.set_rng_state_all(self.rng["cuda"])
+        for generator, state in self.generators:
+            generator.set_state(state)
+
+
+def _loop_records(fit_loop: Any) -> list[Any]:
+    """The fit loop tree's progress trackers, and its private counters and flags (``LOOP_STATE``)."""
+    records: list[Any] = [_StateDict(p) for p in _progress_objects(fit_loop, loop_classes(fit_loop))]
+    for path, name in LOOP_STATE:
+        owner = getattr(fit_loop, path) if path else fit_loop
+        records.append(_Attribute(owner, name))
+    return records
 
 
 class Snapshot:
-    """State captured by :meth:`capture`; :meth:`restore` puts it back (and can be called repeatedly)."""
+    """State captured by :meth:`capture`, one record per kind; :meth:`restore` puts it back, in the order of
+    capture (and can be called repeatedly)."""
 
-    def __init__(self) -> None:
-        self._tensors: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self._grads: list[tuple[nn.Parameter, Optional[torch.Tensor]]] = []
-        self._training: list[tuple[nn.Module, bool]] = []
-        self._metrics: list[tuple[Any, dict[str, Any]]] = []
-        self._optimizers: list[tuple[Any, dict[Any, dict[str, Any]], list[dict[str, Any]]]] = []
-        self._schedulers: list[tuple[Any, dict[str, Any]]] = []
-        self._scaler: Optional[tuple[Any, dict[str, Any]]] = None
-        self._rng: dict[str, Any] = {}
-        self._generators: list[tuple[torch.Generator, torch.Tensor]] = []
-        self._progress: list[tuple[Any, dict[str, Any]]] = []
-        self._loop_attrs: list[tuple[Any, str, Any]] = []
+    def __init__(self, records: list[Any]) -> None:
+        self.records = records
 
     @classmethod
     def capture(
@@ -100,90 +225,16 @@ class Snapshot:
         generators: Iterable[torch.Generator] = (),
         fit_loop: Any = None,
     ) -> Snapshot:
-        snap = cls()
-        seen: set[int] = set()
-        for tensor in [*module.parameters(), *module.buffers()]:
-            if id(tensor) in seen:
-                continue
-            seen.add(id(tensor))
-            snap._tensors.append((tensor, tensor.detach().clone()))
-        snap._grads = [(p, None if p.grad is None else p.grad.detach().clone()) for p in module.parameters()]
-        snap._training = [(m, m.training) for m in module.modules()]
-        for m in module.modules():
-            defaults = getattr(m, "_defaults", None)
-            if isinstance(defaults, dict) and hasattr(m, "_update_count"):  # a torchmetrics Metric
-                keys = [*defaults, "_update_count", "_computed", "_forward_cache"]
-                state = vars(m)  # instance attributes only (some names are read-only properties)
-                snap._metrics.append((m, {k: _clone(state[k]) for k in keys if k in state}))
-        for opt in optimizers:
-            state = {p: {k: _clone(v) for k, v in s.items()} for p, s in opt.state.items()}
-            groups = [{k: copy.deepcopy(v) for k, v in g.items() if k != "params"} for g in opt.param_groups]
-            snap._optimizers.append((opt, state, groups))
-        snap._schedulers = [(s, copy.deepcopy(s.state_dict())) for s in schedulers]
-        if scaler is not None:
-            snap._scaler = (scaler, {k: _clone(v) for k, v in vars(scaler).items()})
-        snap._rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            snap._rng["cuda"] = torch.cuda.get_rng_state_all()
-        unique = {id(g): g for g in generators}
-        snap._generators = [(g, g.get_state()) for g in unique.values()]
-        if fit_loop is not None:
-            snap._progress = [(p, copy.deepcopy(p.state_dict())) for _, p in _progress_objects(fit_loop)]
-            epoch_loop = getattr(fit_loop, "epoch_loop", None)
-            for owner, attr in ((fit_loop, "_restarting"), (epoch_loop, "_batches_that_stepped"),
-                                (epoch_loop, "_restarting")):
-                if owner is not None and hasattr(owner, attr):
-                    snap._loop_attrs.append((owner, attr, getattr(owner, attr)))
-        return snap
+        records: list[Any] = [_Tensors(module), _TrainFlags(module)]
+        records += [_MetricState(m) for m in module.modules() if isinstance(m, Metric)]
+        records += [_OptimizerState(opt) for opt in optimizers]
+        records += [_StateDict(s) for s in schedulers]
+        records += [_Vars(scaler)] if scaler is not None else []
+        records.append(_RandomState(generators))
+        records += _loop_records(fit_loop) if fit_loop is not None else []
+        return cls(records)
 
     def restore(self) -> None:
         """Put every captured value back, bitwise, into the same objects where possible."""
-        with torch.no_grad():
-            for tensor, saved in self._tensors:
-                if tensor.shape == saved.shape and tensor.dtype == saved.dtype:
-                    tensor.copy_(saved)
-                else:  # a parameter was resized or cast: put the data object back
-                    tensor.data = saved.clone()
-            for param, grad in self._grads:
-                if grad is None:
-                    param.grad = None
-                elif param.grad is not None and param.grad.shape == grad.shape and param.grad.dtype == grad.dtype:
-                    param.grad.copy_(grad)
-                else:
-                    param.grad = grad.clone()
-        for m, flag in self._training:
-            m.training = flag
-        for metric, values in self._metrics:
-            for k, v in values.items():
-                setattr(metric, k, _clone(v))
-        for opt, state, groups in self._optimizers:
-            for p in [p for p in opt.state if p not in state]:
-                del opt.state[p]
-            for p, saved in state.items():
-                current = opt.state[p]
-                for k in [k for k in current if k not in saved]:
-                    del current[k]
-                for k, v in saved.items():
-                    _put(current, k, v)
-            for group, saved_group in zip(opt.param_groups, groups):
-                for k in [k for k in group if k != "params" and k not in saved_group]:
-                    del group[k]
-                for k, v in saved_group.items():
-                    _put(group, k, v)
-        for scheduler, sd in self._schedulers:
-            scheduler.load_state_dict(copy.deepcopy(sd))  # CyclicLR.load_state_dict mutates its argument
-        if self._scaler is not None:
-            scaler, values = self._scaler
-            vars(scaler).clear()
-            vars(scaler).update({k: _clone(v) for k, v in values.items()})
-        torch.set_rng_state(self._rng["torch"])
-        np.random.set_state(self._rng["numpy"])
-        random.setstate(self._rng["python"])
-        if "cuda" in self._rng:
-            torch.cuda.set_rng_state_all(self._rng["cuda"])
-        for generator, state in self._generators:
-            generator.set_state(state)
-        for progress, sd in self._progress:
-            progress.load_state_dict(copy.deepcopy(sd))
-        for owner, attr, value in self._loop_attrs:
-            setattr(owner, attr, value)
+        for record in self.records:
+            record.restore()

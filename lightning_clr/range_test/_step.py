@@ -24,6 +24,8 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
+from lightning_clr._lightning import combined_loader, loader_iterator, on_before_batch_transfer, set_loader_iterator
+
 __all__ = ["Batches", "Skips", "one_step"]
 
 FeedMetric = Optional[Callable[[Any, Any], None]]
@@ -34,8 +36,8 @@ class Batches:
 
     def __init__(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.trainer, self.pl_module = trainer, pl_module
-        self.combined = trainer.fit_loop._combined_loader
-        self.saved_iterator = self.combined._iterator
+        self.combined = combined_loader(trainer)
+        self.saved_iterator = loader_iterator(self.combined)
         self.started = False
         self.in_pass = 0
         self.passes = 0
@@ -57,14 +59,15 @@ class Batches:
         self.in_pass += 1
         trainer = self.trainer
         batch = trainer.precision_plugin.convert_input(batch)
-        batch = self.pl_module._on_before_batch_transfer(batch, dataloader_idx=0)
+        batch = on_before_batch_transfer(self.pl_module, batch)
         batch = trainer.strategy.batch_to_device(batch, dataloader_idx=0)
         return batch, idx
 
     def close(self) -> None:
-        if self.started and self.combined._iterator is not None:
-            self.combined._iterator.reset()
-        self.combined._iterator = self.saved_iterator
+        current = loader_iterator(self.combined)
+        if self.started and current is not None:
+            current.reset()
+        set_loader_iterator(self.combined, self.saved_iterator)
 
 
 class Skips:

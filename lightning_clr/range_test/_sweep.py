@@ -21,6 +21,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from lightning_clr._lightning import combined_loader, optimizer_step_hooks
 from lightning_clr.range_test._guards import check_supported, configured_lrs
 from lightning_clr.range_test._rules import BiasCorrectedEMA, DivergenceCheck, suggest_all, sweep_lrs
 from lightning_clr.range_test._signals import raise_sigterm, sigterm_without_collectives
@@ -31,9 +32,6 @@ from lightning_clr.range_test._types import RangeTestConfig, RangeTestResult, gr
 __all__ = ["Curve", "sweep"]
 
 _CONFIG_KEYS = ("min_lr", "max_lr", "num_steps", "mode", "rule", "smoothing", "divergence_threshold", "base_divisor")
-
-
-_STEP_HOOKS = ("_optimizer_step_pre_hooks", "_optimizer_step_post_hooks")
 
 
 def _noop(*args: Any, **kwargs: Any) -> None:
@@ -82,7 +80,7 @@ class Curve:
 
 def _capture(trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> Snapshot:
     generators = []
-    for dl in trainer.fit_loop._combined_loader.flattened:
+    for dl in combined_loader(trainer).flattened:
         for owner in (dl, getattr(dl, "sampler", None), getattr(getattr(dl, "batch_sampler", None), "sampler", None)):
             gen = getattr(owner, "generator", None)
             if isinstance(gen, torch.Generator):
@@ -103,8 +101,7 @@ def _isolated(trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any
     already counting steps, a weight average), and ``self.log`` is a no-op during it."""
     saved_callbacks, saved_should_stop = trainer.callbacks, trainer.should_stop
     saved_log = {name: pl_module.__dict__.get(name) for name in ("log", "log_dict")}
-    # torch (2.0+) keeps an optimizer's step hooks in these two ordered dicts.
-    hooks = {name: getattr(optimizer, name) for name in _STEP_HOOKS if hasattr(optimizer, name)}
+    hooks = optimizer_step_hooks(optimizer)
     trainer.callbacks = []
     pl_module.log = _noop  # type: ignore[method-assign]
     pl_module.log_dict = _noop  # type: ignore[method-assign]

@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from lightning_clr.tuning._config import OutputConfig, SearchSpace, StudyConfig
@@ -49,8 +50,6 @@ def __getattr__(name: str) -> Any:
     module_name = _NEED_OPTUNA.get(name)
     if module_name is None:
         raise AttributeError(f"module 'lightning_clr.tuning' has no attribute {name!r}")
-    import importlib
-
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:

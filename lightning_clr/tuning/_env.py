@@ -8,6 +8,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import torch
+
+from lightning_clr._lightning import start_method
+
 __all__ = ["distributed", "is_global_zero", "spawns"]
 
 
@@ -26,14 +30,12 @@ def spawns(strategy: Any) -> bool:
     """Whether the strategy trains in child processes that the parent's in-memory study cannot reach."""
     if isinstance(strategy, str):
         return any(word in strategy for word in ("spawn", "fork", "notebook"))
-    return getattr(strategy, "_start_method", "popen") in ("spawn", "fork", "forkserver")
+    return start_method(strategy) in ("spawn", "fork", "forkserver")
 
 
 def distributed(trainer_kwargs: dict[str, Any]) -> bool:
     devices, nodes = trainer_kwargs.get("devices", "auto"), trainer_kwargs.get("num_nodes", 1)
     if devices in ("auto", -1, "-1", None):  # Lightning's default: every visible GPU
-        import torch
-
         accelerator = trainer_kwargs.get("accelerator", "auto")
         gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
         devices = torch.cuda.device_count() if gpu else 1

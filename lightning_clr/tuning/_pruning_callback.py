@@ -22,13 +22,15 @@ Example:
 
 from __future__ import annotations
 
-import math
+import atexit
 from typing import Any, Optional
 
 import lightning.pytorch as pl
+import torch.distributed as dist
 from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_clr._compat import callback_bases
+from lightning_clr._lightning import destroy_dist_connection
 from lightning_clr._validation import ArgumentError, int_in
 from lightning_clr.callback import CyclicLearningRate
 
@@ -155,7 +157,7 @@ class CyclePruningCallback(*callback_bases()):  # a Callback of either Lightning
         self.params = trainer.strategy.broadcast(self._rank_zero_params(trainer), src=0) or {}
         kwargs = getattr(clr, _KWARGS, None)
         h = self.params.get(PARAM)
-        if kwargs is not None and h is not None and h != clr.half_cycle_epochs:
+        if kwargs is not None and h is not None and h != clr.settings.half_cycle_epochs:
             _configure(clr, half_cycle_epochs=h, **kwargs)
             setattr(clr, _KWARGS, kwargs)
 
@@ -187,7 +189,7 @@ class CyclePruningCallback(*callback_bases()):  # a Callback of either Lightning
         self._sync(trainer, clr)
         self._cycles, self.pruned_at_epoch, self.reports = 0, None, {}
         max_epochs = trainer.fit_loop.max_epochs
-        h = clr.half_cycle_epochs
+        h = clr.settings.half_cycle_epochs
         if self.whole_cycles and clr.step_size_up is None and max_epochs not in (None, -1) and float(h).is_integer():
             cycle = 2 * int(h)
             epochs = cycle * max(1, round(max_epochs / cycle))
@@ -240,21 +242,10 @@ def destroy_process_group_at_exit() -> None:
     """Destroy torch.distributed's process group when this process exits, once per process.
 
     Lightning does this for NCCL only. A gloo group left alive at interpreter exit sometimes aborts the
-    process ("terminate called without an active exception", SIGABRT) after a successful run; seen here with
-    torch 2.13 in about one 2-rank run in ten.
+    process ("terminate called without an active exception", SIGABRT) after a successful run (docs/evidence.md).
     """
     global _DESTROY_REGISTERED
-    import torch.distributed as dist
-
     if _DESTROY_REGISTERED or not (dist.is_available() and dist.is_initialized()):
         return
-    import atexit
-
-    from lightning.fabric.utilities.distributed import _destroy_dist_connection
-
-    atexit.register(_destroy_dist_connection)
+    atexit.register(destroy_dist_connection())
     _DESTROY_REGISTERED = True
-
-
-def is_nan(value: Any) -> bool:
-    return value is not None and math.isnan(float(value))

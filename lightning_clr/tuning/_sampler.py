@@ -1,8 +1,7 @@
 """A sampler wrapper that does not spend a trial on a half-cycle length that was already tried.
 
-TPE on one small integer range re-suggests its current best value often: on the Fashion-MNIST benchmark
-(docs/tuning.md) it spent the last of 5 trials on a repeat of h = 12 in four of eight tuner seeds, and never
-tried h = 11. A repeat only re-measures seed noise, which the tuner's mean-of-duplicates already handles badly
+TPE on one small integer range re-suggests its current best value often, and leaves neighbours untried
+(docs/evidence.md). A repeat only re-measures seed noise, which the tuner's mean-of-duplicates already handles badly
 with two runs; an untried neighbour measures the landscape. So when the wrapped sampler suggests a
 ``half_cycle_epochs`` that a finished, pruned, running or queued trial already has (with the same other
 parameters), the nearest untried value on the grid is used instead. Once every value has been tried, the

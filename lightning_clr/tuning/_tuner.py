@@ -24,6 +24,7 @@ import time
 from typing import Any, Callable, Optional, Union
 
 import lightning.pytorch as pl
+from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lightning_clr._compat import lightning_package
@@ -307,8 +308,6 @@ def _write_outputs(result: CycleTuningResult, out: OutputConfig) -> None:
 
 
 def _warn_early_stopping(callbacks: list[Any], max_half: int) -> None:
-    from lightning.pytorch.callbacks import EarlyStopping
-
     for cb in callbacks:
         if isinstance(cb, EarlyStopping) and cb.patience < 2 * max_half:
             rank_zero_warn(

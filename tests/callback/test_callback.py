@@ -16,8 +16,9 @@ from helpers import LRRecorder, StepLRs, StopAt, TinyModel, loader, trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.plugins import MixedPrecision
+from lightning.pytorch.strategies import SingleDeviceStrategy
 
-from lightning_clr import ArgumentError, CyclicLearningRate, cyclic_lr, cyclic_momentum
+from lightning_clr import ArgumentError, CyclePlan, CyclicLearningRate, cyclic_lr, cyclic_momentum
 from lightning_clr.engine._settings import DEFAULT_FINAL_LR_RATIO
 
 
@@ -484,3 +485,44 @@ def test_a_subclass_calling_super_step_counts_one_step_per_step():
     t.fit(_SuperStepModel(), loader(n=64, batch_size=8))
     assert t.global_step == 8 and clr.steps == [8]
     assert [lrs[0] for lrs in rec.lrs] == [cyclic_lr(k, base_lr=0.01, max_lr=0.1, step_size_up=3) for k in range(8)]
+
+
+def test_half_cycle_epochs_is_the_given_value_before_the_fit_and_the_plans_after():
+    """As base_lr, step_size_up and mode are: the whole-cycle fit changes the half-cycle, and the property says so."""
+    clr = CyclicLearningRate(base_lr=0.01, max_lr=0.1, half_cycle_epochs=2.0)
+    assert clr.half_cycle_epochs == 2.0 and clr.resolved_half_cycle_epochs is None
+    trainer(callbacks=[clr], max_epochs=3).fit(TinyModel(), loader(n=32, batch_size=8))  # 4 steps per epoch
+    assert clr.steps_per_epoch == 4 and clr.step_size_up != 8  # 12 steps: no whole cycle of 2 * 8
+    assert clr.half_cycle_epochs == clr.step_size_up / 4 == clr.resolved_half_cycle_epochs
+    assert clr.settings.half_cycle_epochs == 2.0
+    given = CyclicLearningRate(base_lr=0.01, max_lr=0.1, step_size_up=6)
+    trainer(callbacks=[given], max_epochs=3).fit(TinyModel(), loader(n=32, batch_size=8))
+    assert given.half_cycle_epochs == 1.5
+
+
+class _RankZeroSays(SingleDeviceStrategy):
+    """A real single-process strategy whose broadcast hands back what rank 0 holds, as DDP's does on rank 1:
+    here, rank 0's plan."""
+
+    def __init__(self, rank_zero_plan: Any) -> None:
+        super().__init__(device=torch.device("cpu"))
+        self.rank_zero_plan = rank_zero_plan
+
+    def broadcast(self, obj: Any, src: int = 0) -> Any:
+        return self.rank_zero_plan if isinstance(obj, CyclePlan) else obj
+
+
+def test_every_rank_follows_the_plan_rank_zero_broadcasts():
+    """The fast twin of the DDP tests: this rank resolves another plan than rank 0; it warns and trains on
+    rank 0's plan, LR by LR."""
+    rank_zero = CyclicLearningRate(base_lr=0.02, max_lr=0.2, half_cycle_epochs=1.0, final_lr_ratio=1.0)
+    trainer(callbacks=[rank_zero], max_epochs=2).fit(TinyModel(), loader(n=32, batch_size=8))
+    rec = LRRecorder()
+    this_rank = CyclicLearningRate(base_lr=0.01, max_lr=0.1, half_cycle_epochs=1.0, final_lr_ratio=1.0)
+    with pytest.warns(UserWarning, match="every rank follows rank 0's"):
+        trainer(callbacks=[this_rank, rec], max_epochs=2, strategy=_RankZeroSays(rank_zero.plan)).fit(
+            TinyModel(), loader(n=32, batch_size=8)
+        )
+    assert this_rank.plan == rank_zero.plan and (this_rank.base_lr, this_rank.max_lr) == (0.02, 0.2)
+    expected = [cyclic_lr(k, base_lr=0.02, max_lr=0.2, step_size_up=4) for k in range(8)]
+    assert [lrs[0] for lrs in rec.lrs] == expected

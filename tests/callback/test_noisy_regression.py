@@ -7,8 +7,13 @@ test read 2.5e-7 (64 rows) or fell back to the optimizer's 1e-4 (512 rows), and 
 against 0.05 / 0.022 for the best constant LR. The grid of constant LRs is trained here, in the test, with the
 same model, data and epochs, on the same three seeds (model initialization and data order): a constant LR at
 the edge of stability (0.022 here) ends anywhere between 0.04 and a divergence from one seed to the next, so a
-single seed's best of seven is luck, and the comparison is between medians over the seeds, as the oracle of
+single seed's best is luck, and the comparison is between medians over the seeds, as the oracle of
 benchmarks/panel.py is.
+
+The grid here is the three constant LRs around the best of the full seven-LR grid (1e-3 .. 1e-1, best 0.01 on
+both sizes): half the fits, and the oracle can only be worse than the full grid's best if that moves out of the
+three. The full grid is the panel's ``issue64`` and ``issue512`` tasks (``python benchmarks/panel.py --task
+issue64``).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from lightning_clr import CyclicLearningRate
 
 DIM = 8
-GRID = [10 ** (-3 + i / 3) for i in range(7)]  # 1e-3 .. 1e-1, 7 log-spaced constant LRs
+GRID = [10 ** (-2 + i / 3) for i in (-1, 0, 1)]  # 4.6e-3, 1e-2, 2.2e-2: around the full grid's best
 TOO_LOW = 1e-4
 
 
@@ -82,6 +87,7 @@ def median(values: list[float]) -> float:
     return statistics.median(v if math.isfinite(v) else math.inf for v in values)
 
 
+@pytest.mark.timeout(600)  # 12 fits per case: the longest single-process tests of the suite
 @pytest.mark.parametrize(
     "rows, epochs",
     [

@@ -14,7 +14,7 @@ from helpers import LRRecorder, TinyModel, loader, trainer
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
 
-from lightning_clr import ArgumentError, CyclicLearningRate, RangeTestConfig, cyclic_lr
+from lightning_clr import ArgumentError, CyclicLearningRate, RangeTestConfig, cyclic_lr, lr_range_test
 from lightning_clr.engine._settings import DEFAULT_FINAL_LR_RATIO
 
 QUICK = RangeTestConfig(num_steps=30, min_lr=1e-6, max_lr=10.0, save=False, progress_bar=False)
@@ -67,11 +67,20 @@ def test_one_bound_per_group_keeps_its_ratios():
     assert clr.max_lr[1] > 1e-4
 
 
-def test_one_group_model_behaves_as_before():
-    clr = CyclicLearningRate(range_test=QUICK)
-    trainer(callbacks=[clr], max_epochs=1).fit(TinyModel(lr=0.01), loader(n=64))
-    result = clr.range_test_result
-    assert (clr.base_lr, clr.max_lr) == (result.base_lr, result.max_lr)
+def test_one_group_model_gets_the_range_tests_bounds_as_floats_and_follows_the_plain_schedule():
+    """One param group: the bounds are the standalone range test's on the same model and data (not a list),
+    and every step's LR is the plain ``cyclic_lr`` of them."""
+    torch.manual_seed(0)
+    alone = lr_range_test(trainer(), TinyModel(lr=0.01), loader(n=64), config=QUICK)
+    rec = LRRecorder()
+    clr = CyclicLearningRate(range_test=QUICK, final_lr_ratio=1.0)
+    torch.manual_seed(0)
+    trainer(callbacks=[clr, rec], max_epochs=2).fit(TinyModel(lr=0.01), loader(n=64))
+    assert not alone.fallback and type(clr.base_lr) is float and type(clr.max_lr) is float
+    assert (clr.base_lr, clr.max_lr) == (alone.base_lr, alone.max_lr)
+    expected = [cyclic_lr(k, base_lr=alone.base_lr, max_lr=alone.max_lr, step_size_up=clr.step_size_up,
+                          step_size_down=clr.step_size_down) for k in range(16)]
+    assert [lrs[0] for lrs in rec.lrs] == expected
 
 
 # ------------------------------------------------------------------ 2: a reused callback resolves a new plan

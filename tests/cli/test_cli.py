@@ -530,3 +530,16 @@ def test_range_test_alias(argv: list[str], expected: list[str]) -> None:
     from lightning_clr.cli._app import _normalize_alias
 
     assert _normalize_alias(list(argv)) == expected
+
+
+def test_tune_help_lists_the_tuners_arguments_in_process(capsys: pytest.CaptureFixture, repo_on_path: None) -> None:
+    """The fast guard of the tune subcommand's flags: jsonargparse reads them off ``Trainer.tune``, following its
+    ``**kwargs`` into ``tune_cycle_length``; a body that stops forwarding them leaves only --model/--data."""
+    from lightning_clr.cli import LightningCLRCLI
+
+    with pytest.raises(SystemExit) as info:
+        LightningCLRCLI(args=["tune", "--help"])
+    assert info.value.code == 0
+    help_text = capsys.readouterr().out
+    for flag in ("--n_trials", "--search.min_half_cycle_epochs", "--study.storage", "--output.output_dir"):
+        assert flag in help_text, flag

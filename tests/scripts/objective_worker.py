@@ -60,7 +60,7 @@ class Record(Callback):
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         clr = next(c for c in trainer.callbacks if isinstance(c, CyclicLearningRate))
         row = {"rank": trainer.global_rank, "world_size": trainer.world_size, "step_size_up": clr.step_size_up,
-               "half_cycle_epochs": clr.half_cycle_epochs, "epochs": trainer.current_epoch,
+               "half_cycle_epochs": clr.settings.half_cycle_epochs, "epochs": trainer.current_epoch,
                "max_epochs": trainer.fit_loop.max_epochs,
                "first_weight": float(pl_module.net[0].weight.detach().flatten()[0])}
         with open(Path(self.out) / f"rank{trainer.global_rank}.jsonl", "a") as f:

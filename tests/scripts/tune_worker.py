@@ -73,7 +73,7 @@ class Record(Callback):
             "rank": trainer.global_rank,
             "world_size": trainer.world_size,
             "step_size_up": clr.step_size_up if clr else None,
-            "half_cycle_epochs": clr.half_cycle_epochs if clr else None,
+            "half_cycle_epochs": clr.settings.half_cycle_epochs if clr else None,
             "base_lr": clr.base_lr if clr else None,
             "max_lr": clr.max_lr if clr else None,
             "epochs": trainer.current_epoch,

@@ -264,3 +264,26 @@ def test_a_read_only_journal_is_one_line(tmp_path: Path) -> None:
     assert "\n" not in message and str(journal) in message and "PermissionError" in message, message
 
 
+
+
+# ---------------------------------------------------------------- the heartbeat, in process (fast)
+def test_the_heartbeat_keeps_a_running_trial_alive_and_its_absence_fails_it(tmp_path: Path) -> None:
+    """The fast twin of the killed-worker tests: the same Heartbeat thread and stale-trial sweep, on a real
+    journal storage, in this process."""
+    from lightning_clr.tuning._storage import HEARTBEAT_KEY, Heartbeat, fail_stale_trials, make_storage
+
+    study = optuna.create_study(storage=make_storage(str(tmp_path / "beat.journal")), study_name="beat")
+    live, dead = study.ask(), study.ask()
+    storage = study._storage
+    with Heartbeat(storage, live._trial_id, interval=0.05):
+        first = storage.get_trial(live._trial_id).system_attrs[HEARTBEAT_KEY]
+        time.sleep(1.5)
+        later = storage.get_trial(live._trial_id).system_attrs[HEARTBEAT_KEY]
+        assert later > first  # it beats while the block runs, not only on entry
+        assert fail_stale_trials(study, grace_period=1.0) == [dead.number]  # no heartbeat, started 1.5 s ago
+    assert storage.get_trial(live._trial_id).state == TrialState.RUNNING
+    stopped = storage.get_trial(live._trial_id).system_attrs[HEARTBEAT_KEY]
+    time.sleep(1.5)
+    assert storage.get_trial(live._trial_id).system_attrs[HEARTBEAT_KEY] == stopped  # the thread has ended
+    assert fail_stale_trials(study, grace_period=1.0) == [live.number]
+    assert "no heartbeat" in storage.get_trial(live._trial_id).user_attrs["error"]
