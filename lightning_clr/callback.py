@@ -18,6 +18,7 @@ from torch.optim import Optimizer
 from typing_extensions import override
 
 from lightning_clr._compat import callback_bases
+from lightning_clr._validation import ArgumentError
 from lightning_clr.engine._optimizers import remove_schedulers, training_optimizers
 from lightning_clr.engine._plan import CyclePlan, one_or_list
 from lightning_clr.engine._resolve import (
@@ -139,6 +140,24 @@ class CyclicLearningRate(*callback_bases()):  # a Callback of lightning.pytorch 
         self._writer: Optional[ScheduleWriter] = None
         self._warned_scale_fn = False
         self._announce = False
+
+    def apply(self, settings: CycleSettings) -> None:
+        """Replace the settings before a fit resolves its cycle: between fits, or from another callback's
+        ``setup`` hook (how the tuner gives every rank its trial's settings). Not while a fit trains.
+
+        Example:
+            >>> clr = CyclicLearningRate()
+            >>> clr.apply(clr.settings.replace(base_lr=1e-3, max_lr=1e-2, half_cycle_epochs=4))
+            >>> clr.half_cycle_epochs, clr.max_lr
+            (4.0, 0.01)
+        """
+        if not isinstance(settings, CycleSettings):
+            raise ArgumentError("settings", settings, "a CycleSettings, e.g. clr.settings.replace(...)")
+        if self._writer is not None and getattr(self._writer, "_handles", None):
+            raise RuntimeError("CyclicLearningRate.apply: a fit is training with this callback; apply settings"
+                               " before the fit starts (in `setup`) or between fits")
+        self._settings = settings
+        self._plan, self._restored, self._result, self._writer, self._steps = None, None, None, None, []
 
     # ------------------------------------------------------------------ read-only views
     @property

@@ -34,6 +34,7 @@ __all__ = [
     "CyclicSchedule",
     "interpolate",
     "whole_cycles",
+    "whole_cycle_epochs",
     "amplitude",
     "cycle_position",
     "cyclic_lr",
@@ -253,6 +254,18 @@ def whole_cycles(total_steps: int, cycles: int) -> tuple[int, int]:
     up = max(1, int(total_steps) // (2 * cycles))
     down = max(1, int(total_steps) // cycles - up)
     return up, down
+
+
+def whole_cycle_epochs(budget_epochs: int, half_cycle_epochs: int) -> int:
+    """The whole number of cycles of ``2 * half_cycle_epochs`` epochs nearest to ``budget_epochs`` (at least one),
+    in epochs: how a run whose half-cycle is exactly ``half_cycle_epochs`` is made to end at a cycle end.
+
+    Example:
+        >>> [whole_cycle_epochs(6, h) for h in (1, 2, 3, 4)]
+        [6, 8, 6, 8]
+    """
+    cycle = 2 * int(half_cycle_epochs)
+    return cycle * max(1, round(int(budget_epochs) / cycle))
 
 
 def derive_step_sizes(
