@@ -127,6 +127,9 @@ def naive(args: argparse.Namespace) -> None:
     trainer.fit(Model(), datamodule=DataModule())
 
 
+RANGE_TEST = RangeTestConfig(max_lr=0.1, num_steps=12, save=False, progress_bar=False)  # short, and no divergence
+
+
 def count_range_tests(out: str) -> None:
     """Every range test this process runs appends one line to ``OUT/range_tests.jsonl`` (the real test runs)."""
     import lightning_clr.range_test as rt
@@ -181,7 +184,7 @@ def main() -> None:
         max_epochs=args.max_epochs,
         base_lr=None if args.no_bounds else 0.01,
         max_lr=None if args.no_bounds else 0.05,
-        range_test=RangeTestConfig(num_steps=12, save=False, progress_bar=False) if args.no_bounds else None,
+        range_test=RANGE_TEST if args.no_bounds else None,
         monitor=args.monitor,
         search=SearchSpace(min_half_cycle_epochs=1, max_half_cycle_epochs=args.max_half,
                            warm_start=not args.no_warm_start),

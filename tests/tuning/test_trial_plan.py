@@ -174,8 +174,7 @@ def _four_workers(tmp_path: Path, storage: str, name: str) -> optuna.Study:
     for p in procs:
         out, _ = p.communicate(timeout=300)
         assert p.returncode == 0, out[-4000:]
-    tests = [line for i in range(4) for line in (tmp_path / f"w{i}" / "range_tests.jsonl").read_text().splitlines()
-             if line] if any((tmp_path / f"w{i}" / "range_tests.jsonl").exists() for i in range(4)) else []
+    tests = [line for path in sorted(tmp_path.glob("w*/range_tests.jsonl")) for line in path.read_text().splitlines()]
     assert len(tests) == 1, tests  # one range test in the whole study
     study_storage = database_url(storage) if "://" in storage else optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(storage))
