@@ -230,3 +230,25 @@ def test_tune_cycle_length_parameters_are_written_once() -> None:
     from lightning_clr.tuning._config import TuneRun
 
     assert list(inspect.signature(tune_cycle_length).parameters) == [f.name for f in dataclasses.fields(TuneRun)]
+
+
+class ApplyMidFit(pl.Callback):
+    def __init__(self, clr: CyclicLearningRate) -> None:
+        self.clr, self.error = clr, None
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, i: int) -> None:
+        try:
+            self.clr.apply(self.clr.settings.replace(half_cycle_epochs=8))
+        except RuntimeError as err:
+            self.error = str(err)
+        trainer.should_stop = True
+
+
+def test_apply_is_refused_while_a_fit_trains() -> None:
+    clr = CyclicLearningRate(base_lr=0.01, max_lr=0.05)
+    spy = ApplyMidFit(clr)
+    trainer = pl.Trainer(accelerator="cpu", max_epochs=2, callbacks=[clr, spy], logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(Net(), datamodule=DM())
+    assert spy.error is not None and "a fit is training" in spy.error
+    assert clr.half_cycle_epochs == 2.0  # unchanged
