@@ -229,7 +229,7 @@ def _open_study(optuna: Any, run: TuneRun) -> Any:
     elif sampler == "random":
         sampler = optuna.samplers.RandomSampler(seed=cfg.seed)
     if run.search.distinct:
-        sampler = DistinctHalfCycleSampler(sampler, seed=cfg.seed)
+        sampler = DistinctHalfCycleSampler(sampler, seed=cfg.seed, budget_epochs=run.max_epochs)
     pruner = cfg.pruner
     if pruner == "cycle_median":
         pruner = CycleEndMedianPruner(cfg.n_startup_trials)
