@@ -173,11 +173,20 @@ class CyclePruningCallback(*callback_bases()):  # a Callback of either Lightning
         return dict(trial.params) if trial is not None else {}
 
     def _sync(self, trainer: pl.Trainer, clr: CyclicLearningRate) -> None:
-        """Every rank: take rank 0's suggested half-cycle (a callback with given step sizes keeps them)."""
-        self.params = trainer.strategy.broadcast(self._rank_zero_params(trainer), src=0) or {}
+        """Every rank: take rank 0's suggested half-cycle (a callback with given step sizes keeps them) and rank 0's
+        bounds (the study's, which rank 0 alone can read: every rank then runs the range test, or none does)."""
+        s = clr.settings
+        mine = (self._rank_zero_params(trainer), s.base_lr, s.max_lr) if trainer.global_rank == 0 else None
+        params, base, high = trainer.strategy.broadcast(mine, src=0)
+        self.params = params or {}
+        changes: dict[str, Any] = {}
         h = self.params.get(PARAM)
-        if h is not None and clr.settings.step_size_up is None and float(h) != clr.half_cycle_epochs:
-            clr.apply(clr.settings.replace(half_cycle_epochs=float(h)))
+        if h is not None and s.step_size_up is None and float(h) != s.half_cycle_epochs:
+            changes["half_cycle_epochs"] = float(h)
+        if (base, high) != (s.base_lr, s.max_lr):
+            changes.update(base_lr=base, max_lr=high)
+        if changes:
+            clr.apply(s.replace(**changes))
 
     def _judge(self, trainer: pl.Trainer, epoch: int) -> Optional[str]:
         """Rank 0 at a cycle end: report and ask the pruner. ``"stop"`` to end the fit."""
