@@ -226,10 +226,13 @@ class CyclePruningCallback(*callback_bases()):  # a Callback of either Lightning
                 trainer.fit_loop.max_epochs = epochs
 
     def _holds_claim(self) -> bool:
-        trial = self._trial()
-        if trial is None:
+        """Rank 0: whether this trial claimed the study's range test (``suggest_cycle`` marked it)."""
+        try:  # rank 0 alone, after the broadcast: a storage fault here is met again, broadcast, at a cycle end
+            trial = self._trial()
+            return trial is not None and bool(trial.study._storage.get_trial(trial._trial_id).system_attrs.get(
+                CLAIM_KEY))
+        except Exception:
             return False
-        return bool(trial.study._storage.get_trial(trial._trial_id).system_attrs.get(CLAIM_KEY))
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Rank 0 of the trial that claimed the study's range test: store its bounds (they are resolved by now)."""

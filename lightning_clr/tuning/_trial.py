@@ -56,6 +56,9 @@ class TrialCallback(CyclePruningCallback):
         trainer.fit_loop.max_epochs = plan.epochs
         self.history, self.cycle_ends = {}, []
 
+    def _holds_claim(self) -> bool:
+        return False  # the tuner's range test runs in its own fit (find_bounds), never in a trial
+
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         value = trainer.callback_metrics.get(self.monitor)
         if value is not None:
