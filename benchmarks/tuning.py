@@ -4,14 +4,17 @@ Fashion-MNIST (20k training images, 10k test images as the validation set; or sc
 ``--dataset digits``), a 784-64-10 MLP, SGD with momentum 0.9, CLR between 0.01 and 0.2, one torch thread.
 An "epoch" is ``--epoch-batches`` (32) fresh random batches of 128, so that a 48-epoch budget fits whole cycles of
 every half-cycle 1..12 epochs with little rounding. The grid trains every half-cycle ``h`` in ``1..--max-half``
-with the same per-trial budget and rounding as the tuner (``2h * max(1, round(budget / 2h))`` epochs, so every run
-ends at a cycle end), ``--grid-seeds`` seeds per point. The tuner gets ``--trials`` trials (warm start with
-Smith's 2, 4 and 8 epochs, TPE, pruning at cycle ends) and runs once per tuner seed in ``--tuner-seeds`` (spaced
-by 100: trial ``n`` trains with seed ``tuner seed + n``, so the seeds' trials do not share training seeds).
+exactly as the tuner trains a trial: the budget for every ``h``, the cycle fitted to it in whole cycles (so every
+run ends at a cycle end; before 2026-12-07 the epochs were rounded to whole cycles of exactly ``h`` instead, the
+stored ``tuning.json`` and ``tuning_pruners.json``), ``--grid-seeds`` seeds per point. The tuner gets ``--trials``
+trials (warm start with Smith's 2, 4 and 8 epochs, TPE, pruning at cycle ends) and runs once per tuner seed in
+``--tuner-seeds`` (spaced by 100: trial ``n`` trains with seed ``tuner seed + n``, so the seeds' trials do not
+share training seeds).
 
 Definitions (see docs/tuning.md):
 - the grid's best is the ``h`` with the lowest MEDIAN over the grid seeds of the final ``val_loss``;
-- one grid step is 1 epoch of half-cycle (the grid's spacing);
+- one grid step is 1 epoch of half-cycle (the grid's spacing); a half-cycle that trains the same schedule as the
+  grid's best (the same number of whole cycles in the budget) counts as within one step;
 - the grid's cost is one run per grid point (what an exhaustive one-seed grid costs, the same seeds policy as
   the tuner, whose every trial is one run); the extra seeds only establish the ground truth.
 
@@ -47,6 +50,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from _common import FASHION_DIR, RESULTS_DIR, TensorBatches, load_fashion_mnist, quiet_lightning, read_json  # noqa: E402
 
 from lightning_clr import CyclicLearningRate, tune_cycle_length  # noqa: E402
+from lightning_clr.schedule import whole_cycle_count  # noqa: E402
 from lightning_clr.tuning import OutputConfig, SearchSpace, StudyConfig  # noqa: E402
 
 _DATA: dict[str, tuple[torch.Tensor, ...]] = {}
@@ -114,14 +118,14 @@ class MLP(pl.LightningModule):
 
 
 def epochs_for(h: int, budget: int) -> int:
-    return 2 * h * max(1, round(budget / (2 * h)))
+    return budget  # every trial of a study trains the budget; its cycle is fitted to it in whole cycles
 
 
 def grid_point(args: argparse.Namespace, data: tuple, h: int, seed: int) -> tuple[float, int]:
     pl.seed_everything(seed, verbose=False)
     model, dm = MLP(data[0].shape[1], args.hidden), MemoryData(data, args.batch_size, args.epoch_batches)
     epochs = epochs_for(h, args.budget)
-    clr = CyclicLearningRate(base_lr=args.base_lr, max_lr=args.max_lr, half_cycle_epochs=h, fit_whole_cycles=False)
+    clr = CyclicLearningRate(base_lr=args.base_lr, max_lr=args.max_lr, half_cycle_epochs=h)  # as the tuner's trial
     trainer = pl.Trainer(
         accelerator="cpu", max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, num_sanity_val_steps=0, callbacks=[clr],
@@ -158,7 +162,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--n-train", type=int, default=None, help="training subset size")
     p.add_argument("--n-val", type=int, default=None, help="validation subset size (Fashion-MNIST: of the test set)")
     p.add_argument("--hidden", type=int, default=64)
-    p.add_argument("--budget", type=int, default=None, help="epochs per trial (rounded to whole cycles)")
+    p.add_argument("--budget", type=int, default=None, help="epochs of every trial (the cycle fitted to it)")
     p.add_argument("--max-half", type=int, default=None, help="grid 1..max-half epochs")
     p.add_argument("--trials", type=int, default=None)
     p.add_argument("--grid-seeds", type=int, default=None)
@@ -184,6 +188,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     args.tuner_seeds = args.tuner_seeds or ([0] if q else [100 * i for i in range(8)])
     args.max_lr = args.max_lr or 0.2
     args.epoch_batches = args.epoch_batches if args.epoch_batches is not None else (0 if q else 32)
+    args.budgets = "equal"  # a grid of the earlier rounded budgets (no such key) is not reused
     if args.out is None and not q:
         args.out = str(RESULTS_DIR / "tuning.json")
     return args
@@ -202,7 +207,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.grid_from:
         old = read_json(Path(args.grid_from))
         same = ("dataset", "n_train", "n_val", "hidden", "budget", "max_half", "grid_seeds", "batch_size", "base_lr",
-                "max_lr", "epoch_batches")
+                "max_lr", "epoch_batches", "budgets")
         diff = [k for k in same if old["args"].get(k) != getattr(args, k)]
         if diff:
             raise SystemExit(f"--grid-from {args.grid_from}: its grid was run with other {', '.join(diff)}")
@@ -274,7 +279,9 @@ def one_run_grids(per_seed: dict[int, list[float]], grid: list[int]) -> list[dic
 def run_all_tuners(args: argparse.Namespace, data: tuple, grid_best: int, grid_epochs: int, runs: list) -> None:
     for seed in args.tuner_seeds:
         run = run_tuner(args, data, seed)
-        run["within_one_step"] = run["choice"] is not None and abs(run["choice"] - grid_best) <= 1
+        run["within_one_step"] = run["choice"] is not None and (
+            abs(run["choice"] - grid_best) <= 1  # or the same schedule: the same whole cycles in the budget
+            or whole_cycle_count(args.budget, run["choice"]) == whole_cycle_count(args.budget, grid_best))
         run["epoch_share"] = round(run["epochs"] / grid_epochs, 3)
         run["at_most_half"] = run["epochs"] <= 0.5 * grid_epochs
         trials = ", ".join(

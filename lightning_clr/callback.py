@@ -19,6 +19,7 @@ from torch.optim import Optimizer
 from typing_extensions import override
 
 from lightning_clr._compat import callback_bases
+from lightning_clr._validation import ArgumentError
 from lightning_clr.engine._divergence import DivergenceGuard
 from lightning_clr.engine._guard import Guard, check_state
 from lightning_clr.engine._optimizers import remove_schedulers, training_optimizers
@@ -150,6 +151,24 @@ class CyclicLearningRate(*callback_bases()):  # a Callback of lightning.pytorch 
         self._guard_state: Optional[dict[str, Any]] = None  # from load_state_dict, until train start
         self._warned_scale_fn = False
         self._announce = False
+
+    def apply(self, settings: CycleSettings) -> None:
+        """Replace the settings before a fit resolves its cycle: between fits, or from another callback's
+        ``setup`` hook (how the tuner gives every rank its trial's settings). Not while a fit trains.
+
+        Example:
+            >>> clr = CyclicLearningRate()
+            >>> clr.apply(clr.settings.replace(base_lr=1e-3, max_lr=1e-2, half_cycle_epochs=4))
+            >>> clr.half_cycle_epochs, clr.max_lr
+            (4.0, 0.01)
+        """
+        if not isinstance(settings, CycleSettings):
+            raise ArgumentError("settings", settings, "a CycleSettings, e.g. clr.settings.replace(...)")
+        if self._writer is not None and getattr(self._writer, "_handles", None):
+            raise RuntimeError("CyclicLearningRate.apply: a fit is training with this callback; apply settings"
+                               " before the fit starts (in `setup`) or between fits")
+        self._settings = settings
+        self._plan, self._restored, self._result, self._writer, self._steps = None, None, None, None, []
 
     # ------------------------------------------------------------------ read-only views
     @property

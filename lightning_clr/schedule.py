@@ -34,6 +34,8 @@ __all__ = [
     "CyclicSchedule",
     "interpolate",
     "whole_cycles",
+    "whole_cycle_count",
+    "whole_cycle_epochs",
     "cyclic_lr",
     "cyclic_momentum",
     "derive_step_sizes",
@@ -234,6 +236,30 @@ def whole_cycles(total_steps: int, cycles: int) -> tuple[int, int]:
     return up, down
 
 
+def whole_cycle_count(budget: float, half_cycle: float) -> int:
+    """How many whole cycles of ``2 * half_cycle`` fit ``budget`` (both in epochs, or both in steps): the nearest
+    whole number, at least one. The one rounding of a half-cycle to a run's length: a run that keeps its length
+    fits this many cycles into it (:func:`derive_step_sizes`), a run that keeps its half-cycle trains this many
+    (:func:`whole_cycle_epochs`).
+
+    Example:
+        >>> [whole_cycle_count(48, h) for h in (1, 5, 10, 12, 30)]
+        [24, 5, 2, 2, 1]
+    """
+    return max(1, round(budget / (2 * half_cycle)))
+
+
+def whole_cycle_epochs(budget_epochs: int, half_cycle_epochs: int) -> int:
+    """The whole number of cycles of ``2 * half_cycle_epochs`` epochs nearest to ``budget_epochs`` (at least one),
+    in epochs: how a run whose half-cycle is exactly ``half_cycle_epochs`` is made to end at a cycle end.
+
+    Example:
+        >>> [whole_cycle_epochs(6, h) for h in (1, 2, 3, 4)]
+        [6, 8, 6, 8]
+    """
+    return 2 * int(half_cycle_epochs) * whole_cycle_count(int(budget_epochs), int(half_cycle_epochs))
+
+
 def derive_step_sizes(
     half_cycle_epochs: float,
     steps_per_epoch: int,
@@ -256,7 +282,7 @@ def derive_step_sizes(
     up = max(1, round(half_cycle_epochs * steps_per_epoch))
     down = step_size_down or up
     if step_size_down is None and total_steps is not None and math.isfinite(total_steps) and total_steps > 0:
-        return whole_cycles(int(total_steps), round(total_steps / (up + down)))
+        return whole_cycles(int(total_steps), whole_cycle_count(total_steps, up))
     return up, down
 
 

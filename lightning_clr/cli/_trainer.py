@@ -118,5 +118,12 @@ def print_tune_result(result: Any, output_dir: Any) -> None:
     rank_zero_only(print)(
         f"best half_cycle_epochs={best} step_size_up={result.best_step_size_up} mode={result.best_mode}"
         f" {result.monitor}={result.best_value:.6g}\ntrain with: --clr.half_cycle_epochs {best}"
-        f" --clr.mode {result.best_mode}" + "".join(f" --clr.{k} {v:.6g}" for k, v in lrs if v is not None)
+        f" --clr.mode {result.best_mode}" + "".join(f" --clr.{k} {_lr_flag(v)}" for k, v in lrs if v is not None)
     )
+
+
+def _lr_flag(value: Any) -> str:
+    """One bound, or one per param group as the flag's list syntax."""
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(f"{v:.6g}" for v in value) + "]"
+    return f"{value:.6g}"

@@ -252,21 +252,26 @@ def optuna_space(optuna: Any, space: SearchSpace) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class TuneRun:
-    """Everything one :func:`~lightning_clr.tune_cycle_length` call was given, checked (internal)."""
+    """The arguments of :func:`~lightning_clr.tune_cycle_length`, as it was called (internal).
+
+    Its fields are the function's parameters, by name and in order (``TuneRun(**locals())`` builds it; a test
+    holds the two equal): the types and defaults are written once, in the function's signature. The tuner
+    checks it and normalizes it (``max_epochs`` becomes the budget of every trial, the bounds tuples).
+    """
 
     model: Any
     datamodule: Any
-    model_kwargs: dict[str, Any]
-    datamodule_kwargs: dict[str, Any]
-    trainer_kwargs: dict[str, Any]
+    model_kwargs: Optional[dict[str, Any]]
+    datamodule_kwargs: Optional[dict[str, Any]]
+    trainer_kwargs: Optional[dict[str, Any]]
     n_trials: int
     timeout: Optional[float]
-    budget: int
+    max_epochs: Optional[int]
     monitor: str
-    base_lr: Optional[float]
-    max_lr: Optional[float]
+    base_lr: Any
+    max_lr: Any
     range_test: Any
     range_test_per_trial: bool
-    search: SearchSpace
-    study: StudyConfig
-    output: OutputConfig
+    search: Any
+    study: Any
+    output: Any

@@ -33,17 +33,13 @@ from lightning_clr._compat import callback_bases
 from lightning_clr._lightning import destroy_dist_connection
 from lightning_clr._validation import ArgumentError, int_in
 from lightning_clr.callback import CyclicLearningRate
+from lightning_clr.schedule import whole_cycle_epochs
 
 __all__ = ["CyclePruningCallback", "suggest_cycle"]
 
 PARAM = "half_cycle_epochs"
 PRUNED_KEY = "lightning_clr:pruned_at_epoch"
-_KWARGS = "_lightning_clr_suggest_kwargs"  # the arguments suggest_cycle built the callback with
-
-
-def _configure(clr: CyclicLearningRate, **kwargs: Any) -> None:
-    """Re-configure ``clr`` in place before its fit starts (the one place the tuner rewrites a callback)."""
-    CyclicLearningRate.__init__(clr, **kwargs)
+CLAIM_KEY = "lightning_clr:range_test_claim"  # on the trial whose fit runs the study's one range test
 
 
 def suggest_cycle(
@@ -56,6 +52,11 @@ def suggest_cycle(
     epochs, so every cycle end is an epoch end, where :class:`CyclePruningCallback` reports (that callback
     rounds ``max_epochs`` to whole cycles instead). Under ``strategy="ddp"`` or torchrun, ranks other than 0
     have no trial: pass ``trial=None`` there; the callback takes rank 0's suggestion when the fit starts.
+
+    Without ``base_lr`` or ``max_lr``, the range test runs once per study: the first trial claims it (through
+    the study's storage, so concurrent workers agree), its :class:`CyclePruningCallback` stores the bounds in
+    the study's ``user_attrs``, and every later trial, of any worker, reuses them (a line says so); a worker
+    whose trial starts while another's range test runs waits for its bounds.
 
     Args:
         trial: An ``optuna.Trial``, or ``None`` on a rank without one.
@@ -75,8 +76,28 @@ def suggest_cycle(
     kwargs = {"fit_whole_cycles": False, **callback_kwargs}
     h = low if trial is None else int(trial.suggest_int(PARAM, low, max_half_cycle_epochs))
     clr = CyclicLearningRate(half_cycle_epochs=h, **kwargs)
-    setattr(clr, _KWARGS, kwargs)
+    if trial is not None and clr.settings.needs_range_test:
+        _study_bounds(trial, clr)
     return clr
+
+
+def _study_bounds(trial: Any, clr: CyclicLearningRate) -> None:
+    """Give ``clr`` the study's stored bounds, waiting for another worker's range test; or mark ``trial`` as the
+    one whose fit runs the study's range test."""
+    from lightning_clr.tuning._bounds import combine, shared_bounds
+    from lightning_clr.tuning._storage import storage_errors
+
+    with storage_errors(trial.study._storage):
+        stored, claimed = shared_bounds(trial.study, "suggest_cycle")
+        if stored is None:
+            if claimed:
+                trial.study._storage.set_trial_system_attr(trial._trial_id, CLAIM_KEY, True)
+            return
+    s = clr.settings
+    base, high = combine(stored, s.base_lr, s.max_lr)
+    clr.apply(s.replace(base_lr=base, max_lr=high))
+    rank_zero_info(f"suggest_cycle: trial {trial.number} reuses the study's LR bounds base_lr={clr.base_lr},"
+                   f" max_lr={clr.max_lr} (its one range test: no new one).")
 
 
 def find_clr(trainer: pl.Trainer) -> CyclicLearningRate:
@@ -122,6 +143,7 @@ class CyclePruningCallback(*callback_bases()):  # a Callback of either Lightning
         self.reports: dict[int, float] = {}
         self.params: dict[str, Any] = {}
         self._cycles = 0
+        self._claim = False  # rank 0 of the trial that runs the study's range test, until its bounds are stored
         self._ref: Optional[tuple[Any, Any, int, str]] = None  # (storage, pruner, trial id, study name): for a spawn
         if trial is not None:
             storage = trial.study._storage
@@ -153,13 +175,20 @@ class CyclePruningCallback(*callback_bases()):  # a Callback of either Lightning
         return dict(trial.params) if trial is not None else {}
 
     def _sync(self, trainer: pl.Trainer, clr: CyclicLearningRate) -> None:
-        """Every rank: take rank 0's suggested half-cycle."""
-        self.params = trainer.strategy.broadcast(self._rank_zero_params(trainer), src=0) or {}
-        kwargs = getattr(clr, _KWARGS, None)
+        """Every rank: take rank 0's suggested half-cycle (a callback with given step sizes keeps them) and rank 0's
+        bounds (the study's, which rank 0 alone can read: every rank then runs the range test, or none does)."""
+        s = clr.settings
+        mine = (self._rank_zero_params(trainer), s.base_lr, s.max_lr) if trainer.global_rank == 0 else None
+        params, base, high = trainer.strategy.broadcast(mine, src=0)
+        self.params = params or {}
+        changes: dict[str, Any] = {}
         h = self.params.get(PARAM)
-        if kwargs is not None and h is not None and h != clr.settings.half_cycle_epochs:
-            _configure(clr, half_cycle_epochs=h, **kwargs)
-            setattr(clr, _KWARGS, kwargs)
+        if h is not None and s.step_size_up is None and float(h) != s.half_cycle_epochs:
+            changes["half_cycle_epochs"] = float(h)
+        if (base, high) != (s.base_lr, s.max_lr):
+            changes.update(base_lr=base, max_lr=high)
+        if changes:
+            clr.apply(s.replace(**changes))
 
     def _judge(self, trainer: pl.Trainer, epoch: int) -> Optional[str]:
         """Rank 0 at a cycle end: report and ask the pruner. ``"stop"`` to end the fit."""
@@ -188,14 +217,50 @@ class CyclePruningCallback(*callback_bases()):  # a Callback of either Lightning
         clr = find_clr(trainer)
         self._sync(trainer, clr)
         self._cycles, self.pruned_at_epoch, self.reports = 0, None, {}
+        self._claim = trainer.global_rank == 0 and self._holds_claim()
         max_epochs = trainer.fit_loop.max_epochs
         h = clr.settings.half_cycle_epochs
         if self.whole_cycles and clr.step_size_up is None and max_epochs not in (None, -1) and float(h).is_integer():
-            cycle = 2 * int(h)
-            epochs = cycle * max(1, round(max_epochs / cycle))
+            epochs = whole_cycle_epochs(max_epochs, int(h))
             if epochs != max_epochs:
-                rank_zero_info(f"CyclePruningCallback: max_epochs {max_epochs} -> {epochs}, whole cycles of {cycle}.")
+                rank_zero_info(f"CyclePruningCallback: max_epochs {max_epochs} -> {epochs}, whole cycles of"
+                               f" {2 * int(h)}.")
                 trainer.fit_loop.max_epochs = epochs
+
+    def _holds_claim(self) -> bool:
+        """Rank 0: whether this trial claimed the study's range test (``suggest_cycle`` marked it)."""
+        try:  # rank 0 alone, after the broadcast: a storage fault here is met again, broadcast, at a cycle end
+            trial = self._trial()
+            return trial is not None and bool(trial.study._storage.get_trial(trial._trial_id).system_attrs.get(
+                CLAIM_KEY))
+        except Exception:
+            return False
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Rank 0 of the trial that claimed the study's range test: store its bounds (they are resolved by now)."""
+        if not self._claim:
+            return
+        from lightning_clr.tuning._bounds import release, store_bounds
+
+        clr, trial = find_clr(trainer), self._trial()
+        if clr.plan is not None and clr.range_test_result is not None:  # not fast_dev_run's fallback bounds
+            store_bounds(trial.study, clr.plan.base_lr, clr.plan.max_lr, clr.range_test_result)
+        release(trial.study)
+        self._claim = False
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._drop_claim()
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._drop_claim()
+
+    def _drop_claim(self) -> None:
+        """A fit that ended before its range test's bounds were stored releases the claim: the next trial claims."""
+        if self._claim:
+            from lightning_clr.tuning._bounds import release
+
+            self._claim = False
+            release(self._trial().study)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:

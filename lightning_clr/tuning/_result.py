@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from lightning_clr._outputs import atomic_write_figure
 from lightning_clr.callback import CyclicLearningRate
+from lightning_clr.engine._plan import one_or_list
 
 __all__ = ["CycleTuningResult"]
 
@@ -30,8 +31,9 @@ class CycleTuningResult:
         best_step_size_up: The same in optimizer steps per rank (``half_cycle_epochs * steps_per_epoch``).
         steps_per_epoch: Optimizer steps per epoch per rank measured in the best trial.
         best_mode: CLR mode of the best trial.
-        best_max_lr: ``max_lr`` of the best trial (after the tuned multiplier, if any).
-        base_lr: The ``base_lr`` shared by every trial.
+        best_max_lr: ``max_lr`` of the best trial (after the tuned multiplier, if any): one value, or one per param
+            group when the groups differ.
+        base_lr: The ``base_lr`` shared by every trial (one value, or one per param group).
         best_value: Best value of ``monitor``: the mean over the trials of the best setting (TPE may suggest a
             setting more than once; each setting is judged by the mean of its runs).
         monitor: The metric that was optimized.
@@ -51,8 +53,8 @@ class CycleTuningResult:
     best_step_size_up: Optional[int]
     steps_per_epoch: Optional[int]
     best_mode: Optional[str]
-    best_max_lr: Optional[float]
-    base_lr: Optional[float]
+    best_max_lr: Union[float, list[float], None]
+    base_lr: Union[float, list[float], None]
     best_value: Optional[float]
     monitor: str
     direction: str
@@ -64,16 +66,15 @@ class CycleTuningResult:
         rows = []
         for t in self.study.get_trials(deepcopy=False) if self.study is not None else []:
             h = t.params.get("half_cycle_epochs")
-            spe = t.user_attrs.get("steps_per_epoch")
             history = t.user_attrs.get("history", {})
             rows.append(
                 {
                     "number": t.number,
                     "state": t.state.name,
                     "half_cycle_epochs": h,
-                    "step_size_up": h * spe if h is not None and spe else None,
+                    "step_size_up": _trained_step_size_up(t),
                     "mode": t.user_attrs.get("mode"),
-                    "max_lr": t.user_attrs.get("max_lr"),
+                    "max_lr": _bound(t.user_attrs.get("max_lr")),
                     "epochs": max((int(k) for k in history), default=0),
                     "value": t.value if t.value is not None else (list(t.intermediate_values.values()) or [None])[-1],
                     "pruned_at_epoch": t.user_attrs.get("pruned_at_epoch"),
@@ -88,7 +89,7 @@ class CycleTuningResult:
                  f" {'epochs':>6} {self.monitor:>12}"]
         for r in self.trials():
             value = "" if r["value"] is None else f"{r['value']:.4g}"
-            max_lr = "" if r["max_lr"] is None else f"{r['max_lr']:.3g}"
+            max_lr = _lrs(r["max_lr"])
             lines.append(
                 f"{r['number']:>5} {r['state']:>8} {_s(r['half_cycle_epochs']):>10} {_s(r['step_size_up']):>6}"
                 f" {_s(r['mode']):>11} {max_lr:>9} {r['epochs']:>6} {value:>12}"
@@ -99,8 +100,8 @@ class CycleTuningResult:
             lines.append("No trial completed.")
         else:
             lines.append(
-                f"Best: half-cycle {self.best_half_cycle_epochs} epochs = {_s(self.best_step_size_up)} optimizer steps"
-                f" per rank ({_s(self.steps_per_epoch)} steps/epoch), mode {self.best_mode!r},"
+                f"Best: half-cycle {self.best_half_cycle_epochs} epochs, trained as {_s(self.best_step_size_up)}"
+                f" optimizer steps per rank ({_s(self.steps_per_epoch)} steps/epoch), mode {self.best_mode!r},"
                 f" {self.monitor} = {self.best_value:.4g}; {self.epochs_trained} epochs trained here."
             )
         return "\n".join(lines)
@@ -173,6 +174,27 @@ def _s(value: Any) -> str:
     return "" if value is None else str(value)
 
 
+def _lrs(value: Any) -> str:
+    if value is None:
+        return ""
+    return "/".join(f"{v:.3g}" for v in value) if isinstance(value, list) else f"{value:.3g}"
+
+
+def _bound(value: Any) -> Union[float, list[float], None]:
+    """A stored bound (a list per param group, or one float in a study of an earlier version)."""
+    return one_or_list(tuple(value)) if isinstance(value, list) else value
+
+
+def _trained_step_size_up(trial: Any) -> Optional[int]:
+    """The rising half-cycle in optimizer steps that ``trial`` trained with (recorded at its first cycle end;
+    in a study of an earlier version, its half-cycle times its steps per epoch)."""
+    up = trial.user_attrs.get("step_size_up")
+    if up is not None:
+        return int(up)
+    h, spe = trial.params.get("half_cycle_epochs"), trial.user_attrs.get("steps_per_epoch")
+    return int(h) * int(spe) if h is not None and spe else None
+
+
 def _figure() -> tuple[Any, Any]:
     """A matplotlib Figure and its Axes, without pyplot: the user's backend and open figures are left alone."""
     try:
@@ -188,7 +210,9 @@ def _figure() -> tuple[Any, Any]:
 def result_of(study: Any, monitor: str, direction: str, epochs: int, bounds: tuple) -> CycleTuningResult:
     from optuna.trial import TrialState
 
-    empty = CycleTuningResult(study, None, None, None, None, None, bounds[0], None, monitor, direction, epochs)
+    base = bounds[0]
+    empty = CycleTuningResult(study, None, None, None, None, None, one_or_list(tuple(base)) if isinstance(
+        base, (list, tuple)) else base, None, monitor, direction, epochs)
     if study is None or not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         return empty
     # A setting that TPE suggested more than once is judged by the mean of its runs, not by its luckiest
@@ -200,16 +224,14 @@ def result_of(study: Any, monitor: str, direction: str, epochs: int, bounds: tup
     means = {key: sum(t.value for t in group) / len(group) for key, group in runs.items()}
     best_key = pick(means, key=means.__getitem__)
     best = pick(runs[best_key], key=lambda t: t.value)
-    h = int(best.params["half_cycle_epochs"])
-    spe = best.user_attrs.get("steps_per_epoch")
     return CycleTuningResult(
         study=study,
-        best_half_cycle_epochs=h,
-        best_step_size_up=h * spe if spe else None,
-        steps_per_epoch=spe,
+        best_half_cycle_epochs=int(best.params["half_cycle_epochs"]),
+        best_step_size_up=_trained_step_size_up(best),
+        steps_per_epoch=best.user_attrs.get("steps_per_epoch"),
         best_mode=best.user_attrs.get("mode"),
-        best_max_lr=best.user_attrs.get("max_lr"),
-        base_lr=best.user_attrs.get("base_lr"),
+        best_max_lr=_bound(best.user_attrs.get("max_lr")),
+        base_lr=_bound(best.user_attrs.get("base_lr")),
         best_value=means[best_key],
         monitor=monitor,
         direction=direction,

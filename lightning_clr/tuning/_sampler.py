@@ -7,6 +7,10 @@ with two runs; an untried neighbour measures the landscape. So when the wrapped 
 parameters), the nearest untried value on the grid is used instead. Once every value has been tried, the
 suggestion is kept. Failed trials do not count as tried: a killed worker's trial should run again.
 
+Under :func:`~lightning_clr.tune_cycle_length` every trial trains the same budget, its cycle fitted to it in
+whole cycles, so half-cycles with the same number of whole cycles in the budget train the same schedule (with 48
+epochs, ``h = 10, 11, 12`` all train two cycles of 24): given ``budget_epochs``, such values count as one.
+
 Only imported once optuna is known to be installed.
 """
 
@@ -19,6 +23,8 @@ import optuna
 from optuna.distributions import BaseDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
+from lightning_clr.schedule import whole_cycle_count
+
 PARAM = "half_cycle_epochs"
 _TRIED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 
@@ -26,16 +32,24 @@ _TRIED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState
 class DistinctHalfCycleSampler(optuna.samplers.BaseSampler):
     """Delegate to ``base``; replace a repeated ``half_cycle_epochs`` with the nearest untried grid value.
 
-    Ties (two untried values equally near) are broken with a generator seeded by ``seed``.
+    Ties (two untried values equally near) are broken with a generator seeded by ``seed``. With
+    ``budget_epochs``, half-cycles that fit the same number of whole cycles into it count as one value.
 
     Example:
         >>> sampler = DistinctHalfCycleSampler(optuna.samplers.TPESampler(seed=0), seed=0)  # doctest: +SKIP
         >>> study = optuna.create_study(sampler=sampler)  # doctest: +SKIP
     """
 
-    def __init__(self, base: optuna.samplers.BaseSampler, seed: Optional[int] = None) -> None:
+    def __init__(
+        self, base: optuna.samplers.BaseSampler, seed: Optional[int] = None, budget_epochs: Optional[int] = None
+    ) -> None:
         self.base = base
+        self.budget_epochs = budget_epochs
         self._rng = np.random.default_rng(seed)
+
+    def _schedule(self, h: int) -> int:
+        """What a half-cycle trains: itself, or (with a budget) its number of whole cycles in the budget."""
+        return int(h) if self.budget_epochs is None else -whole_cycle_count(self.budget_epochs, int(h))
 
     def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
         return self.base.infer_relative_search_space(study, trial)
@@ -79,10 +93,10 @@ class DistinctHalfCycleSampler(optuna.samplers.BaseSampler):
                 continue
             params = t.params or t.system_attrs.get("fixed_params", {})
             if PARAM in params and all(params.get(k) == v for k, v in others.items() if k != PARAM):
-                tried.add(int(params[PARAM]))
-        if int(value) not in tried:
+                tried.add(self._schedule(params[PARAM]))
+        if self._schedule(value) not in tried:
             return int(value)
-        untried = [v for v in range(dist.low, dist.high + 1, dist.step) if v not in tried]
+        untried = [v for v in range(dist.low, dist.high + 1, dist.step) if self._schedule(v) not in tried]
         if not untried:
             return int(value)
         gap = min(abs(v - value) for v in untried)

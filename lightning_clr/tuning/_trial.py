@@ -21,49 +21,52 @@ from optuna.trial import TrialState
 
 from lightning_clr._compat import callback_bases
 from lightning_clr.callback import CyclicLearningRate
-from lightning_clr.range_test._rules import DEFAULT_BASE_DIVISOR
+from lightning_clr.tuning._bounds import combine, read_bounds, release, shared_bounds, store_bounds
 from lightning_clr.tuning._config import TuneRun
 from lightning_clr.tuning._env import distributed
-from lightning_clr.tuning._pruning_callback import CyclePruningCallback, _configure
+from lightning_clr.tuning._pruning_callback import CyclePruningCallback, find_clr
 from lightning_clr.tuning._storage import Heartbeat, StorageError, make_storage, storage_errors
+from lightning_clr.tuning._trial_plan import TrialPlan, as_bounds
 
 
 class TrialCallback(CyclePruningCallback):
-    """A :class:`CyclePruningCallback` that also carries the tuner's whole trial (bounds, mode, seed, epochs).
+    """A :class:`CyclePruningCallback` that also carries the tuner's whole trial, a :class:`TrialPlan`.
 
-    Rank 0 builds it with ``payload`` and ``trial``; other ranks with ``None``. In ``setup`` the payload is
-    broadcast, the ``CyclicLearningRate`` is re-configured with it and ``max_epochs`` set to whole cycles. Rank 0
-    also keeps every epoch's value (``history``) in the trial's user attributes; a NaN fails the trial.
+    Rank 0 builds it with the plan and the trial; other ranks with ``None``. In ``setup`` (placed before the
+    ``CyclicLearningRate`` in the callbacks, so before that one's ``setup``) the plan is broadcast, installed with
+    :meth:`CyclicLearningRate.apply` and ``max_epochs`` set to the study's budget. Rank 0 also keeps every epoch's
+    value (``history``) in the trial's user attributes; a NaN fails the trial.
 
     Example:
-        >>> cb = TrialCallback(payload, trial=trial, monitor="val_loss")  # doctest: +SKIP
+        >>> cb = TrialCallback(plan, trial=trial, monitor="val_loss")  # doctest: +SKIP
     """
 
-    def __init__(self, payload: Optional[dict[str, Any]], trial: Any = None, monitor: str = "val_loss") -> None:
+    def __init__(self, plan: Optional[TrialPlan], trial: Any = None, monitor: str = "val_loss") -> None:
         super().__init__(trial, monitor, whole_cycles=False)
-        self.payload = payload
+        self.plan = plan
         self.history: dict[int, float] = {}
-
-    def _rank_zero_params(self, trainer: pl.Trainer) -> dict[str, Any]:
-        return dict(self.payload or {}) if trainer.global_rank == 0 else {}
+        self.cycle_ends: list[int] = []
 
     def _sync(self, trainer: pl.Trainer, clr: CyclicLearningRate) -> None:
-        self.payload = p = trainer.strategy.broadcast(self._rank_zero_params(trainer), src=0)
-        self.params = {"half_cycle_epochs": p["half_cycle_epochs"]}
+        self.plan = plan = trainer.strategy.broadcast(self.plan if trainer.global_rank == 0 else None, src=0)
+        self.params = {"half_cycle_epochs": plan.half_cycle_epochs}
         if trainer.global_rank != 0:
-            pl.seed_everything(p["seed"], verbose=False)
-        _configure(
-            clr, base_lr=p["base_lr"], max_lr=p["max_lr"], half_cycle_epochs=p["half_cycle_epochs"],
-            fit_whole_cycles=False, mode=p["mode"], gamma=p["gamma"], range_test=clr.range_test,
-        )
-        trainer.fit_loop.max_epochs = p["epochs"]
-        self.history = {}
+            pl.seed_everything(plan.seed, verbose=False)
+        clr.apply(plan.settings(clr.range_test))
+        trainer.fit_loop.max_epochs = plan.epochs
+        self.history, self.cycle_ends = {}, []
+
+    def _holds_claim(self) -> bool:
+        return False  # the tuner's range test runs in its own fit (find_bounds), never in a trial
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         value = trainer.callback_metrics.get(self.monitor)
         if value is not None:
             self.history[trainer.current_epoch + 1] = float(value)
+        cycles = self._cycles
         super().on_train_epoch_end(trainer, pl_module)
+        if self._cycles != cycles:
+            self.cycle_ends.append(trainer.current_epoch + 1)
 
     def _judge(self, trainer: pl.Trainer, epoch: int) -> Optional[str]:
         trial = self._trial()
@@ -74,7 +77,10 @@ class TrialCallback(CyclePruningCallback):
             )
         with storage_errors(trial.study._storage):
             self._save_history(trial)
-            trial.set_user_attr("steps_per_epoch", find_steps_per_epoch(trainer))
+            if not self.cycle_ends:  # the first cycle end: what the budget-fitted cycle trained with
+                clr = find_clr(trainer)
+                for key in ("steps_per_epoch", "step_size_up", "step_size_down"):
+                    trial.set_user_attr(key, getattr(clr, key))
             if math.isnan(float(trainer.callback_metrics[self.monitor])):  # diverged: failed, not pruned
                 trial.set_user_attr("error", f"the monitored metric {self.monitor!r} is NaN at epoch {epoch}")
                 return "stop"
@@ -86,26 +92,24 @@ class TrialCallback(CyclePruningCallback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Rank 0: a fit that another callback (EarlyStopping) ended mid-cycle leaves its history and epoch."""
         last = max(self.history, default=0)
-        if trainer.global_rank != 0 or not self.payload or last % (2 * self.payload["half_cycle_epochs"]) == 0:
+        if trainer.global_rank != 0 or self.plan is None or last in self.cycle_ends:
             return
-        trial = self._trial()
+        trial, plan = self._trial(), find_clr(trainer).plan
         with storage_errors(trial.study._storage):
             self._save_history(trial)
             trial.set_user_attr("stopped_at_epoch", last)
+            if plan is not None and plan.steps_per_epoch:
+                trial.set_user_attr("first_cycle_end", math.ceil(plan.cycle_length / plan.steps_per_epoch))
 
     def _save_history(self, trial: Any) -> None:
         trial.set_user_attr("history", {str(k): v for k, v in self.history.items()})
 
 
-def find_steps_per_epoch(trainer: pl.Trainer) -> Optional[int]:
-    clr = next((c for c in trainer.callbacks if isinstance(c, CyclicLearningRate)), None)
-    return clr.steps_per_epoch if clr is not None else None
-
-
 class BoundsCallback(*callback_bases()):  # a Callback of either Lightning package
     """Find the study's LR bounds once: rank 0 broadcasts bounds already stored in the study (the range test is
     then skipped); otherwise the ``CyclicLearningRate`` runs its range test in ``on_train_start``. Rank 0 stores
-    the bounds in the study's ``user_attrs`` and the fit stops before its first training step.
+    the bounds, one per param group, in the study's ``user_attrs`` when the fit ends, before its first training
+    step. Placed before the ``CyclicLearningRate`` in the callbacks (its ``setup`` applies the known bounds).
     """
 
     def __init__(self, clr: CyclicLearningRate, known: Any, study: Any, storage: Any, study_name: Any) -> None:
@@ -121,80 +125,83 @@ class BoundsCallback(*callback_bases()):  # a Callback of either Lightning packa
         trainer.fit_loop.min_epochs, trainer.fit_loop.epoch_loop.min_steps = 0, None
         self.known = trainer.strategy.broadcast(self.known if trainer.global_rank == 0 else None, src=0)
         if self.known is not None:
-            _configure(self.clr, base_lr=self.known[0], max_lr=self.known[1])
+            self.clr.apply(self.clr.settings.replace(base_lr=self.known[0], max_lr=self.known[1]))
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        trainer.should_stop = True  # after the CyclicLearningRate's range test: no training step
-        if trainer.global_rank != 0 or self.known is not None:
+        trainer.should_stop = True  # the CyclicLearningRate's range test runs in its own on_train_start: no step
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.global_rank != 0 or self.known is not None or self.clr.plan is None:
             return
         study = self.study
         if study is None:
             study = optuna.load_study(study_name=self.study_name, storage=make_storage(self.storage))
-        study.set_user_attr("clr_base_lr", float(_first(self.clr.base_lr)))
-        study.set_user_attr("clr_max_lr", float(_first(self.clr.max_lr)))
-        result = self.clr.range_test_result
-        if result is not None and hasattr(result, "to_dict"):
-            try:
-                study.set_user_attr("clr_range_test", {k: v for k, v in result.to_dict().items() if k != "lrs"})
-            except Exception:  # not JSON-serializable: the bounds are what matters
-                pass
-
-
-def _first(value: Any) -> float:
-    return value[0] if isinstance(value, (list, tuple)) else value
+        plan = self.clr.plan
+        store_bounds(study, plan.base_lr, plan.max_lr, self.clr.range_test_result)
 
 
 def find_bounds(study: Any, run: TuneRun, make_trainer: Callable[..., pl.Trainer], build: Callable[[], Any]) -> tuple:
-    """The LR bounds shared by every trial: the user's, those stored in the study, or one range test (all ranks)."""
-    known = None
+    """The LR bounds shared by every trial, per param group: the user's, those stored in the study, or the
+    study's one range test (claimed through the storage: one per study, whoever starts first; all ranks)."""
+    known, claimed = None, False
     if study is not None:
-        attrs = study.user_attrs
-        if "clr_base_lr" in attrs:
-            known = (run.base_lr or attrs["clr_base_lr"], run.max_lr or attrs["clr_max_lr"])
-            if known[1] <= known[0]:
-                if run.base_lr:
-                    known = (known[0], known[0] * DEFAULT_BASE_DIVISOR)
-                else:
-                    known = (known[1] / DEFAULT_BASE_DIVISOR, known[1])
-    if known is not None and not distributed(run.trainer_kwargs):
-        return _announce(known)  # one process: no other rank needs the bounds broadcast in a fit
-    clr = CyclicLearningRate(base_lr=run.base_lr, max_lr=run.max_lr, range_test=run.range_test)
-    cb = BoundsCallback(clr, known, study, run.study.storage, run.study.study_name)
-    pl.seed_everything(run.study.seed, verbose=False)
-    model, dm = build()
-    trainer = make_trainer([clr, cb], max_epochs=1, logger=False)
-    trainer.fit(model, datamodule=dm)
+        with storage_errors(study._storage):
+            stored, claimed = shared_bounds(study, "tune_cycle_length")
+        if stored is not None:
+            known = _combine(run, stored)
+    try:
+        if known is not None and not distributed(run.trainer_kwargs):
+            return _announce(known)  # one process: no other rank needs the bounds broadcast in a fit
+        clr = CyclicLearningRate(base_lr=run.base_lr, max_lr=run.max_lr, range_test=run.range_test)
+        cb = BoundsCallback(clr, known, study, run.study.storage, run.study.study_name)
+        pl.seed_everything(run.study.seed, verbose=False)
+        model, dm = build()
+        trainer = make_trainer([cb, clr], max_epochs=1, logger=False)
+        trainer.fit(model, datamodule=dm)
+    finally:
+        if claimed:
+            with storage_errors(study._storage):
+                release(study)  # stored, or failed: either way the next worker need not wait
     if study is None:
         return (None, None)
-    if "clr_base_lr" not in study.user_attrs:
+    stored = read_bounds(study.user_attrs)
+    if stored is None:
         raise RuntimeError("tune_cycle_length: the range test stored no bounds in the study")
-    attrs = study.user_attrs
-    return _announce((run.base_lr or attrs["clr_base_lr"], run.max_lr or attrs["clr_max_lr"]))
+    return _announce(_combine(run, stored))
+
+
+def _combine(run: TuneRun, stored: tuple) -> tuple:
+    return combine(stored, as_bounds("base_lr", run.base_lr), as_bounds("max_lr", run.max_lr))
 
 
 def _announce(bounds: tuple) -> tuple:
     rank_zero_info(
-        f"tune_cycle_length: every trial uses base_lr={bounds[0]:.4g}, max_lr={bounds[1]:.4g} (stored in the study)."
+        f"tune_cycle_length: every trial uses base_lr={_fmt(bounds[0])}, max_lr={_fmt(bounds[1])} (stored in the"
+        " study)."
     )
     return bounds
 
 
-def ask(study: Any, space: dict[str, Any], bounds: tuple, run: TuneRun) -> tuple[Any, dict[str, Any]]:
-    """Rank 0: a new trial and the payload every rank trains it with."""
+def _fmt(values: tuple) -> str:
+    return f"{values[0]:.4g}" if len(set(values)) == 1 else "[" + ", ".join(f"{v:.4g}" for v in values) + "]"
+
+
+def ask(study: Any, space: dict[str, Any], bounds: tuple, run: TuneRun) -> tuple[Any, TrialPlan]:
+    """Rank 0: a new trial and the plan every rank trains it with."""
     trial = study.ask(space)
-    h = int(trial.params["half_cycle_epochs"])
-    base, high = bounds
-    scale = float(trial.params.get("max_lr_scale", run.search.min_max_lr_scale))
-    if base is not None and high is not None and scale != 1.0:
-        high = base + (high - base) * scale  # > base for every scale > 0
-    payload = dict(
-        trial_id=trial._trial_id, number=trial.number, seed=run.study.seed + trial.number, half_cycle_epochs=h,
-        mode=trial.params.get("mode", run.search.modes[0]), gamma=1.0, base_lr=base, max_lr=high,
-        epochs=2 * h * max(1, round(run.budget / (2 * h))),
+    plan = TrialPlan(
+        number=trial.number, seed=run.study.seed + trial.number,
+        half_cycle_epochs=int(trial.params["half_cycle_epochs"]),
+        mode=trial.params.get("mode", run.search.modes[0]),
+        max_lr_scale=float(trial.params.get("max_lr_scale", run.search.min_max_lr_scale)),
+        base_lr=bounds[0], max_lr=bounds[1], epochs=run.max_epochs,
     )
-    for key in ("mode", "base_lr", "max_lr", "epochs", "seed"):
-        trial.set_user_attr(key, payload[key])
-    return trial, payload
+    high = plan.max_lr_trained
+    attrs = dict(mode=plan.mode, base_lr=list(plan.base_lr) if plan.base_lr else None,
+                 max_lr=list(high) if high else None, epochs=plan.epochs, seed=plan.seed)
+    for key, value in attrs.items():
+        trial.set_user_attr(key, value)
+    return trial, plan
 
 
 def run_trial(
@@ -202,18 +209,18 @@ def run_trial(
     make_trainer: Callable[..., pl.Trainer], build: Callable[[], Any],
 ) -> int:
     """Run one trial on this rank; rank 0 (``study`` given) asks and tells. Returns the epochs trained."""
-    trial = payload = None
+    trial = plan = None
     seed = run.study.seed + index
     if study is not None:
         with storage_errors(study._storage):
-            trial, payload = ask(study, space, bounds, run)
-        seed = payload["seed"]
+            trial, plan = ask(study, space, bounds, run)
+        seed = plan.seed
     pl.seed_everything(seed, verbose=False)
     model, dm = build()  # right after seeding: trial n's initial weights depend on seed + n only
-    clr = CyclicLearningRate(base_lr=1.0, max_lr=1.0, range_test=run.range_test)  # re-configured in setup
-    cb = TrialCallback(payload, trial, run.monitor)
-    version = f"trial_{payload['number']}" if payload else f"trial_rank_{index}"
-    trainer = make_trainer([clr, cb], max_epochs=payload["epochs"] if payload else run.budget, version=version)
+    clr = CyclicLearningRate(range_test=run.range_test)  # every rank: the plan's settings applied in setup
+    cb = TrialCallback(plan, trial, run.monitor)
+    version = f"trial_{plan.number}" if plan else f"trial_rank_{index}"
+    trainer = make_trainer([cb, clr], max_epochs=run.max_epochs, version=version)
     try:
         if trial is not None and run.study.storage is not None:
             with Heartbeat(study._storage, trial._trial_id, run.study.heartbeat_interval):
@@ -235,7 +242,7 @@ def run_trial(
     if trial is None:
         return trainer.current_epoch
     with storage_errors(study._storage):
-        return _tell(study, trial, trainer, run, payload)
+        return _tell(study, trial, trainer, run, plan)
 
 
 def _storage_fault(err: BaseException) -> Optional[str]:
@@ -251,7 +258,7 @@ def _storage_fault(err: BaseException) -> Optional[str]:
     return None
 
 
-def _tell(study: Any, trial: Any, trainer: pl.Trainer, run: TuneRun, payload: dict[str, Any]) -> int:
+def _tell(study: Any, trial: Any, trainer: pl.Trainer, run: TuneRun, plan: TrialPlan) -> int:
     frozen = study._storage.get_trial(trial._trial_id)  # also what a spawned child wrote
     epochs = max((int(k) for k in frozen.user_attrs.get("history", {})), default=trainer.current_epoch)
     if "pruned_at_epoch" in frozen.user_attrs:
@@ -261,19 +268,24 @@ def _tell(study: Any, trial: Any, trainer: pl.Trainer, run: TuneRun, payload: di
     value = values[max(values)] if values else None
     if "error" in frozen.user_attrs or value is None or math.isnan(value):
         if "error" not in frozen.user_attrs:
-            trial.set_user_attr("error", _failure(frozen, value, run.monitor, payload["half_cycle_epochs"]))
+            trial.set_user_attr("error", _failure(frozen, value, run.monitor))
         study.tell(trial, state=TrialState.FAIL)
     else:
         study.tell(trial, value)
     return epochs
 
 
-def _failure(frozen: Any, value: Optional[float], monitor: str, half_cycle: int) -> str:
+def _at(epoch: Optional[int]) -> str:
+    return f" at epoch {epoch}" if epoch is not None else ""
+
+
+def _failure(frozen: Any, value: Optional[float], monitor: str) -> str:
     """Why a trial that raised nothing has no usable value."""
     if value is None and "stopped_at_epoch" in frozen.user_attrs:
         return (
             f"stopped at epoch {frozen.user_attrs['stopped_at_epoch']} by another callback (EarlyStopping?)"
-            f" before its first cycle end at epoch {2 * half_cycle}; only cycle-end values are compared."
+            f" before its first cycle end{_at(frozen.user_attrs.get('first_cycle_end'))}; only cycle-end values are"
+            " compared."
             f" Give EarlyStopping a patience of at least 2 * max_half_cycle_epochs validations."
         )
     return f"the monitored metric {monitor!r} was {value} at the end of the trial"

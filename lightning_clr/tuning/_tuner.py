@@ -32,6 +32,7 @@ from lightning_clr._outputs import atomic_write_text
 from lightning_clr._quiet import muted_banner
 from lightning_clr._validation import ArgumentError, boolean, int_in, positive_float
 from lightning_clr.callback import CyclicLearningRate
+from lightning_clr.engine._settings import CycleSettings
 from lightning_clr.range_test import RangeTestConfig
 from lightning_clr.tuning._config import (
     OutputConfig,
@@ -44,6 +45,7 @@ from lightning_clr.tuning._config import (
 )
 from lightning_clr.tuning._env import distributed, is_global_zero, spawns
 from lightning_clr.tuning._result import CycleTuningResult, result_of
+from lightning_clr.tuning._trial_plan import as_bounds
 
 __all__ = ["tune_cycle_length"]
 
@@ -62,8 +64,8 @@ def tune_cycle_length(
     timeout: Optional[float] = None,
     max_epochs: Optional[int] = None,
     monitor: str = "val_loss",
-    base_lr: Optional[float] = None,
-    max_lr: Optional[float] = None,
+    base_lr: Union[float, list[float], None] = None,
+    max_lr: Union[float, list[float], None] = None,
     range_test: Optional[RangeTestConfig] = None,
     range_test_per_trial: bool = False,
     search: SearchSpace = SearchSpace(),  # noqa: B008 (frozen: a shared default is safe)
@@ -81,14 +83,16 @@ def tune_cycle_length(
             per trial); a ``CyclicLearningRate`` among them is replaced by the trial's.
         n_trials: Trials run by this call (by this worker, when several workers share a study).
         timeout: Stop starting new trials after this many seconds (single process only).
-        max_epochs: Budget of one trial, rounded per trial to whole cycles (at least one): a trial with
-            half-cycle ``h`` trains ``2 * h * max(1, round(max_epochs / (2 * h)))`` epochs. Default:
+        max_epochs: Budget of every trial, the same for all (hence the same optimizer steps): each trial's cycle
+            is fitted to it in whole cycles, as ``CyclicLearningRate`` fits any run. Default:
             ``trainer_kwargs["max_epochs"]`` or 20.
         monitor: Logged metric to optimize, reported at each cycle end of each trial.
-        base_lr: Lower LR bound for every trial. With ``max_lr``: no range test runs.
-        max_lr: Upper LR bound for every trial.
-        range_test: Settings of the range test that runs ONCE per study when a bound is missing (its bounds are
-            stored in the study and reused by every trial and worker).
+        base_lr: Lower LR bound for every trial, one value or one per param group. With ``max_lr``: no range
+            test runs.
+        max_lr: Upper LR bound for every trial, one value or one per param group.
+        range_test: Settings of the range test that runs ONCE per study when a bound is missing (claimed through
+            the storage by the first worker; its bounds, one per param group, are stored in the study and reused by
+            every trial and worker).
         range_test_per_trial: Run the range test in every trial instead.
         search: The search space (:class:`SearchSpace`, or a dict of its fields).
         study: Storage, sampler, pruner, seed and heartbeat (:class:`StudyConfig`, or a dict of its fields).
@@ -105,7 +109,7 @@ def tune_cycle_length(
         >>> result = tune_cycle_length(MyModel, MyDataModule, n_trials=8, trainer_kwargs={"limit_val_batches": 20},
         ...                            study=StudyConfig(storage="tune.journal", study_name="clr"))  # doctest: +SKIP
     """
-    run = _validate(**dict(locals()))
+    run = _validate(TuneRun(**locals()))
     with muted_banner(not run.output.verbose):  # every trial builds a Trainer: no banner for each
         return _tune(run)
 
@@ -160,51 +164,55 @@ def _tune(run: TuneRun) -> CycleTuningResult:
     return result
 
 
-def _validate(**a: Any) -> TuneRun:
-    """Check every argument before any training step; errors name the argument and its value."""
-    if not callable(a["model"]):
-        raise ArgumentError("model", a["model"], "a LightningModule class or a factory returning one")
-    if a["datamodule"] is not None and not callable(a["datamodule"]):
-        raise ArgumentError("datamodule", a["datamodule"], "None, a LightningDataModule class or a factory")
+def _validate(run: TuneRun) -> TuneRun:
+    """Check every argument before any training step (errors name the argument and its value); return the run
+    normalized: dicts for the keyword arguments, the groups as objects, bounds as tuples, ``max_epochs`` the
+    budget of every trial (out of ``trainer_kwargs``)."""
+    if not callable(run.model):
+        raise ArgumentError("model", run.model, "a LightningModule class or a factory returning one")
+    if run.datamodule is not None and not callable(run.datamodule):
+        raise ArgumentError("datamodule", run.datamodule, "None, a LightningDataModule class or a factory")
     for name in ("model_kwargs", "datamodule_kwargs", "trainer_kwargs"):
-        if a[name] is not None and not isinstance(a[name], dict):
-            raise ArgumentError(name, a[name], "a dict of keyword arguments or None")
-    int_in("n_trials", a["n_trials"], 1)
-    if a["max_epochs"] is not None:
-        int_in("max_epochs", a["max_epochs"], 1, what="or None")
-    for name in ("base_lr", "max_lr", "timeout"):
-        if a[name] is not None:
-            positive_float(name, a[name])
-    if a["base_lr"] is not None and a["max_lr"] is not None and a["max_lr"] <= a["base_lr"]:
-        raise ArgumentError("max_lr", a["max_lr"], f"greater than base_lr ({a['base_lr']!r})")
-    if a["range_test"] is not None and not isinstance(a["range_test"], RangeTestConfig):
-        raise ArgumentError("range_test", a["range_test"], "None or a RangeTestConfig")
-    if not isinstance(a["monitor"], str) or not a["monitor"]:
-        raise ArgumentError("monitor", a["monitor"], "the name of a logged metric")
-    boolean("range_test_per_trial", a["range_test_per_trial"])
-    search = grouped("search", a["search"], SearchSpace)
-    study = grouped("study", a["study"], StudyConfig)
-    output = grouped("output", a["output"], OutputConfig)
-    if a["range_test_per_trial"] and search.tunes_scale:
+        if getattr(run, name) is not None and not isinstance(getattr(run, name), dict):
+            raise ArgumentError(name, getattr(run, name), "a dict of keyword arguments or None")
+    int_in("n_trials", run.n_trials, 1)
+    if run.max_epochs is not None:
+        int_in("max_epochs", run.max_epochs, 1, what="or None")
+    if run.timeout is not None:
+        positive_float("timeout", run.timeout)
+    base, high = as_bounds("base_lr", run.base_lr), as_bounds("max_lr", run.max_lr)
+    if base is not None and high is not None:
+        CycleSettings(base_lr=base, max_lr=high)  # one value or one per group, max_lr >= base_lr in each
+        n = max(len(base), len(high))
+        if any(h <= b for b, h in zip(base * (n // len(base)), high * (n // len(high)))):
+            raise ArgumentError("max_lr", run.max_lr, f"greater than base_lr ({run.base_lr!r})")
+    if run.range_test is not None and not isinstance(run.range_test, RangeTestConfig):
+        raise ArgumentError("range_test", run.range_test, "None or a RangeTestConfig")
+    if not isinstance(run.monitor, str) or not run.monitor:
+        raise ArgumentError("monitor", run.monitor, "the name of a logged metric")
+    boolean("range_test_per_trial", run.range_test_per_trial)
+    search = grouped("search", run.search, SearchSpace)
+    if run.range_test_per_trial and search.tunes_scale:
         raise ArgumentError("range_test_per_trial", True, "False when the max_lr multiplier is tuned")
-    trainer_kwargs = dict(a["trainer_kwargs"] or {})
+    trainer_kwargs = dict(run.trainer_kwargs or {})
     user_max_epochs = trainer_kwargs.pop("max_epochs", None)
-    if a["max_epochs"] is None and user_max_epochs is not None:
+    if run.max_epochs is None and user_max_epochs is not None:
         int_in("trainer_kwargs['max_epochs']", user_max_epochs, 1, what="every trial needs a finite budget")
-    if a["timeout"] is not None and distributed(trainer_kwargs):
-        raise ArgumentError("timeout", a["timeout"], "None with several devices or nodes (the ranks must run the"
+    if run.timeout is not None and distributed(trainer_kwargs):
+        raise ArgumentError("timeout", run.timeout, "None with several devices or nodes (the ranks must run the"
                             " same number of trials)")
     for key, allowed in (("check_val_every_n_epoch", (1,)), ("max_steps", (-1, None))):
         if trainer_kwargs.get(key, allowed[0]) not in allowed:
             raise ArgumentError(f"trainer_kwargs['{key}']", trainer_kwargs[key], "left out: trials validate every"
-                                " epoch and end after whole cycles")
-    budget = a["max_epochs"] if a["max_epochs"] is not None else int(user_max_epochs or 20)
-    return TuneRun(
-        model=a["model"], datamodule=a["datamodule"], model_kwargs=dict(a["model_kwargs"] or {}),
-        datamodule_kwargs=dict(a["datamodule_kwargs"] or {}), trainer_kwargs=trainer_kwargs, n_trials=a["n_trials"],
-        timeout=a["timeout"], budget=budget, monitor=a["monitor"], base_lr=a["base_lr"], max_lr=a["max_lr"],
-        range_test=a["range_test"], range_test_per_trial=a["range_test_per_trial"], search=search, study=study,
-        output=output,
+                                " epoch and all train the same budget of epochs")
+    budget = run.max_epochs if run.max_epochs is not None else int(user_max_epochs or 20)
+    if 2 * search.max_half_cycle_epochs > budget:
+        rank_zero_warn(f"tune_cycle_length: half-cycles above {budget / 2:g} epochs (half the budget of {budget})"
+                       f" all train one cycle of {budget} epochs: every trial trains the budget, in whole cycles.")
+    return dataclasses.replace(
+        run, model_kwargs=dict(run.model_kwargs or {}), datamodule_kwargs=dict(run.datamodule_kwargs or {}),
+        trainer_kwargs=trainer_kwargs, max_epochs=budget, base_lr=base, max_lr=high, search=search,
+        study=grouped("study", run.study, StudyConfig), output=grouped("output", run.output, OutputConfig),
     )
 
 
@@ -222,7 +230,7 @@ def _open_study(optuna: Any, run: TuneRun) -> Any:
     elif sampler == "random":
         sampler = optuna.samplers.RandomSampler(seed=cfg.seed)
     if run.search.distinct:
-        sampler = DistinctHalfCycleSampler(sampler, seed=cfg.seed)
+        sampler = DistinctHalfCycleSampler(sampler, seed=cfg.seed, budget_epochs=run.max_epochs)
     pruner = cfg.pruner
     if pruner == "cycle_median":
         pruner = CycleEndMedianPruner(cfg.n_startup_trials)

@@ -29,7 +29,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/helpers, also in spawned children
 from helpers import SameTaskData  # noqa: E402
 
-from lightning_clr import CyclePruningCallback, CyclicLearningRate, suggest_cycle  # noqa: E402
+from lightning_clr import CyclePruningCallback, CyclicLearningRate, RangeTestConfig, suggest_cycle  # noqa: E402
 
 
 class Model(pl.LightningModule):
@@ -61,10 +61,24 @@ class Record(Callback):
         clr = next(c for c in trainer.callbacks if isinstance(c, CyclicLearningRate))
         row = {"rank": trainer.global_rank, "world_size": trainer.world_size, "step_size_up": clr.step_size_up,
                "half_cycle_epochs": clr.settings.half_cycle_epochs, "epochs": trainer.current_epoch,
+               "base_lr": clr.base_lr, "max_lr": clr.max_lr,
                "max_epochs": trainer.fit_loop.max_epochs,
                "first_weight": float(pl_module.net[0].weight.detach().flatten()[0])}
         with open(Path(self.out) / f"rank{trainer.global_rank}.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
+
+
+def count_range_tests(out: str) -> None:
+    import lightning_clr.range_test as rt
+
+    original = rt.run_range_test
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        with open(Path(out) / "range_tests.jsonl", "a") as f:
+            f.write(json.dumps({"pid": os.getpid()}) + "\n")
+        return original(*args, **kwargs)
+
+    rt.run_range_test = counting
 
 
 def main() -> None:
@@ -72,13 +86,18 @@ def main() -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--strategy", default="ddp")
     p.add_argument("--n-trials", type=int, default=3)
+    p.add_argument("--no-bounds", action="store_true", help="no base_lr/max_lr: the study's one range test")
     args = p.parse_args()
     os.makedirs(args.out, exist_ok=True)
     fits = [0]
+    bounds: dict[str, Any] = dict(base_lr=0.01, max_lr=0.05)
+    if args.no_bounds:  # every range test any rank runs appends a line
+        bounds = dict(range_test=RangeTestConfig(max_lr=0.1, num_steps=12, save=False, progress_bar=False))
+        count_range_tests(args.out)
 
     def objective(trial: Any) -> float:
         pl.seed_everything(fits[0], verbose=False)
-        clr = suggest_cycle(trial, min_half_cycle_epochs=1, max_half_cycle_epochs=2, base_lr=0.01, max_lr=0.05)
+        clr = suggest_cycle(trial, min_half_cycle_epochs=1, max_half_cycle_epochs=2, **bounds)
         pruning = CyclePruningCallback(trial, monitor="val_loss")
         trainer = pl.Trainer(
             accelerator="cpu", devices=2, strategy=args.strategy, max_epochs=8, logger=False,

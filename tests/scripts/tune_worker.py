@@ -29,7 +29,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/helpers, also in spawned children
 from helpers import SameTaskData as DataModule  # noqa: E402
 
-from lightning_clr import CyclicLearningRate, tune_cycle_length  # noqa: E402
+from lightning_clr import CyclicLearningRate, RangeTestConfig, tune_cycle_length  # noqa: E402
 from lightning_clr.tuning import OutputConfig, SearchSpace, StudyConfig  # noqa: E402
 
 
@@ -127,6 +127,23 @@ def naive(args: argparse.Namespace) -> None:
     trainer.fit(Model(), datamodule=DataModule())
 
 
+RANGE_TEST = RangeTestConfig(max_lr=0.1, num_steps=12, save=False, progress_bar=False)  # short, and no divergence
+
+
+def count_range_tests(out: str) -> None:
+    """Every range test this process runs appends one line to ``OUT/range_tests.jsonl`` (the real test runs)."""
+    import lightning_clr.range_test as rt
+
+    original = rt.run_range_test
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        with open(Path(out) / "range_tests.jsonl", "a") as f:
+            f.write(json.dumps({"pid": os.getpid(), "time": time.time()}) + "\n")
+        return original(*args, **kwargs)
+
+    rt.run_range_test = counting
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--out", required=True)
@@ -148,10 +165,13 @@ def main() -> None:
     p.add_argument("--logger", action="store_true", help="a CSV logger version per trial")
     p.add_argument("--monitor", default="val_loss")
     p.add_argument("--pruner", default="cycle_median")
+    p.add_argument("--no-bounds", action="store_true", help="no base_lr/max_lr: the study's one range test")
     args = p.parse_args()
     os.makedirs(args.out, exist_ok=True)
     if args.mode == "naive":
         return naive(args)
+    if args.no_bounds:
+        count_range_tests(args.out)
     result = tune_cycle_length(
         Model,
         DataModule,
@@ -162,8 +182,9 @@ def main() -> None:
         },
         n_trials=args.n_trials,
         max_epochs=args.max_epochs,
-        base_lr=0.01,
-        max_lr=0.05,
+        base_lr=None if args.no_bounds else 0.01,
+        max_lr=None if args.no_bounds else 0.05,
+        range_test=RANGE_TEST if args.no_bounds else None,
         monitor=args.monitor,
         search=SearchSpace(min_half_cycle_epochs=1, max_half_cycle_epochs=args.max_half,
                            warm_start=not args.no_warm_start),

@@ -154,8 +154,9 @@ def test_without_a_cyclic_learning_rate_the_callback_says_so() -> None:
 
 
 # ---------------------------------------------------------------------------------------------- DDP
-def run_worker(out: Path, strategy: str, torchrun: bool = False, n_trials: int = 3) -> None:
-    cmd = [sys.executable, str(WORKER), "--out", str(out), "--strategy", strategy, "--n-trials", str(n_trials)]
+def run_worker(out: Path, strategy: str, torchrun: bool = False, n_trials: int = 3, *extra: str) -> None:
+    cmd = [sys.executable, str(WORKER), "--out", str(out), "--strategy", strategy, "--n-trials", str(n_trials),
+           *extra]
     if torchrun:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
                f"--master_port={free_port()}", *cmd[1:]]
@@ -199,3 +200,16 @@ def test_own_objective_under_torchrun(tmp_path: Path) -> None:
 def test_own_objective_under_ddp_spawn(tmp_path: Path) -> None:
     run_worker(tmp_path, "ddp_spawn")
     check_ranks(tmp_path, 3)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_own_objective_under_ddp_without_bounds_runs_one_range_test(tmp_path: Path) -> None:
+    """Rank 0 alone reads the study's stored bounds: every rank takes them, so no rank runs a range test alone
+    (one rank in a collective sweep would hang the other)."""
+    run_worker(tmp_path, "ddp", False, 3, "--no-bounds")
+    check_ranks(tmp_path, 3)
+    lines = (tmp_path / "range_tests.jsonl").read_text().splitlines()
+    assert len(lines) == 2 and len({json.loads(line)["pid"] for line in lines}) == 2  # the first trial, both ranks
+    rows = [json.loads(line) for p in tmp_path.glob("rank*.jsonl") for line in p.read_text().splitlines()]
+    assert len({(json.dumps(r["base_lr"]), json.dumps(r["max_lr"])) for r in rows}) == 1  # one pair, every fit

@@ -79,10 +79,28 @@ def test_the_same_half_cycle_with_another_mode_is_not_a_repeat() -> None:
 def test_tuner_trials_are_distinct_unless_turned_off(tmp_path: Path, distinct: bool) -> None:
     from tuning_helpers import tune
 
-    result = tune(tmp_path, n_trials=6, max_epochs=2, min_half_cycle_epochs=1, max_half_cycle_epochs=6,
-                  pruner="none", n_startup_trials=1, distinct=distinct, seed=3)
+    from lightning_clr.schedule import whole_cycle_count
+
+    # every trial trains the 12-epoch budget: half-cycles 1..6 fit 6, 3, 2, 2, 1 and 1 whole cycles, 4 schedules
+    result = tune(tmp_path, n_trials=6, max_epochs=12 if distinct else 2, min_half_cycle_epochs=1,
+                  max_half_cycle_epochs=6, pruner="none", n_startup_trials=1, distinct=distinct, seed=3)
     hs = [t.params["half_cycle_epochs"] for t in result.study.get_trials()]
     if distinct:
-        assert sorted(hs) == [1, 2, 3, 4, 5, 6]
+        assert sorted({whole_cycle_count(12, h) for h in hs[:4]}) == [1, 2, 3, 6]  # every schedule before a repeat
     else:
         assert len(set(hs)) < 6  # plain TPE repeats here; if this ever changes, the test above proves nothing
+
+
+def test_with_a_budget_half_cycles_of_the_same_schedule_count_as_tried() -> None:
+    """With 48 epochs, h = 10, 11 and 12 all train two cycles of 24: after h = 12, neither 10 nor 11 runs."""
+    space = {"half_cycle_epochs": IntDistribution(1, 12)}
+
+    def next_half_cycle(seed: int, budget: Any) -> int:
+        sampler = DistinctHalfCycleSampler(optuna.samplers.RandomSampler(seed=seed), seed=seed, budget_epochs=budget)
+        study = optuna.create_study(sampler=sampler)
+        for h in (1, 2, 3, 4, 5, 6, 12):  # 24, 12, 8, 6, 5, 4 and 2 cycles in 48 epochs; untried: 3 (h = 7, 8, 9)
+            study.add_trial(optuna.trial.create_trial(params={"half_cycle_epochs": h}, distributions=space, value=1.0))
+        return study.ask(space).params["half_cycle_epochs"]
+
+    assert {next_half_cycle(seed, 48) for seed in range(10)} <= {7, 8, 9}
+    assert {next_half_cycle(seed, None) for seed in range(10)} & {10, 11}  # without the budget: the same schedule

@@ -136,9 +136,8 @@ def test_search_space_and_warm_start_within_range(tmp_path: Path) -> None:
         assert 3 <= t.params["half_cycle_epochs"] <= 6
         assert t.params["mode"] in ("triangular", "triangular2")
         assert 0.5 <= t.params["max_lr_scale"] <= 2.0
-        assert t.user_attrs["base_lr"] == 0.01 < t.user_attrs["max_lr"]  # base < max by construction
-        h = t.params["half_cycle_epochs"]
-        assert t.user_attrs["epochs"] % (2 * h) == 0  # a whole number of cycles
+        assert t.user_attrs["base_lr"] == [0.01] and 0.01 < t.user_attrs["max_lr"][0]  # base < max by construction
+        assert t.user_attrs["epochs"] == 6  # the budget, whatever the half-cycle
 
 
 def test_direction_and_monitor_are_configurable(tmp_path: Path) -> None:
@@ -259,7 +258,7 @@ def test_range_test_runs_once_and_bounds_are_reused(tmp_path: Path) -> None:
         result = tune(tmp_path, n_trials=2, **kwargs)
         assert len(calls) == 1
         attrs = result.study.user_attrs
-        assert 0 < attrs["clr_base_lr"] < attrs["clr_max_lr"]
+        assert 0 < attrs["clr_base_lr"][0] < attrs["clr_max_lr"][0]  # one value per param group
         for t in result.study.get_trials():
             assert (t.user_attrs["base_lr"], t.user_attrs["max_lr"]) == (attrs["clr_base_lr"], attrs["clr_max_lr"])
         # a second worker on the same study reuses the stored bounds: no second range test, and in one
