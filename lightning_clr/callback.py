@@ -32,7 +32,7 @@ from lightning_clr.engine._resolve import (
     resolve_bounds,
     resolve_cycle,
 )
-from lightning_clr.engine._resume import reconcile
+from lightning_clr.engine._resume import check_restored_shape, reconcile
 from lightning_clr.engine._settings import DEFAULT_FINAL_LR_RATIO, DEFAULT_HALF_CYCLE_EPOCHS, CycleSettings
 from lightning_clr.engine._writer import ScheduleWriter, check_scale_fn
 from lightning_clr.range_test import RangeTestConfig, RangeTestResult, refuse_sharded
@@ -256,7 +256,7 @@ class CyclicLearningRate(*callback_bases()):  # a Callback of lightning.pytorch 
         self._optimizers = training_optimizers(trainer)
         counts = tuple(len(opt.param_groups) for opt in self._optimizers)
         if self._restored is not None:
-            _check_restored_shape(self._restored, counts)
+            check_restored_shape(self._restored, counts)
         else:  # list lengths only the optimizer can check: before anything trains
             for name in ("base_lr", "max_lr"):
                 values = getattr(self._settings, name)
@@ -393,14 +393,5 @@ def _warn_epoch_early_stopping(trainer: pl.Trainer) -> None:
             f"{plain[0].patience}) judges every validation, but in the middle of a cycle the loss rises with the"
             " LR, so it stops cyclical runs in a rising half, far from the cycle end where the model is best. Use"
             " lightning_clr.CycleEndEarlyStopping (patience in cycles), which judges only at cycle ends."
-        )
-
-
-def _check_restored_shape(restored: tuple[CyclePlan, list[int]], counts: tuple[int, ...]) -> None:
-    plan, _ = restored
-    if plan.group_counts != counts:
-        raise ValueError(
-            f"The checkpoint's CyclicLearningRate plan covers param groups {list(plan.group_counts)} (per optimizer),"
-            f" but the model's optimizer(s) have {list(counts)}. Resume with the same `configure_optimizers`."
         )
 

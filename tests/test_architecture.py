@@ -183,6 +183,7 @@ TESTED_ELSEWHERE = {
     "lightning_clr.cycle_end._clock": "tests/callback/test_cycle_end.py",
     "lightning_clr.cycle_end._early_stopping": "tests/callback/test_cycle_end.py",
     "lightning_clr.engine._divergence": "tests/engine/test_guard.py",  # the guard's pure rule, with the guard
+    "lightning_clr.tuning._bounds": "tests/tuning/test_trial_plan.py",  # the study's shared bounds, with the plan
     "lightning_clr.engine._skips": "tests/engine/test_tensor_lr.py",  # the skip flags, with the GPU-ready writer
     "lightning_clr.cli._app": "tests/cli/test_cli.py",  # the command, run end to end
     "lightning_clr.cli._trainer": "tests/cli/test_cli.py",  # its subcommands, run by the command

@@ -10,7 +10,7 @@ from lightning_clr._validation import ArgumentError
 from lightning_clr.engine._plan import CyclePlan, _show
 from lightning_clr.engine._settings import CycleSettings
 
-__all__ = ["reconcile"]
+__all__ = ["check_restored_shape", "reconcile"]
 
 _SCALARS = ("mode", "gamma", "scale_mode", "cycle_momentum", "base_momentum", "max_momentum", "final_lr_ratio")
 
@@ -93,3 +93,14 @@ def _reconcile_scale_fn(
         if path != plan.scale_fn_path or not plan.custom_scale_fn:
             messages.append(f"`scale_fn`: the checkpoint has {plan.scale_fn_path!r}, the callback was given"
                             f" {path or settings.scale_fn!r}; using the given function from the resumed step on")
+
+
+def check_restored_shape(restored: tuple[CyclePlan, list[int]], counts: tuple[int, ...]) -> None:
+    """Refuse a checkpoint's plan whose param-group layout is not the model's optimizers' (before any step)."""
+    plan, _ = restored
+    if plan.group_counts != counts:
+        raise ValueError(
+            f"The checkpoint's CyclicLearningRate plan covers param groups {list(plan.group_counts)} (per optimizer),"
+            f" but the model's optimizer(s) have {list(counts)}. Resume with the same `configure_optimizers`."
+        )
+

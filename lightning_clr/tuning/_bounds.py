@@ -27,6 +27,8 @@ from typing import Any, Optional
 import optuna
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from lightning_clr.range_test._rules import DEFAULT_BASE_DIVISOR
+
 __all__ = ["KEYS", "WAIT_S", "claim", "combine", "read_bounds", "release", "shared_bounds", "store_bounds"]
 
 KEYS = ("clr_base_lr", "clr_max_lr")
@@ -57,8 +59,6 @@ def read_bounds(attrs: dict[str, Any]) -> Optional[Bounds]:
 def combine(stored: Bounds, base: Optional[tuple[float, ...]], high: Optional[tuple[float, ...]]) -> Bounds:
     """The given bounds where given, the study's for the others, per param group, with ``max_lr > base_lr``
     (a study's bound on the wrong side of a given one is replaced by the range test's default ratio)."""
-    from lightning_clr.range_test._rules import DEFAULT_BASE_DIVISOR
-
     given_base = base is not None
     base, high = base or stored[0], high or stored[1]
     if len(base) != len(high) and 1 not in (len(base), len(high)):

@@ -42,7 +42,7 @@ def test_the_summary_lists_every_trial_and_the_best_and_the_callback_trains_with
     assert [r["state"] for r in rows] == ["COMPLETE", "COMPLETE", "FAIL"]
     assert rows[1]["step_size_up"] == 20 and rows[1]["epochs"] == 8
     summary = result.summary()
-    assert "Best: half-cycle 4 epochs = 20 optimizer steps" in summary and "12 epochs trained" in summary
+    assert "Best: half-cycle 4 epochs, trained as 20 optimizer steps" in summary and "12 epochs trained" in summary
     clr = result.callback(mode="triangular2")
     assert isinstance(clr, CyclicLearningRate)
     assert (clr.base_lr, clr.max_lr, clr.half_cycle_epochs, clr.mode) == (0.1, 0.5, 4.0, "triangular2")

@@ -8,7 +8,7 @@ from helpers import TinyModel, loader, trainer
 
 from lightning_clr import CyclicLearningRate, RangeTestConfig
 from lightning_clr.tuning._storage import StorageError
-from lightning_clr.tuning._trial import BoundsCallback, _storage_fault, find_steps_per_epoch
+from lightning_clr.tuning._trial import BoundsCallback, _storage_fault
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 QUICK = RangeTestConfig(num_steps=12, save=False, progress_bar=False)
@@ -20,8 +20,8 @@ def test_the_bounds_fit_runs_the_range_test_stores_the_bounds_and_trains_no_step
     fit = trainer(callbacks=[clr, BoundsCallback(clr, None, study, None, None)], max_epochs=3, min_epochs=2)
     fit.fit(TinyModel(), loader())
     assert fit.global_step == 0  # stopped before the first training step, min_epochs notwithstanding
-    assert clr.range_test_result is not None and find_steps_per_epoch(fit) == 8
-    assert study.user_attrs["clr_base_lr"] == clr.base_lr and study.user_attrs["clr_max_lr"] == clr.max_lr
+    assert clr.range_test_result is not None and clr.plan is not None and clr.plan.steps_per_epoch == 8
+    assert study.user_attrs["clr_base_lr"] == [clr.base_lr] and study.user_attrs["clr_max_lr"] == [clr.max_lr]
     assert study.user_attrs["clr_range_test"]["rule"] == clr.range_test_result.rule
 
 

@@ -251,4 +251,4 @@ def test_apply_is_refused_while_a_fit_trains() -> None:
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(Net(), datamodule=DM())
     assert spy.error is not None and "a fit is training" in spy.error
-    assert clr.half_cycle_epochs == 2.0  # unchanged
+    assert clr.settings.half_cycle_epochs == 2.0  # unchanged
