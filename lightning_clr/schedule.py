@@ -25,6 +25,7 @@ from lightning_clr._validation import (
     choice,
     float_in,
     int_in,
+    learning_rate,
     number,
     positive_float,
 )
@@ -299,9 +300,11 @@ def validate_schedule_args(
     """Raise :class:`~lightning_clr._validation.ArgumentError` (a ``ValueError`` and a ``TypeError``) naming the
     first bad argument and its value. ``None`` means "not given yet" (resolved later) and passes.
     """
-    for name, value in (("base_lr", base_lr), ("max_lr", max_lr), ("half_cycle_epochs", half_cycle_epochs)):
+    for name, value in (("base_lr", base_lr), ("max_lr", max_lr)):
         if value is not None:
-            positive_float(name, value)
+            learning_rate(name, value)
+    if half_cycle_epochs is not None:
+        positive_float("half_cycle_epochs", half_cycle_epochs)
     if half_cycle_epochs is not None and half_cycle_epochs > MAX_STEPS:
         raise ArgumentError("half_cycle_epochs", half_cycle_epochs, f"at most {MAX_STEPS:.0e} epochs")
     if base_lr is not None and max_lr is not None and max_lr < base_lr:

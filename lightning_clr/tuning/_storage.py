@@ -279,3 +279,42 @@ def finished_elsewhere(storage: Any, trial_id: int) -> bool:
         return storage.get_trial(trial_id).state.is_finished()
     except Exception:  # the storage is down: not known, so not claimed
         return False
+
+
+BOUND_KEYS = ("clr_base_lr", "clr_max_lr")
+
+
+def stored_bounds(study: Any) -> Optional[tuple[float, float]]:
+    """The LR bounds the study's range test stored (``clr_base_lr``, ``clr_max_lr``), or ``None`` before it ran.
+
+    They are data from a storage that anyone may have written: each must be a learning rate (a finite number in
+    ``[MIN_LR, MAX_LR]``) and ``clr_max_lr`` must exceed ``clr_base_lr``; otherwise one :class:`StorageError`
+    line names the attribute and its value, before any trial trains with it.
+    """
+    attrs = study.user_attrs
+    if BOUND_KEYS[0] not in attrs:
+        return None
+    base, high = (_stored_lr(study, key, attrs.get(key)) for key in BOUND_KEYS)
+    if high <= base:
+        raise _bad_attr(study, BOUND_KEYS[1], attrs[BOUND_KEYS[1]], f"greater than clr_base_lr ({base!r})")
+    return base, high
+
+
+def _stored_lr(study: Any, key: str, value: Any) -> float:
+    from lightning_clr._validation import ArgumentError, learning_rate
+
+    if isinstance(value, str):  # a JSON string such as "0.01": not a number, whatever it spells
+        raise _bad_attr(study, key, value, "a number (not a string)")
+    try:
+        return learning_rate(key, value)
+    except ArgumentError as err:
+        raise _bad_attr(study, key, value, err.requirement) from None
+
+
+def _bad_attr(study: Any, key: str, value: Any, requirement: str) -> StorageError:
+    from lightning_clr._validation import short_repr
+
+    return StorageError(
+        f"study {study.study_name!r} in storage {storage_name(study._storage)!r}: its user attribute {key!r} must"
+        f" be {requirement}, got {short_repr(value)}; fix it (study.set_user_attr) or use a new study_name"
+    )

@@ -31,6 +31,7 @@ from lightning_clr.tuning._storage import (
     finished_elsewhere,
     make_storage,
     storage_errors,
+    stored_bounds,
 )
 
 
@@ -154,9 +155,9 @@ def find_bounds(study: Any, run: TuneRun, make_trainer: Callable[..., pl.Trainer
     """The LR bounds shared by every trial: the user's, those stored in the study, or one range test (all ranks)."""
     known = None
     if study is not None:
-        attrs = study.user_attrs
-        if "clr_base_lr" in attrs:
-            known = (run.base_lr or attrs["clr_base_lr"], run.max_lr or attrs["clr_max_lr"])
+        stored = stored_bounds(study)  # validated: a study attribute is data anyone may have written
+        if stored is not None:
+            known = (run.base_lr or stored[0], run.max_lr or stored[1])
             if known[1] <= known[0]:
                 if run.base_lr:
                     known = (known[0], known[0] * DEFAULT_BASE_DIVISOR)
@@ -172,10 +173,10 @@ def find_bounds(study: Any, run: TuneRun, make_trainer: Callable[..., pl.Trainer
     trainer.fit(model, datamodule=dm)
     if study is None:
         return (None, None)
-    if "clr_base_lr" not in study.user_attrs:
+    stored = stored_bounds(study)
+    if stored is None:
         raise RuntimeError("tune_cycle_length: the range test stored no bounds in the study")
-    attrs = study.user_attrs
-    return _announce((run.base_lr or attrs["clr_base_lr"], run.max_lr or attrs["clr_max_lr"]))
+    return _announce((run.base_lr or stored[0], run.max_lr or stored[1]))
 
 
 def _announce(bounds: tuple) -> tuple:

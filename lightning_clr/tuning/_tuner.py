@@ -46,6 +46,7 @@ from lightning_clr.tuning._result import CycleTuningResult, result_of
 
 __all__ = ["tune_cycle_length"]
 
+MAX_EPOCHS = 10**6  # one trial's budget
 ModelSource = Union[type[pl.LightningModule], Callable[..., pl.LightningModule]]
 DataSource = Union[type[pl.LightningDataModule], Callable[..., pl.LightningDataModule], None]
 
@@ -170,7 +171,7 @@ def _validate(**a: Any) -> TuneRun:
             raise ArgumentError(name, a[name], "a dict of keyword arguments or None")
     int_in("n_trials", a["n_trials"], 1)
     if a["max_epochs"] is not None:
-        int_in("max_epochs", a["max_epochs"], 1, what="or None")
+        int_in("max_epochs", a["max_epochs"], 1, MAX_EPOCHS, what="or None")
     for name in ("base_lr", "max_lr", "timeout"):
         if a[name] is not None:
             positive_float(name, a[name])
@@ -188,8 +189,8 @@ def _validate(**a: Any) -> TuneRun:
         raise ArgumentError("range_test_per_trial", True, "False when the max_lr multiplier is tuned")
     trainer_kwargs = dict(a["trainer_kwargs"] or {})
     user_max_epochs = trainer_kwargs.pop("max_epochs", None)
-    if a["max_epochs"] is None and user_max_epochs is not None:
-        int_in("trainer_kwargs['max_epochs']", user_max_epochs, 1, what="every trial needs a finite budget")
+    if user_max_epochs is not None:  # checked even when `max_epochs` overrides it: a NaN there is a mistake
+        int_in("trainer_kwargs['max_epochs']", user_max_epochs, 1, MAX_EPOCHS, what="every trial needs a finite budget")
     if a["timeout"] is not None and distributed(trainer_kwargs):
         raise ArgumentError("timeout", a["timeout"], "None with several devices or nodes (the ranks must run the"
                             " same number of trials)")
