@@ -15,7 +15,9 @@ Example:
 from __future__ import annotations
 
 import importlib
+import inspect
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Callable, Literal, Optional
 
@@ -353,7 +355,7 @@ def import_scale_fn(path: str, argument: str = "scale_fn") -> Callable[[float], 
     checkpoint. A bad path raises :class:`~lightning_clr._validation.ArgumentError` naming ``argument``.
     """
     requirement = "an import path like 'mypkg.schedules:my_scale' of a function"
-    if not isinstance(path, str):
+    if not isinstance(path, str) or not _IMPORT_PATH.fullmatch(path):
         raise ArgumentError(argument, path, requirement)
     if ":" in path:
         module_name, _, attr = path.partition(":")
@@ -369,4 +371,11 @@ def import_scale_fn(path: str, argument: str = "scale_fn") -> Callable[[float], 
         raise ArgumentError(argument, path, requirement, f"{type(err).__name__}: {err}") from None
     if not callable(obj):
         raise ArgumentError(argument, path, requirement, "it names something that is not callable")
+    if not (inspect.isfunction(obj) or inspect.ismethod(obj)):  # os.system, print, a class: not a scale function
+        raise ArgumentError(argument, path, "an import path of a Python function (def) of the cycle number or step",
+                            f"it names a {type(obj).__name__}")
     return obj  # type: ignore[return-value]
+
+
+# Dotted Python names, optionally "module:attribute.path"; nothing relative, no file paths.
+_IMPORT_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*(:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*)?")

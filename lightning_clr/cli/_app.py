@@ -16,10 +16,11 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
 from lightning_clr._quiet import quiet_banner
-from lightning_clr._validation import ArgumentError
+from lightning_clr._validation import ArgumentError, short_repr
 from lightning_clr.callback import CyclicLearningRate
 from lightning_clr.cli._errors import debug, fail, join_flag, shorten_parse_error
 from lightning_clr.cli._trainer import with_subcommands
+from lightning_clr.cli._yaml import register as register_yaml_loader
 from lightning_clr.range_test import RangeTestConfig
 
 __all__ = ["LightningCLRCLI", "main"]
@@ -45,8 +46,14 @@ def _import_class(class_path: str) -> Optional[type]:
         return None
 
 
-def _plain(namespace: Any) -> dict[str, Any]:
-    return namespace.as_dict() if hasattr(namespace, "as_dict") else dict(namespace or {})
+def _plain(namespace: Any, prefix: str = "--clr") -> dict[str, Any]:
+    """The parsed arguments of a callback as a dict; anything but a mapping (``clr: [1, 2, 3]`` in a YAML file)
+    is one error line naming ``prefix``."""
+    if hasattr(namespace, "as_dict"):
+        return namespace.as_dict()
+    if namespace is None or isinstance(namespace, dict):
+        return dict(namespace or {})
+    fail(f"{prefix}: expected a mapping of CyclicLearningRate's arguments, got {short_repr(namespace)}")
 
 
 def _flag_for(prefix: str, err: Exception) -> str:
@@ -78,14 +85,26 @@ def validate_clr_args(prefix: str, init_args: dict[str, Any]) -> None:
         from lightning_clr.schedule import import_scale_fn
 
         try:
-            import_scale_fn(path)
+            fn = import_scale_fn(path)
         except ArgumentError as err:
             fail(f"{join_flag(prefix, err.argument)}: {err}")
-        except (ImportError, AttributeError, ValueError) as err:
-            fail(f"{prefix}.scale_fn: cannot import {path!r}: {err}")
+        except (ImportError, AttributeError, ValueError, TypeError) as err:
+            fail(f"{prefix}.scale_fn: cannot import {short_repr(path)}: {err}")
+        _probe_scale_fn(prefix, fn, kwargs.get("scale_mode") or "cycle")
     elif path is not None:
         kwargs["scale_fn"] = None  # a callable resolved by jsonargparse; nothing to check here
     _check(prefix, CyclicLearningRate, **kwargs)
+
+
+def _probe_scale_fn(prefix: str, fn: Any, scale_mode: str) -> None:
+    """Evaluate an imported ``scale_fn`` on the first values it will receive, as the fit start would: a function
+    that raises or returns no finite number >= 0 is one error line now, not a traceback at fit start."""
+    from lightning_clr.engine._writer import check_scale_fn
+
+    try:
+        check_scale_fn(fn, scale_mode if scale_mode in ("cycle", "iterations") else "cycle", 1, 4)
+    except ValueError as err:
+        fail(f"{prefix}.scale_fn: {err}")
 
 
 class _Parser(LightningArgumentParser):
@@ -149,6 +168,8 @@ class LightningCLRCLI(LightningCLI):
 
         kwargs.setdefault("description", DESCRIPTION)
         kwargs.setdefault("dump_header", [f"lightning.pytorch=={pl_version}"])
+        if kwargs.get("parser_mode", "yaml") == "yaml":  # YAML with size, depth and alias-expansion limits
+            kwargs["parser_mode"] = register_yaml_loader()
         cls = getattr(self, "parser_class", LightningArgumentParser)
         parser = (_Parser if cls is LightningArgumentParser else cls)(**kwargs)
         parser.add_argument(
@@ -175,6 +196,7 @@ class LightningCLRCLI(LightningCLI):
             args = _normalize_alias(list(args))
         super().parse_arguments(parser, args)
         self._validate_callbacks()  # before seeding and before anything is built: the error is the only line
+        self._check_output_dir()
         if self.config.get("subcommand") == "tune" and not self._subconfig().get("verbose"):
             quiet_banner()  # every trial builds a Trainer: no banner and no model summary for each
             trainer = self._subconfig()["trainer"]
@@ -208,8 +230,19 @@ class LightningCLRCLI(LightningCLI):
 
     def _validate_callbacks(self) -> None:
         for spec in self._user_clr_callbacks():
-            validate_clr_args("--trainer.callbacks", _plain(spec.get("init_args")))
+            validate_clr_args("--trainer.callbacks", _plain(spec.get("init_args"), "--trainer.callbacks"))
         validate_clr_args("--clr", _plain(self._subconfig().get("clr")))
+
+    def _check_output_dir(self) -> None:
+        """A directory the subcommand writes at its end, checked before anything runs (still best-effort then)."""
+        path = self._subconfig().get("output_dir") if self.config.get("subcommand") == "range_test" else None
+        if path is not None:  # (tune checks its --output.output_dir itself, once its arguments are checked)
+            from lightning_clr._outputs import writable_dir
+
+            try:
+                writable_dir("output_dir", path)
+            except ArgumentError as err:
+                fail(f"--output_dir: {err}")
 
     def _flag_of(self, argument: str) -> str:
         """The flag of an ArgumentError raised while running: a subcommand's own argument (``--n_trials``),

@@ -27,7 +27,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lightning_clr._compat import lightning_package
-from lightning_clr._outputs import atomic_write_text
+from lightning_clr._outputs import atomic_write_text, writable_dir
 from lightning_clr._quiet import muted_banner
 from lightning_clr._validation import ArgumentError, boolean, int_in, positive_float
 from lightning_clr.callback import CyclicLearningRate
@@ -124,6 +124,8 @@ def _tune(run: TuneRun) -> CycleTuningResult:
             f"tune_cycle_length: strategy={trainer_kwargs.get('strategy')!r} trains in child processes, which cannot"
             f" reach an in-memory study; using the journal file {journal!r}."
         )
+    if is_global_zero():  # outputs go there at the end: a directory that cannot be written fails before training
+        writable_dir("output.output_dir", run.output.output_dir)
     the_study = _open_study(optuna, run) if is_global_zero() else None
     if the_study is not None:
         run = dataclasses.replace(run, study=dataclasses.replace(run.study, study_name=the_study.study_name))
@@ -293,18 +295,26 @@ def _warm_start(study: Any, search: SearchSpace, space: dict[str, Any]) -> None:
 
 
 def _write_outputs(result: CycleTuningResult, out: OutputConfig) -> None:
+    """Print the summary, then write it and the plots best-effort: a failed write (a full disk, a directory
+    made read-only meanwhile) warns once naming the path, and the result is still returned."""
     text = result.summary()
     rank_zero_info(text)
-    atomic_write_text(os.path.join(out.output_dir, "summary.txt"), text + "\n")
-    if not out.plot:
-        return
+    path = os.path.join(out.output_dir, "summary.txt")
     try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        rank_zero_warn("tune_cycle_length: plots skipped, matplotlib is not installed (`pip install"
-                       " lightning-clr[plot]`); the study and summary.txt are complete.")
-        return
-    result.plots = result.save_plots(out.output_dir)
+        atomic_write_text(path, text + "\n")
+        if not out.plot:
+            return
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            rank_zero_warn("tune_cycle_length: plots skipped, matplotlib is not installed (`pip install"
+                           " lightning-clr[plot]`); the study and summary.txt are complete.")
+            return
+        path = out.output_dir
+        result.plots = result.save_plots(out.output_dir)
+    except OSError as err:
+        rank_zero_warn(f"tune_cycle_length: could not write {path!r} ({err.strerror or err}); the result is"
+                       " returned and the study holds every trial.")
 
 
 def _warn_early_stopping(callbacks: list[Any], max_half: int) -> None:
