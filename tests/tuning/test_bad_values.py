@@ -76,3 +76,18 @@ def test_an_absurd_budget_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ArgumentError) as info:
         tune(tmp_path, n_trials=1, max_epochs=10**30)
     assert info.value.argument == "max_epochs"
+
+
+# ---------------------------------------------------------------------------------------------- outputs (item 6)
+def test_a_summary_that_cannot_be_written_warns_and_the_result_is_returned(tmp_path: Path) -> None:
+    """An in-memory study used to be lost to an OSError from summary.txt after every trial had trained."""
+    (tmp_path / "tuning" / "summary.txt").mkdir(parents=True)  # the file's name is taken: the write fails
+    with pytest.warns(UserWarning, match=r"could not write '.*summary\.txt'"):
+        result = tune(tmp_path, n_trials=2)
+    assert len(result.study.trials) == 2 and result.best_half_cycle_epochs is not None
+
+
+def test_an_output_dir_that_cannot_be_created_is_refused_before_any_trial(tmp_path: Path) -> None:
+    with pytest.raises(ArgumentError, match="Not a directory") as info:
+        tune(tmp_path, n_trials=1, output_dir="/dev/null/x")
+    assert info.value.argument == "output.output_dir"
