@@ -34,6 +34,7 @@ INTERVAL_KEY = "lightning_clr:heartbeat_interval"
 GRACE_KEY = "lightning_clr:grace_period"
 RECHECK_CAP = 60.0  # seconds a sweep waits at most for a seemingly dead trial's next heartbeat
 TABLE_CREATION_TRIES = 6
+STALE_PREFIX = "stale:"  # the start of the `error` a sweep writes before it fails a trial
 
 # SQLAlchemy 2.1's default driver of each URL scheme, then the others it knows, as (dialect+driver, module).
 _DRIVERS = {
@@ -237,7 +238,7 @@ def fail_stale_trials(study: Any, grace_period: float, recheck: bool = True) -> 
     for trial_id, (number, _, _, silent) in sorted(suspects.items()):
         try:
             study._storage.set_trial_user_attr(
-                trial_id, "error", f"stale: no heartbeat for {silent:.0f} s (> its worker's grace period);"
+                trial_id, "error", f"{STALE_PREFIX} no heartbeat for {silent:.0f} s (> its worker's grace period);"
                 " its worker probably died",
             )
             if study._storage.set_trial_state_values(trial_id, TrialState.FAIL):
@@ -271,6 +272,15 @@ def _declared(value: Any, default: float) -> float:
     except (TypeError, ValueError):
         return float(default)
     return out if math.isfinite(out) and out > 0 else float(default)
+
+
+def void_stale_error(trial: Any, frozen: Any) -> Any:
+    """The owner of a still-RUNNING trial clears the ``error`` of another worker's sweep that wrote it but never
+    failed the trial (that worker stopped in between): the trial is alive. Returns the trial as stored now."""
+    if str(frozen.user_attrs.get("error") or "").startswith(STALE_PREFIX) and not frozen.state.is_finished():
+        trial.set_user_attr("error", None)
+        return trial.study._storage.get_trial(trial._trial_id)
+    return frozen
 
 
 def finished_elsewhere(storage: Any, trial_id: int) -> bool:

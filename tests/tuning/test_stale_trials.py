@@ -11,10 +11,11 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable
 
+import lightning.pytorch as pl
 import optuna
 import pytest
 from optuna.trial import TrialState
-from tuning_helpers import PG_ADMIN_URL, PG_URL, needs_pg, worker, worker_results
+from tuning_helpers import PG_ADMIN_URL, PG_URL, needs_pg, tune, worker, worker_results
 
 from lightning_clr.tuning._storage import database_url
 
@@ -130,3 +131,27 @@ def test_four_workers_starting_together_on_an_empty_database(tmp_path: Path, fre
         assert p.returncode == 0, out[-3000:]
     study = optuna.load_study(study_name="together", storage=database_url(fresh_database))
     assert sorted(t.number for t in study.trials) == [0, 1, 2, 3]
+
+
+class PartialSweep(pl.Callback):
+    """Another worker's sweep that wrote its `error` on the running trial and then stopped (the database went
+    away, the worker was killed) before it could mark the trial FAIL: a real write to the shared journal."""
+
+    def __init__(self, journal: str) -> None:
+        self.journal = journal
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        study = _journal(Path(self.journal), "partial")()
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            study._storage.set_trial_user_attr(t._trial_id, "error", "stale: no heartbeat for 9 s (> ...)")
+
+
+def test_a_sweep_that_never_failed_the_trial_leaves_no_error_behind(tmp_path: Path) -> None:
+    """Seen in the chaos run: a trial that completed kept another worker's half-done "stale" error (and before
+    this fix, its owner then told it FAIL although it trained to the end)."""
+    journal = str(tmp_path / "partial.journal")
+    result = tune(tmp_path, n_trials=1, storage=journal, study_name="partial",
+                  trainer_kwargs={"accelerator": "cpu", "callbacks": [PartialSweep(journal)]})
+    (trial,) = result.study.trials
+    assert trial.state == TrialState.COMPLETE and not trial.user_attrs.get("error"), trial.user_attrs
+    assert result.trials()[0]["error"] is None
