@@ -29,7 +29,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning_clr._compat import lightning_package
 from lightning_clr._outputs import atomic_write_text, writable_dir
 from lightning_clr._quiet import muted_banner
-from lightning_clr._validation import ArgumentError, boolean, int_in, positive_float
+from lightning_clr._validation import ArgumentError, boolean, int_in, learning_rate, positive_float
 from lightning_clr.callback import CyclicLearningRate
 from lightning_clr.range_test import RangeTestConfig
 from lightning_clr.tuning._config import (
@@ -174,9 +174,11 @@ def _validate(**a: Any) -> TuneRun:
     int_in("n_trials", a["n_trials"], 1)
     if a["max_epochs"] is not None:
         int_in("max_epochs", a["max_epochs"], 1, MAX_EPOCHS, what="or None")
-    for name in ("base_lr", "max_lr", "timeout"):
+    for name in ("base_lr", "max_lr"):
         if a[name] is not None:
-            positive_float(name, a[name])
+            learning_rate(name, a[name])
+    if a["timeout"] is not None:
+        positive_float("timeout", a["timeout"])
     if a["base_lr"] is not None and a["max_lr"] is not None and a["max_lr"] <= a["base_lr"]:
         raise ArgumentError("max_lr", a["max_lr"], f"greater than base_lr ({a['base_lr']!r})")
     if a["range_test"] is not None and not isinstance(a["range_test"], RangeTestConfig):

@@ -91,3 +91,10 @@ def test_an_output_dir_that_cannot_be_created_is_refused_before_any_trial(tmp_pa
     with pytest.raises(ArgumentError, match="Not a directory") as info:
         tune(tmp_path, n_trials=1, output_dir="/dev/null/x")
     assert info.value.argument == "output.output_dir"
+
+
+@pytest.mark.parametrize("name", ["base_lr", "max_lr"])
+def test_a_huge_learning_rate_for_the_tuner_is_refused(tmp_path: Path, name: str) -> None:
+    with pytest.raises(ArgumentError) as info:
+        tune(tmp_path, n_trials=1, **{name: 1e308})
+    assert info.value.argument == name and not (tmp_path / "tuning").exists()
