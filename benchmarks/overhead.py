@@ -11,7 +11,10 @@
    medians and paired per-round ratios.
 3. The callback's own work in a fit, bottom-up: its once-per-fit hooks timed inside real fits, plus its step
    hook's cost times the steps, against an empty callback's whole fit.
-4. With ``--instructions``: CPU instructions inside ``trainer.fit`` for each kind, under valgrind's callgrind
+4. The divergence guard (``DivergenceGuard(enabled=True)`` on explicit bounds, on a fit where it never acts):
+   its per-batch path (keep the step's loss tensor) and its check (read ``check_every`` losses, judge them), and
+   whole fits with the guard on against the same callback with the guard off (paired ratios; target <= 1.01).
+5. With ``--instructions``: CPU instructions inside ``trainer.fit`` for each kind, under valgrind's callgrind
    (not disturbed by other jobs on the machine; the region is switched from outside, so counts still vary
    by about 0.5% between runs).
 
@@ -52,8 +55,9 @@ from _common import (  # noqa: E402
     update_section,
     write_json,
 )
+from _guard_cost import guard_calls, guard_lines  # noqa: E402
 
-from lightning_clr import CyclicLearningRate  # noqa: E402
+from lightning_clr import CyclicLearningRate, DivergenceGuard  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -127,12 +131,12 @@ def per_step_costs(calls: int, blocks: int) -> dict[str, Any]:
     sched = torch.optim.lr_scheduler.CyclicLR(ref_opt, base_lr=1e-3, max_lr=6e-3, step_size_up=2000)
     ref_opt.step()  # avoid torch's "scheduler.step() before optimizer.step()" warning
     costs: dict[str, Any] = per_call_us(
-        {"callback_apply": lambda: clr._writer.apply(0), "callback_hooks": hooks, "torch_cycliclr_step": sched.step},
-        calls, blocks)
+        {"callback_apply": lambda: clr._writer.apply(0), "callback_hooks": hooks, "torch_cycliclr_step": sched.step,
+         **guard_calls(model, tiny_loader(128, 32))}, calls, blocks)
     return {**costs, "calls_per_block": calls, "blocks": blocks}
 
 
-KINDS = ("constant", "callback", "empty_callback", "torch_cycliclr")
+KINDS = ("constant", "callback", "empty_callback", "torch_cycliclr", "callback_guard")
 
 
 class EmptyCallback(Callback):
@@ -151,6 +155,8 @@ def build_fit(kind: str, epochs: int, clr_class: type = CyclicLearningRate) -> t
     callbacks: list[Callback] = []
     if kind == "callback":
         callbacks = [clr_class(base_lr=1e-3, max_lr=6e-3)]
+    elif kind == "callback_guard":  # the guard on, on a fit where it never acts
+        callbacks = [clr_class(base_lr=1e-3, max_lr=6e-3, guard=DivergenceGuard(enabled=True))]
     elif kind == "empty_callback":
         callbacks = [EmptyCallback()]
     return make_trainer(callbacks, max_epochs=epochs), model
@@ -195,6 +201,7 @@ def instructions(epochs: int, n: int, batch_size: int) -> dict[str, Any]:
     return {"epochs": epochs, "optimizer_steps": steps, "instructions": counts,
             "ratios": {k: counts[k] / counts["constant"] for k in KINDS},
             "callback_vs_empty_callback": counts["callback"] / counts["empty_callback"],
+            "guard_vs_callback": counts["callback_guard"] / counts["callback"],
             "per_step": {k: counts[k] / steps for k in KINDS}}
 
 
@@ -286,6 +293,8 @@ def whole_fit(repeats: int, epochs: int, n: int, batch_size: int) -> dict[str, A
         # Each round runs every kind once, back to back: the ratio within a round cancels the machine's drift.
         "paired_wall_ratio_vs_empty_callback": _paired(wall["callback"], wall["empty_callback"]),
         "paired_cpu_ratio_vs_empty_callback": _paired(cpu["callback"], cpu["empty_callback"]),
+        "paired_wall_ratio_guard_vs_callback": _paired(wall["callback_guard"], wall["callback"]),
+        "paired_cpu_ratio_guard_vs_callback": _paired(cpu["callback_guard"], cpu["callback"]),
     }
 
 
@@ -298,7 +307,8 @@ def _paired(a: list[float], b: list[float]) -> dict[str, float]:
 
 LABELS = {"constant": "constant LR", "callback": "`CyclicLearningRate` (explicit bounds)",
           "empty_callback": "an empty `Callback` (Lightning's hook dispatch alone)",
-          "torch_cycliclr": "torch `CyclicLR`, `interval=\"step\"`"}
+          "torch_cycliclr": "torch `CyclicLR`, `interval=\"step\"`",
+          "callback_guard": "`CyclicLearningRate` (explicit bounds) with `DivergenceGuard(enabled=True)`, never acting"}
 
 
 def markdown(data: dict[str, Any]) -> str:
@@ -345,6 +355,7 @@ def markdown(data: dict[str, Any]) -> str:
         f"Paired, round by round ({pw['rounds']} rounds, each running every kind once back to back), the callback's"
         f" fit against the empty callback's: wall {pw['median']:.4f} (quartiles {pw['q1']:.4f}–{pw['q3']:.4f}),"
         f" CPU {pc['median']:.4f} (quartiles {pc['q1']:.4f}–{pc['q3']:.4f}).",
+        *guard_lines(s, f),
         *_own_cost_lines(data.get("own_cost")),
         *_instruction_lines(data.get("instructions")),
         "",
@@ -388,6 +399,10 @@ def _instruction_lines(ins: Optional[dict[str, Any]]) -> list[str]:
         "",
         f"The callback's fit against the empty callback's: **{ins['callback_vs_empty_callback']:.4f}** in instructions"
         f" ({(c['callback'] - c['empty_callback']) / ins['optimizer_steps']:,.0f} instructions per step more).",
+        f"The guard on against off: **{ins['guard_vs_callback']:.4f}** in instructions"
+        f" ({(c['callback_guard'] - c['callback']) / ins['optimizer_steps']:,.0f} instructions per step more).",
+        f"- [{'x' if ins['guard_vs_callback'] <= 1.01 else ' '}] guard on vs off, whole-fit instruction ratio <= 1.01"
+        f" ({ins['guard_vs_callback']:.4f})",
         f"- [{'x' if ins['callback_vs_empty_callback'] <= 1.005 else ' '}] whole-fit instruction ratio to an empty"
         f" Callback <= 1.005 ({ins['callback_vs_empty_callback']:.4f})",
     ]

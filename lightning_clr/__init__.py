@@ -23,6 +23,10 @@ _LAZY: dict[str, str] = {
     "CyclePlan": "lightning_clr.engine._plan",
     "CycleSettings": "lightning_clr.engine._settings",
     "CyclicLearningRate": "lightning_clr.callback",
+    "CycleEndCheckpoint": "lightning_clr.cycle_end",
+    "CycleEndEarlyStopping": "lightning_clr.cycle_end",
+    "DivergenceError": "lightning_clr.engine._guard",
+    "DivergenceGuard": "lightning_clr.engine._divergence",
     "CyclicSchedule": "lightning_clr.schedule",
     "cyclic_lr": "lightning_clr.schedule",
     "cyclic_momentum": "lightning_clr.schedule",
@@ -38,12 +42,16 @@ _LAZY: dict[str, str] = {
 
 __all__ = [
     "ArgumentError",
+    "CycleEndCheckpoint",
+    "CycleEndEarlyStopping",
     "CyclePlan",
     "CyclePruningCallback",
     "CycleSettings",
     "CycleTuningResult",
     "CyclicLearningRate",
     "CyclicSchedule",
+    "DivergenceError",
+    "DivergenceGuard",
     "LightningCLRCLI",
     "RangeTestConfig",
     "RangeTestResult",
@@ -59,6 +67,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from lightning_clr._validation import ArgumentError
     from lightning_clr.callback import CyclicLearningRate
     from lightning_clr.cli import LightningCLRCLI
+    from lightning_clr.cycle_end import CycleEndCheckpoint, CycleEndEarlyStopping
+    from lightning_clr.engine._divergence import DivergenceGuard
+    from lightning_clr.engine._guard import DivergenceError
     from lightning_clr.engine._plan import CyclePlan
     from lightning_clr.engine._settings import CycleSettings
     from lightning_clr.range_test import RangeTestConfig, RangeTestResult, lr_range_test

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import sys
 import warnings
 from typing import Any, Callable, Literal, Optional, Union
 
@@ -18,6 +19,8 @@ from torch.optim import Optimizer
 from typing_extensions import override
 
 from lightning_clr._compat import callback_bases
+from lightning_clr.engine._divergence import DivergenceGuard
+from lightning_clr.engine._guard import Guard, check_state
 from lightning_clr.engine._optimizers import remove_schedulers, training_optimizers
 from lightning_clr.engine._plan import CyclePlan, one_or_list
 from lightning_clr.engine._resolve import (
@@ -74,6 +77,10 @@ class CyclicLearningRate(*callback_bases()):  # a Callback of lightning.pytorch 
             ``max_steps``); without one, the default tail is left out (an info line says so) and another value
             is an error.
         range_test: Settings of the range test that runs when a bound is ``None``.
+        guard: Settings of the divergence guard (docs/guard.md). By default it watches a fit whose bounds came
+            from the range test: a non-finite or runaway training loss rolls the model and optimizer back to the
+            last good cycle trough and lowers both bounds by ``backoff_factor``, at most ``max_backoffs`` times.
+            ``DivergenceGuard(enabled=False)`` switches it off, ``enabled=True`` on for explicit bounds too.
 
     Param groups keep their ratios: the range test sweeps one multiplier over the groups' configured LRs, so
     a backbone at 1e-4 and a head at 1e-3 get bounds 10x apart; one bound given per group keeps its ratios too.
@@ -113,6 +120,7 @@ class CyclicLearningRate(*callback_bases()):  # a Callback of lightning.pytorch 
         max_momentum: float = 0.95,
         final_lr_ratio: float = DEFAULT_FINAL_LR_RATIO,
         range_test: Optional[RangeTestConfig] = None,
+        guard: Optional[DivergenceGuard] = None,
     ) -> None:
         self._settings = CycleSettings(
             base_lr=base_lr,
@@ -130,6 +138,7 @@ class CyclicLearningRate(*callback_bases()):  # a Callback of lightning.pytorch 
             max_momentum=max_momentum,
             final_lr_ratio=final_lr_ratio,
             range_test=range_test if range_test is not None else RangeTestConfig(),
+            guard=guard if guard is not None else DivergenceGuard(),
         )
         self._plan: Optional[CyclePlan] = None
         self._restored: Optional[tuple[CyclePlan, list[int]]] = None  # from load_state_dict, until train start
@@ -137,6 +146,8 @@ class CyclicLearningRate(*callback_bases()):  # a Callback of lightning.pytorch 
         self._steps: list[int] = []
         self._optimizers: list[Optimizer] = []
         self._writer: Optional[ScheduleWriter] = None
+        self._guard: Optional[Guard] = None
+        self._guard_state: Optional[dict[str, Any]] = None  # from load_state_dict, until train start
         self._warned_scale_fn = False
         self._announce = False
 
@@ -160,12 +171,13 @@ class CyclicLearningRate(*callback_bases()):  # a Callback of lightning.pytorch 
 
     @property
     def base_lr(self) -> Union[float, list[float], None]:
-        """The resolved lower bound (one float when all param groups share it), else the given one."""
-        return one_or_list(self._plan.base_lr if self._plan else self._settings.base_lr)
+        """The resolved lower bound (one float when all param groups share it; lowered by the guard's back-offs,
+        if any), else the given one."""
+        return one_or_list(self._plan.effective_base_lr if self._plan else self._settings.base_lr)
 
     @property
     def max_lr(self) -> Union[float, list[float], None]:
-        return one_or_list(self._plan.max_lr if self._plan else self._settings.max_lr)
+        return one_or_list(self._plan.effective_max_lr if self._plan else self._settings.max_lr)
 
     @property
     def step_size_up(self) -> Optional[int]:
@@ -212,6 +224,8 @@ class CyclicLearningRate(*callback_bases()):  # a Callback of lightning.pytorch 
             return
         # A new fit resolves a new plan; load_state_dict (called after setup on resume) brings the old one.
         self._plan, self._restored, self._result, self._writer, self._steps = None, None, None, None, []
+        _warn_epoch_early_stopping(trainer)
+        self._guard, self._guard_state = None, None
         if self._settings.needs_range_test and not trainer.fast_dev_run:
             self._refuse_sharded(trainer)
 
@@ -244,6 +258,10 @@ class CyclicLearningRate(*callback_bases()):  # a Callback of lightning.pytorch 
         self._plan, self._steps = plan, steps
         self._writer = ScheduleWriter(plan, self._optimizers, steps, self._settings.scale_fn)
         self._writer.start()  # from here on, the optimizers' own step hooks count the steps that really happen
+        if self._settings.guard.active(range_test_ran=plan.range_test is not None):
+            self._guard = Guard(self._settings.guard, plan, self._guard_state)
+            self._guard.start(trainer, self._optimizers, steps[0])
+        self._guard_state = None
         self._announce = True
 
     @override
@@ -251,16 +269,33 @@ class CyclicLearningRate(*callback_bases()):  # a Callback of lightning.pytorch 
         if self._announce and self._plan is not None:  # only a fit that trains tells about its cycle
             self._announce = False
             rank_zero_info(describe(self._plan))
+            if self._guard is not None:
+                rank_zero_info(f"CyclicLearningRate: divergence guard on ({self._settings.guard}).")
+
+    @override
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if self._guard is not None and self._writer is not None:  # the one check on a fit without the guard
+            plan = self._guard.after_batch(trainer, outputs, self._writer.steps[0])
+            if plan is not None:  # rolled back: the lowered bounds from this step on
+                self._writer.stop()
+                self._plan, self._writer = plan, ScheduleWriter(plan, self._optimizers, self._writer.steps,
+                                                                self._settings.scale_fn)
+                self._writer.start()
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if self._writer is not None:  # no hook of ours stays on the user's optimizer after the fit
             self._writer.stop()
+        if self._guard is not None:
+            self._guard.release()
 
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         if self._writer is not None:  # a failed fit calls this hook, not teardown
             self._writer.stop()
+        if self._guard is not None:
+            self._guard.release()
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -272,12 +307,16 @@ class CyclicLearningRate(*callback_bases()):  # a Callback of lightning.pytorch 
                 f"CyclicLearningRate: the custom `scale_fn` {self._settings.scale_fn!r} is not saved in the checkpoint"
                 " (a lambda or local function has no import path). Pass it again when resuming."
             )
-        return self._plan.to_state(self.steps)
+        state = self._plan.to_state(self.steps)
+        if self._guard is not None:
+            state["guard"] = self._guard.state()
+        return state
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if state_dict:
             self._restored = CyclePlan.from_state(state_dict)  # validated: a bad state raises, naming the key
+            self._guard_state = check_state(state_dict.get("guard"))  # the guard's levels: plain numbers
 
     # ------------------------------------------------------------------ internals
     def _refuse_sharded(self, trainer: pl.Trainer) -> None:
@@ -314,6 +353,25 @@ class CyclicLearningRate(*callback_bases()):  # a Callback of lightning.pytorch 
         )
         self._restored = None
         return plan, list(steps)
+
+
+def _warn_epoch_early_stopping(trainer: pl.Trainer) -> None:
+    """One warning per fit for an ``EarlyStopping`` (of either Lightning package) that judges every validation:
+    mid-cycle, the loss rises with the LR. One whose class sets ``cycle_end_aware = True``
+    (:class:`~lightning_clr.CycleEndEarlyStopping`) judges at cycle ends only."""
+    classes = [pl.callbacks.EarlyStopping]
+    standalone = sys.modules.get("pytorch_lightning.callbacks")
+    if standalone is not None:
+        classes.append(standalone.EarlyStopping)
+    plain = [cb for cb in trainer.callbacks
+             if isinstance(cb, tuple(classes)) and not getattr(cb, "cycle_end_aware", False)]
+    if plain:
+        rank_zero_warn(
+            f"CyclicLearningRate: {type(plain[0]).__name__}(monitor={plain[0].monitor!r}, patience="
+            f"{plain[0].patience}) judges every validation, but in the middle of a cycle the loss rises with the"
+            " LR, so it stops cyclical runs in a rising half, far from the cycle end where the model is best. Use"
+            " lightning_clr.CycleEndEarlyStopping (patience in cycles), which judges only at cycle ends."
+        )
 
 
 def _check_restored_shape(restored: tuple[CyclePlan, list[int]], counts: tuple[int, ...]) -> None:

@@ -108,6 +108,25 @@ class LRRecorder(Callback):
         self.global_steps.append(trainer.global_step)
 
 
+class StepLRs(Callback):
+    """The LR of param group 0 that each optimizer step runs with. Read in ``on_before_optimizer_step`` (a step
+    that the GradScaler does not call keeps that value) and read again by a step pre-hook registered after the
+    callback's own (list this recorder after the CyclicLearningRate): a fused optimizer's skipped step under AMP
+    is taken back at the next step's pre-hook, after ``on_before_optimizer_step``."""
+
+    def __init__(self) -> None:
+        self.lrs: list[float] = []
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        trainer.optimizers[0].register_step_pre_hook(self._stepping)
+
+    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
+        self.lrs.append(float(optimizer.param_groups[0]["lr"]))
+
+    def _stepping(self, optimizer: Any, *args: Any) -> None:
+        self.lrs[-1] = float(optimizer.param_groups[0]["lr"])
+
+
 class StopAt(Callback):
     """Ends the fit after ``step`` optimizer steps, as a preempted job ends: same settings, same run length."""
 

@@ -86,11 +86,11 @@ def test_overhead_quick(tmp_path: Path) -> None:
     doc.write_text("# Benchmarks\n\nkept text\n")
     _run(["benchmarks/overhead.py", "--quick", "--out-dir", str(tmp_path), "--doc", str(doc)], timeout=280)
     data = json.loads((tmp_path / "overhead_quick.json").read_text())
-    for key in ("callback_apply", "callback_hooks", "torch_cycliclr_step"):
+    for key in ("callback_apply", "callback_hooks", "torch_cycliclr_step", "guard_batch_end", "guard_check"):
         cost = data["per_step"][key]
         assert 0 < cost["min_us"] <= cost["median_us"] <= cost["max_us"] < 10_000, key
     fit = data["whole_fit"]
-    for kind in ("constant", "callback", "empty_callback", "torch_cycliclr"):
+    for kind in ("constant", "callback", "empty_callback", "torch_cycliclr", "callback_guard"):
         assert len(fit["wall_s"][kind]) == len(fit["cpu_s"][kind]) == fit["repeats"], kind
         assert all(0 < c for c in fit["cpu_s"][kind])
     assert math.isfinite(fit["ratio"]) and 0.2 < fit["ratio"] < 5
@@ -98,6 +98,7 @@ def test_overhead_quick(tmp_path: Path) -> None:
     text = doc.read_text()
     assert text.startswith("# Benchmarks\n\nkept text\n") and "<!-- overhead:start -->" in text
     assert "CyclicLR.step()" in text and "ratio" in text
+    assert "guard on vs off" in text and 0.2 < fit["paired_cpu_ratio_guard_vs_callback"]["median"] < 5
     # a second run replaces the section instead of appending another one
     _common.update_section(doc, "overhead", "new text")
     assert doc.read_text().count("<!-- overhead:start -->") == 1 and "new text" in doc.read_text()
@@ -135,6 +136,26 @@ def test_docs_tables_regenerate_from_the_stored_results(tmp_path: Path) -> None:
         name = f"fashion_mnist_{plot}.png"
         assert (tmp_path / "docs" / name).read_bytes() == (_common.DOCS_DIR / name).read_bytes(), name
     assert not list(_common.DOCS_DIR.rglob("*.json*"))  # no raw data left beside the docs
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_gpu_check_quick_is_a_dry_run_on_the_cpu(tmp_path: Path) -> None:
+    """benchmarks/gpu_check.py --quick without CUDA: the sync check is skipped (and says so), the skip count, the
+    compiled step's recompiles (dynamo's eager backend) and the overhead code still run through real fits."""
+    proc = _run(["benchmarks/gpu_check.py", "--quick", "--out-dir", str(tmp_path)], timeout=580)
+    data = json.loads((tmp_path / "gpu_check_quick.json").read_text())
+    assert data["cuda"] is False and data["ok"] is True and data["errors"] == {}
+    assert any("set_sync_debug_mode needs CUDA" in line for line in data["skipped"]) and "skipped: sync" in proc.stdout
+    amp = data["checks"]["fused_amp"]
+    assert amp["skipped"] == 2 and amp["counted"] == amp["steps"] - 2 and amp["found_inf"] == ["Tensor"]
+    assert amp["sync_checked"] is False and amp["lr_is_tensor"] is True
+    compiled = data["checks"]["compiled"]
+    assert compiled["backend"] == "eager" and compiled["recompiles"] == {} and compiled["graphs"] >= 1
+    assert compiled["counted"] == compiled["steps"] and compiled["cycles"] >= 2 and compiled["range_test"]
+    overhead = data["checks"]["overhead"]
+    assert 0 < overhead["hooks_per_step_us"] < 1000 and set(overhead["median_wall_s"]) == {"callback",
+                                                                                            "empty_callback"}
 
 
 def test_json_gz_roundtrip_is_reproducible(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 from lightning_clr._validation import ArgumentError, short_repr
 from lightning_clr.callback import CyclicLearningRate
 from lightning_clr.cli._errors import fail, join_flag
+from lightning_clr.engine._divergence import DivergenceGuard
 from lightning_clr.range_test import RangeTestConfig
 
 __all__ = ["callback_args", "validate_clr_args"]
@@ -52,6 +53,9 @@ def validate_clr_args(prefix: str, init_args: dict[str, Any]) -> None:
     if isinstance(range_test, dict):
         fields = {k: v for k, v in range_test.items() if k != "metric"}  # a metric class spec is jsonargparse's
         kwargs["range_test"] = _check(f"{prefix}.range_test", RangeTestConfig, **fields)
+    guard = kwargs.get("guard")
+    if isinstance(guard, dict):
+        kwargs["guard"] = _check(f"{prefix}.guard", DivergenceGuard, **guard)
     path = kwargs.get("scale_fn")
     if isinstance(path, str):
         from lightning_clr.schedule import import_scale_fn

@@ -24,7 +24,9 @@ from lightning_clr.schedule import MODES, SCALE_MODES, CyclicSchedule, validate_
 
 __all__ = ["STATE_VERSION", "CyclePlan", "one_or_list"]
 
-STATE_VERSION = 2
+STATE_VERSION = 3  # 3: the divergence guard's `lr_scale` and `interventions` (optional: 1 and 2 load without them)
+_OPTIONAL = frozenset({"lr_scale", "interventions"})
+_INTERVENTION_KEYS = {"step": int, "reason": str, "lr_scale": float}
 _KEYS_V1 = ("base_lr", "max_lr", "step_size_up", "step_size_down", "steps_per_epoch", "steps", "mode", "gamma",
             "scale_fn", "range_test")
 
@@ -46,6 +48,10 @@ class CyclePlan:
         total_steps: The run's planned optimizer steps when known.
         half_cycle_epochs: The half-cycle the step sizes were derived from (``None`` when they were given).
         range_test: The range test's result as a dict (``RangeTestResult.to_dict()``), when it ran.
+        lr_scale: What the divergence guard multiplied both bounds of every group by (1: it never acted); the
+            LR follows ``effective_base_lr`` and ``effective_max_lr``.
+        interventions: One dict per back-off of the guard: ``step`` (optimizer step), ``reason``, ``lr_scale``
+            (after it).
 
     Example:
         >>> plan = CyclePlan(base_lr=(1e-4, 1e-3), max_lr=(4e-4, 4e-3), group_counts=(2,), step_size_up=50,
@@ -72,6 +78,8 @@ class CyclePlan:
     total_steps: Optional[int] = None
     half_cycle_epochs: Optional[float] = None
     range_test: Optional[dict[str, Any]] = None
+    lr_scale: float = 1.0
+    interventions: tuple[dict[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
         put = object.__setattr__
@@ -109,6 +117,9 @@ class CyclePlan:
             put(self, "half_cycle_epochs", positive_float("half_cycle_epochs", self.half_cycle_epochs))
         if self.range_test is not None and not isinstance(self.range_test, dict):
             raise ArgumentError("range_test", self.range_test, "None or a dict")
+        put(self, "lr_scale", float_in("lr_scale", self.lr_scale, 0.0, 1.0, low_open=True))
+        put(self, "interventions", tuple(_intervention(i, r) for i, r in enumerate(
+            _sequence("interventions", self.interventions, empty=True))))
 
     # ------------------------------------------------------------------ views
     def schedule(self, scale_fn: Any = None) -> CyclicSchedule:
@@ -116,6 +127,16 @@ class CyclePlan:
         return CyclicSchedule(self.step_size_up, self.step_size_down, self.mode, self.gamma,
                               scale_fn if self.custom_scale_fn else None, self.scale_mode, self.total_steps,
                               self.final_lr_ratio)
+
+    @property
+    def effective_base_lr(self) -> tuple[float, ...]:
+        """Lower bounds that the LR follows, ``base_lr`` x ``lr_scale`` (after the guard's back-offs)."""
+        return self.base_lr if self.lr_scale == 1.0 else tuple(b * self.lr_scale for b in self.base_lr)
+
+    @property
+    def effective_max_lr(self) -> tuple[float, ...]:
+        """Upper bounds that the LR follows, ``max_lr`` x ``lr_scale``."""
+        return self.max_lr if self.lr_scale == 1.0 else tuple(m * self.lr_scale for m in self.max_lr)
 
     @property
     def cycle_length(self) -> int:
@@ -128,7 +149,7 @@ class CyclePlan:
     def to_state(self, steps: list[int]) -> dict[str, Any]:
         """The checkpoint state: plain Python values only (safe for ``torch.load(weights_only=True)``)."""
         plan = dataclasses.asdict(self)
-        for name in ("base_lr", "max_lr", "group_counts"):
+        for name in ("base_lr", "max_lr", "group_counts", "interventions"):
             plan[name] = list(plan[name])
         return {"version": STATE_VERSION, "plan": plan, "steps": [int(s) for s in steps]}
 
@@ -141,8 +162,8 @@ class CyclePlan:
         version = state.get("version")
         if version == 1:
             return _from_v1(state)
-        if version != STATE_VERSION:
-            raise _bad_state("version", version, f"{STATE_VERSION} (or 1, the first release's)")
+        if version not in (2, STATE_VERSION):
+            raise _bad_state("version", version, f"{STATE_VERSION} (or 2, or 1, the first release's)")
         for key in ("plan", "steps"):
             if key not in state:
                 raise _bad_state(key, "<missing>", "present")
@@ -150,7 +171,7 @@ class CyclePlan:
         if not isinstance(plan_state, dict):
             raise _bad_state("plan", plan_state, "a dict")
         fields = {f.name for f in dataclasses.fields(cls)}
-        missing = sorted(fields - set(plan_state))
+        missing = sorted(fields - set(plan_state) - _OPTIONAL)
         if missing:
             raise _bad_state(f"plan.{missing[0]}", "<missing>", "present")
         unknown = sorted(set(plan_state) - fields)
@@ -163,10 +184,21 @@ class CyclePlan:
         return plan, _steps(state["steps"], len(plan.group_counts))
 
 
-def _sequence(name: str, value: Any) -> tuple[Any, ...]:
-    if not isinstance(value, (list, tuple)) or not value:
-        raise ArgumentError(name, value, "a non-empty list")
+def _sequence(name: str, value: Any, empty: bool = False) -> tuple[Any, ...]:
+    if not isinstance(value, (list, tuple)) or not (value or empty):
+        raise ArgumentError(name, value, "a list" if empty else "a non-empty list")
     return tuple(value)
+
+
+def _intervention(i: int, record: Any) -> dict[str, Any]:
+    """One back-off of the guard, checked key by key (plain values only: it comes from a checkpoint)."""
+    if not isinstance(record, dict) or set(record) != set(_INTERVENTION_KEYS):
+        raise ArgumentError(f"interventions[{i}]", record, f"a dict with the keys {sorted(_INTERVENTION_KEYS)}")
+    if not isinstance(record["reason"], str):
+        raise ArgumentError(f"interventions[{i}].reason", record["reason"], "a string")
+    return {"step": int_in(f"interventions[{i}].step", record["step"], 0),
+            "reason": record["reason"],
+            "lr_scale": float_in(f"interventions[{i}].lr_scale", record["lr_scale"], 0.0, 1.0, low_open=True)}
 
 
 def _steps(value: Any, n_optimizers: int) -> list[int]:

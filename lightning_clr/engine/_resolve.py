@@ -235,7 +235,9 @@ def describe(plan: CyclePlan) -> str:
     epochs = f" ({plan.step_size_up / plan.steps_per_epoch:.3g} epochs of {plan.steps_per_epoch} steps per rank)" if (
         plan.steps_per_epoch) else ""
     return (
-        f"CyclicLearningRate: base_lr={_fmt(plan.base_lr)}, max_lr={_fmt(plan.max_lr)},"
+        f"CyclicLearningRate: base_lr={_fmt(plan.effective_base_lr)}, max_lr={_fmt(plan.effective_max_lr)}"
+        + (f" (x{plan.lr_scale:g} after {len(plan.interventions)} back-off(s) of the guard)" if plan.interventions
+           else "") + ","
         f" step_size_up={plan.step_size_up}, step_size_down={plan.step_size_down} optimizer steps{epochs},"
         f" mode={plan.mode!r}" + (f", annealing to base_lr x {plan.final_lr_ratio:g} at the end" if
                                   plan.final_lr_ratio != 1.0 else "") + "."

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Union
 
 from lightning_clr._validation import ArgumentError, boolean, learning_rate, positive_float
+from lightning_clr.engine._divergence import DivergenceGuard
 from lightning_clr.range_test import RangeTestConfig
 from lightning_clr.schedule import import_scale_fn, scale_fn_path, validate_schedule_args
 
@@ -66,6 +67,7 @@ class CycleSettings:
     max_momentum: float = 0.95
     final_lr_ratio: float = DEFAULT_FINAL_LR_RATIO
     range_test: RangeTestConfig = field(default_factory=RangeTestConfig)
+    guard: DivergenceGuard = field(default_factory=DivergenceGuard)
 
     def __post_init__(self) -> None:
         put = object.__setattr__
@@ -108,6 +110,8 @@ class CycleSettings:
             put(self, name, float(_plain(getattr(self, name))))
         if not isinstance(self.range_test, RangeTestConfig):
             raise ArgumentError("range_test", self.range_test, "a RangeTestConfig")
+        if not isinstance(self.guard, DivergenceGuard):
+            raise ArgumentError("guard", self.guard, "a DivergenceGuard")
 
     @property
     def scale_fn_path(self) -> Optional[str]:

@@ -3,9 +3,10 @@
 Covers: parameters, their ``.grad`` and buffers (copied back into the same tensors, so the optimizer,
 DDP and user references stay valid); each submodule's train/eval flag; torchmetrics states inside the
 model; optimizer state and param-group keys (keys added during the test, like ``initial_lr``, are
-removed); LR scheduler states; the AMP GradScaler; the RNG states (torch, CUDA, numpy, python, and any
-``torch.Generator`` of the train dataloaders' samplers); the fit loop's progress counters. No file is
-written, so nothing needs a shared filesystem.
+removed; a tensor LR or tensor betas get their values back in place, as the same tensors); LR scheduler
+states; the AMP GradScaler; the RNG states (torch, CUDA, numpy, python, and any ``torch.Generator`` of the
+train dataloaders' samplers); the fit loop's progress counters. No file is written, so nothing needs a
+shared filesystem.
 
 Example:
     >>> import torch
@@ -36,8 +37,15 @@ def _clone(value: Any) -> Any:
 
 
 def _put(target: dict, key: Any, saved: Any) -> None:
-    """Write ``saved`` back under ``target[key]``, into the same tensor when shapes and dtypes match."""
+    """Write ``saved`` back under ``target[key]``, into the same tensors when shapes and dtypes match (a tensor LR
+    or tensor betas stay the objects a compiled or CUDA-graph-captured ``optimizer.step()`` reads)."""
     current = target.get(key)
+    value = _into(current, saved)
+    if value is not current:
+        target[key] = value
+
+
+def _into(current: Any, saved: Any) -> Any:
     if (
         isinstance(saved, torch.Tensor)
         and isinstance(current, torch.Tensor)
@@ -47,8 +55,11 @@ def _put(target: dict, key: Any, saved: Any) -> None:
     ):
         with torch.no_grad():
             current.copy_(saved)
-    else:
-        target[key] = _clone(saved)
+        return current
+    if isinstance(saved, tuple) and isinstance(current, tuple) and len(saved) == len(current) and saved:
+        values = tuple(_into(c, s) for c, s in zip(current, saved))
+        return current if all(v is c for v, c in zip(values, current)) else values
+    return _clone(saved)
 
 
 def _progress_objects(loop: Any, prefix: str = "") -> Iterable[tuple[str, Any]]:
@@ -158,7 +169,7 @@ class Snapshot:
                 for k in [k for k in group if k != "params" and k not in saved_group]:
                     del group[k]
                 for k, v in saved_group.items():
-                    group[k] = copy.deepcopy(v)
+                    _put(group, k, v)
         for scheduler, sd in self._schedulers:
             scheduler.load_state_dict(copy.deepcopy(sd))  # CyclicLR.load_state_dict mutates its argument
         if self._scaler is not None:

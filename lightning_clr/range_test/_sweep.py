@@ -124,6 +124,14 @@ def _isolated(trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any
                 pl_module.__dict__[name] = value
 
 
+def _set_lr(group: dict[str, Any], lr: float) -> None:
+    """A tensor LR is written in place (the restore puts its value back into the same tensor); a float stays one."""
+    if isinstance(group["lr"], torch.Tensor):
+        group["lr"].fill_(lr)
+    else:
+        group["lr"] = lr
+
+
 def _progress_bar(trainer: pl.Trainer, config: RangeTestConfig, total: int, progress_bar: Optional[bool]) -> Any:
     from tqdm.auto import tqdm
 
@@ -167,7 +175,7 @@ def sweep(
         with _isolated(trainer, pl_module, optimizer), sigterm_without_collectives(trainer), torch.enable_grad():
             for step, lr in enumerate(lrs):
                 for group, scale in zip(optimizer.param_groups, scales):
-                    group["lr"] = lr * scale
+                    _set_lr(group, lr * scale)
                 local = one_step(trainer, pl_module, optimizer, batches, skips, step, feed_metric)
                 value, sigterm = _reduce(trainer, local)
                 if sigterm:

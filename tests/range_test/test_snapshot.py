@@ -65,6 +65,33 @@ class BatchNormModel(TinyModel):
         self.tracked_in_sweep.append(int(self.bn.num_batches_tracked))
 
 
+def test_a_tensor_lr_and_tensor_betas_are_restored_into_the_same_tensors() -> None:
+    # torch's own Optimizer.load_state_dict puts deep copies in the groups (new tensor objects); a compiled or
+    # CUDA-graph-captured step keeps reading the old ones, so the snapshot writes the values back in place.
+    from lightning_clr.range_test._snapshot import Snapshot
+
+    model = nn.Linear(4, 2)
+    lr, betas = torch.tensor(0.01), (torch.tensor(0.9), torch.tensor(0.999))
+    opt = torch.optim.Adam(model.parameters(), lr=lr, betas=betas)
+    tuple_before = opt.param_groups[0]["betas"]
+    snap = Snapshot.capture(model, [opt])
+    lr.fill_(3.0)
+    betas[0].fill_(0.5)
+    model(torch.randn(3, 4)).sum().backward()
+    opt.step()
+    snap.restore()
+    group = opt.param_groups[0]
+    assert group["lr"] is lr and group["betas"] is tuple_before
+    assert group["betas"][0] is betas[0] and group["betas"][1] is betas[1]
+    assert float(lr) == torch.tensor(0.01).item() and float(betas[0]) == torch.tensor(0.9).item()
+    assert not opt.state  # the step's state is gone again
+    float_opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    snap = Snapshot.capture(model, [float_opt])
+    float_opt.param_groups[0]["lr"] = 2.0
+    snap.restore()
+    assert type(float_opt.param_groups[0]["lr"]) is float and float_opt.param_groups[0]["lr"] == 0.1
+
+
 def test_batchnorm_buffers_are_restored_bitwise() -> None:
     torch.manual_seed(0)
     model = BatchNormModel()
