@@ -37,7 +37,7 @@ from lightning_clr._validation import ArgumentError
 if TYPE_CHECKING:  # matplotlib is optional (lightning-clr[plot])
     from matplotlib.figure import Figure
 
-__all__ = ["atomic_write_bytes", "atomic_write_figure", "atomic_write_text", "publish"]
+__all__ = ["atomic_write_bytes", "atomic_write_figure", "atomic_write_text", "publish", "writable_dir"]
 
 FIGURE_DPI = 100
 
@@ -114,6 +114,26 @@ def atomic_write_figure(path: str, figure: Figure, dpi: int = FIGURE_DPI) -> str
         b'\\x89PNG'
     """
     return _atomic_write(path, lambda f: figure.savefig(f, format="png", dpi=dpi))
+
+
+def writable_dir(name: str, path: Any) -> str:
+    """Create ``path`` if needed and check that a file can be written in it, before any work whose outputs go
+    there: an :class:`ArgumentError` naming ``name``, ``path`` and the OS's reason otherwise. Outputs written at
+    the end are still best-effort (a disk can fill up meanwhile).
+
+    Example:
+        >>> import os, tempfile
+        >>> os.path.isdir(writable_dir("output_dir", os.path.join(tempfile.mkdtemp(), "new")))
+        True
+    """
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except (OSError, TypeError, ValueError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        raise ArgumentError(name, path, "a directory that can be created and written to", reason) from None
+    return str(path)
 
 
 def _kind(logger: Any) -> Optional[str]:

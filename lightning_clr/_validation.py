@@ -28,13 +28,27 @@ __all__ = [
     "choice",
     "float_in",
     "int_in",
+    "learning_rate",
     "number",
     "positive_float",
+    "short_repr",
 ]
 
 # An upper bound for anything counted in optimizer steps: 10**9 steps is years of training at 30 steps/s,
 # and float arithmetic of the schedule stays exact to well below one step there.
 MAX_STEPS = 10**9
+# Learning rates outside this range are typos, not settings: above MAX_LR a parameter update overflows float32
+# (torch's unnamed "value cannot be converted to type float without overflow"), and below MIN_LR the ratio of
+# a sweep's bounds overflows a float (NaN and infinite LRs).
+MIN_LR = 1e-20
+MAX_LR = 1e6
+SHOWN = 200  # characters of a refused value echoed into an error message
+
+
+def short_repr(value: Any, limit: int = SHOWN) -> str:
+    """``repr(value)``, cut to about ``limit`` characters (a huge value is not echoed whole into a message)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 20]}...<{len(text)} characters>"
 
 
 class ArgumentError(ValueError, TypeError):
@@ -49,7 +63,7 @@ class ArgumentError(ValueError, TypeError):
         self.argument = argument
         self.value = value
         self.requirement = requirement
-        message = f"`{argument}` must be {requirement}, got {value!r}"
+        message = f"`{argument}` must be {requirement}, got {short_repr(value)}"
         super().__init__(message + (f": {detail}" if detail else ""))
 
 
@@ -91,6 +105,14 @@ def positive_float(name: str, value: Any) -> float:
     out = number(name, value, requirement)
     if not math.isfinite(out) or out <= 0:
         raise ArgumentError(name, value, requirement)
+    return out
+
+
+def learning_rate(name: str, value: Any) -> float:
+    """A finite number > 0 that is a plausible learning rate: in ``[MIN_LR, MAX_LR]``."""
+    out = positive_float(name, value)
+    if not MIN_LR <= out <= MAX_LR:
+        raise ArgumentError(name, value, f"a learning rate in [{MIN_LR:g}, {MAX_LR:g}]")
     return out
 
 

@@ -15,7 +15,9 @@ Example:
 from __future__ import annotations
 
 import importlib
+import inspect
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Callable, Literal, Optional
 
@@ -25,6 +27,7 @@ from lightning_clr._validation import (
     choice,
     float_in,
     int_in,
+    learning_rate,
     number,
     positive_float,
 )
@@ -304,9 +307,11 @@ def validate_schedule_args(
     """Raise :class:`~lightning_clr._validation.ArgumentError` (a ``ValueError`` and a ``TypeError``) naming the
     first bad argument and its value. ``None`` means "not given yet" (resolved later) and passes.
     """
-    for name, value in (("base_lr", base_lr), ("max_lr", max_lr), ("half_cycle_epochs", half_cycle_epochs)):
+    for name, value in (("base_lr", base_lr), ("max_lr", max_lr)):
         if value is not None:
-            positive_float(name, value)
+            learning_rate(name, value)
+    if half_cycle_epochs is not None:
+        positive_float("half_cycle_epochs", half_cycle_epochs)
     if half_cycle_epochs is not None and half_cycle_epochs > MAX_STEPS:
         raise ArgumentError("half_cycle_epochs", half_cycle_epochs, f"at most {MAX_STEPS:.0e} epochs")
     if base_lr is not None and max_lr is not None and max_lr < base_lr:
@@ -355,7 +360,7 @@ def import_scale_fn(path: str, argument: str = "scale_fn") -> Callable[[float], 
     checkpoint. A bad path raises :class:`~lightning_clr._validation.ArgumentError` naming ``argument``.
     """
     requirement = "an import path like 'mypkg.schedules:my_scale' of a function"
-    if not isinstance(path, str):
+    if not isinstance(path, str) or not _IMPORT_PATH.fullmatch(path):
         raise ArgumentError(argument, path, requirement)
     if ":" in path:
         module_name, _, attr = path.partition(":")
@@ -371,4 +376,11 @@ def import_scale_fn(path: str, argument: str = "scale_fn") -> Callable[[float], 
         raise ArgumentError(argument, path, requirement, f"{type(err).__name__}: {err}") from None
     if not callable(obj):
         raise ArgumentError(argument, path, requirement, "it names something that is not callable")
+    if not (inspect.isfunction(obj) or inspect.ismethod(obj)):  # os.system, print, a class: not a scale function
+        raise ArgumentError(argument, path, "an import path of a Python function (def) of the cycle number or step",
+                            f"it names a {type(obj).__name__}")
     return obj  # type: ignore[return-value]
+
+
+# Dotted Python names, optionally "module:attribute.path"; nothing relative, no file paths.
+_IMPORT_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*(:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*)?")

@@ -7,7 +7,6 @@ import dataclasses
 import importlib
 import inspect
 import os
-import re
 import sys
 from typing import Any, Optional, Union
 
@@ -21,11 +20,11 @@ from lightning_clr._lightning import add_configure_optimizers, cli_get
 from lightning_clr._quiet import quiet_banner
 from lightning_clr._validation import ArgumentError
 from lightning_clr.callback import CyclicLearningRate
+from lightning_clr.cli._checks import callback_args, validate_clr_args
 from lightning_clr.cli._errors import debug, fail, join_flag, shorten_parse_error
 from lightning_clr.cli._trainer import print_tune_result, with_subcommands
-from lightning_clr.engine._divergence import DivergenceGuard
+from lightning_clr.cli._yaml import register as register_yaml_loader
 from lightning_clr.range_test import RangeTestConfig
-from lightning_clr.schedule import import_scale_fn
 from lightning_clr.tuning import OutputConfig, SearchSpace, tune_cycle_length
 
 __all__ = ["LightningCLRCLI", "main"]
@@ -48,50 +47,6 @@ def _import_class(class_path: str) -> Optional[type]:
         return getattr(importlib.import_module(module_name), name)
     except (ImportError, AttributeError, ValueError):
         return None
-
-
-def _plain(namespace: Any) -> dict[str, Any]:
-    return namespace.as_dict() if hasattr(namespace, "as_dict") else dict(namespace or {})
-
-
-def _flag_for(prefix: str, err: Exception) -> str:
-    """The flag of a check that does not (yet) raise ArgumentError: its first `name` in backticks."""
-    names = re.findall(r"`(\w+)`", str(err))
-    return f"{prefix}.{names[0]}" if names else prefix
-
-
-def _check(prefix: str, build: Any, **kwargs: Any) -> Any:
-    """``build(**kwargs)``, with a bad value turned into a CLI error naming its flag under ``prefix``."""
-    try:
-        return build(**kwargs)
-    except ArgumentError as err:
-        fail(f"{join_flag(prefix, err.argument)}: {err}")
-    except (ValueError, TypeError) as err:
-        fail(f"{_flag_for(prefix, err)}: {err}")
-
-
-def validate_clr_args(prefix: str, init_args: dict[str, Any]) -> None:
-    """Build a :class:`CyclicLearningRate` from parsed ``init_args`` and turn a bad value into a CLI error
-    naming its flag (``prefix`` is the flag of the callback, e.g. ``--clr`` or ``--trainer.callbacks``)."""
-    kwargs = dict(init_args)
-    range_test = kwargs.get("range_test")
-    if isinstance(range_test, dict):
-        fields = {k: v for k, v in range_test.items() if k != "metric"}  # a metric class spec is jsonargparse's
-        kwargs["range_test"] = _check(f"{prefix}.range_test", RangeTestConfig, **fields)
-    guard = kwargs.get("guard")
-    if isinstance(guard, dict):
-        kwargs["guard"] = _check(f"{prefix}.guard", DivergenceGuard, **guard)
-    path = kwargs.get("scale_fn")
-    if isinstance(path, str):
-        try:
-            import_scale_fn(path)
-        except ArgumentError as err:
-            fail(f"{join_flag(prefix, err.argument)}: {err}")
-        except (ImportError, AttributeError, ValueError) as err:
-            fail(f"{prefix}.scale_fn: cannot import {path!r}: {err}")
-    elif path is not None:
-        kwargs["scale_fn"] = None  # a callable resolved by jsonargparse; nothing to check here
-    _check(prefix, CyclicLearningRate, **kwargs)
 
 
 class _Parser(LightningArgumentParser):
@@ -152,6 +107,8 @@ class LightningCLRCLI(LightningCLI):
 
         kwargs.setdefault("description", DESCRIPTION)
         kwargs.setdefault("dump_header", [f"lightning.pytorch=={pl_version}"])
+        if kwargs.get("parser_mode", "yaml") == "yaml":  # YAML with size, depth and alias-expansion limits
+            kwargs["parser_mode"] = register_yaml_loader()
         cls = getattr(self, "parser_class", LightningArgumentParser)
         parser = (_Parser if cls is LightningArgumentParser else cls)(**kwargs)
         parser.add_argument(
@@ -178,6 +135,7 @@ class LightningCLRCLI(LightningCLI):
             args = _normalize_alias(list(args))
         super().parse_arguments(parser, args)
         self._validate_callbacks()  # before seeding and before anything is built: the error is the only line
+        self._check_output_dir()
         if self.config.get("subcommand") == "tune" and not self._subconfig().get("verbose"):
             quiet_banner()  # every trial builds a Trainer: no banner and no model summary for each
             trainer = self._subconfig()["trainer"]
@@ -211,8 +169,19 @@ class LightningCLRCLI(LightningCLI):
 
     def _validate_callbacks(self) -> None:
         for spec in self._user_clr_callbacks():
-            validate_clr_args("--trainer.callbacks", _plain(spec.get("init_args")))
-        validate_clr_args("--clr", _plain(self._subconfig().get("clr")))
+            validate_clr_args("--trainer.callbacks", callback_args(spec.get("init_args"), "--trainer.callbacks"))
+        validate_clr_args("--clr", callback_args(self._subconfig().get("clr")))
+
+    def _check_output_dir(self) -> None:
+        """A directory the subcommand writes at its end, checked before anything runs (still best-effort then)."""
+        path = self._subconfig().get("output_dir") if self.config.get("subcommand") == "range_test" else None
+        if path is not None:  # (tune checks its --output.output_dir itself, once its arguments are checked)
+            from lightning_clr._outputs import writable_dir
+
+            try:
+                writable_dir("output_dir", path)
+            except ArgumentError as err:
+                fail(f"--output_dir: {err}")
 
     def _flag_of(self, argument: str) -> str:
         """The flag of an ArgumentError raised while running: a subcommand's own argument (``--n_trials``),

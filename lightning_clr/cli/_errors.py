@@ -23,6 +23,8 @@ import re
 import sys
 from typing import NoReturn, Optional
 
+from lightning_clr._validation import short_repr
+
 __all__ = ["fail", "join_flag", "shorten_parse_error"]
 
 PROG = "lightning-clr"
@@ -33,8 +35,14 @@ _SUBTYPES = re.compile(r"^Subtypes: \[(.*)\]$")
 _GIVEN = re.compile(r"^Given value: (.*)$")
 
 
+MAX_MESSAGE = 600  # characters: a huge value given on the command line or in a file is not echoed whole
+
+
 def fail(message: str) -> NoReturn:
     """Print ``message`` as one command-line error line (no traceback, no usage) and exit with status 2."""
+    message = " ".join(message.split())
+    if len(message) > MAX_MESSAGE:
+        message = f"{message[: MAX_MESSAGE - 40]}... <{len(message)} characters in all>"
     print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
     raise SystemExit(2)
 
@@ -87,13 +95,13 @@ def _reason(block: list[str]) -> str:
     for line in lines:
         match = _EXPECTED.search(line)
         if match:
-            return f"expected {_type_name(match.group(1))}, got {match.group(2)!r}"
+            return f"expected {_type_name(match.group(1))}, got {short_repr(match.group(2))}"
     subtypes = next((m.group(1) for m in map(_SUBTYPES.match, lines) if m), None)
     given = next((m.group(1) for m in map(_GIVEN.match, reversed(lines)) if m), None)
     if subtypes is not None:
         names = _split_types(subtypes)
         wanted = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
-        return f"expected {wanted}" + (f", got {given!r}" if given is not None else "")
+        return f"expected {wanted}" + (f", got {short_repr(given)}" if given is not None else "")
     return lines[0] if lines else "invalid value"
 
 

@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
+from lightning_clr._outputs import writable_dir
 from lightning_clr.range_test import RangeTestConfig, lr_range_test, save_result
 from lightning_clr.tuning import tune_cycle_length
 
@@ -49,14 +50,14 @@ class _SubcommandMethods:
             config: The range test's settings (``--clr.range_test.*``).
         """
         trainer: Any = self
+        if output_dir is not None and trainer.is_global_zero:  # before the sweep: the files go there at the end
+            writable_dir("output_dir", output_dir)
         config = dataclasses.replace(config or RangeTestConfig(), save=False)  # saved below, where output_dir says
         result = lr_range_test(trainer, model, datamodule=datamodule, config=config)
         out = Path(output_dir if output_dir is not None else (trainer.log_dir or "."))
+        rank_zero_only(print)(f"base_lr={float(result.base_lr):.6g} max_lr={float(result.max_lr):.6g}", flush=True)
         written = _save_range_test(result, out) if trainer.is_global_zero else []
-        rank_zero_only(print)(
-            f"base_lr={float(result.base_lr):.6g} max_lr={float(result.max_lr):.6g}"
-            + "".join(f"\nsaved {path}" for path in written)
-        )
+        rank_zero_only(print)("".join(f"saved {path}\n" for path in written), end="")
         return result
 
     def tune(
@@ -101,7 +102,12 @@ def with_subcommands(trainer_class: Any) -> type:
 
 def _save_range_test(result: Any, out: Path) -> list[Path]:
     """Write the curve (JSON) and the plot (PNG) under ``out``, named as a fit's range test names them."""
-    paths, _ = save_result(result, str(out))
+    try:
+        paths, _ = save_result(result, str(out))
+    except OSError as err:  # the bounds are printed already; the sweep's result is not thrown away for a file
+        rank_zero_warn(f"lightning-clr range_test: could not write the curve and plot under {str(out)!r}"
+                       f" ({err.strerror or err}); base_lr and max_lr are printed above.")
+        return []
     return [Path(p) for p in paths]
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lightning_clr._validation import ArgumentError
+from lightning_clr._validation import ArgumentError, short_repr
 from lightning_clr.engine._plan import CyclePlan, _show
 from lightning_clr.engine._settings import CycleSettings
 
@@ -81,17 +81,18 @@ def _reconcile_scale_fn(
     path = settings.scale_fn_path
     if settings.scale_fn is None:
         if plan.custom_scale_fn:
-            where = f" {plan.scale_fn_path!r}" if plan.scale_fn_path else " (a lambda or local function)"
+            # The path is data from the checkpoint: shown (shortened) as what it says, never offered as advice.
+            recorded = plan.scale_fn_path
+            where = f" (recorded as {short_repr(recorded)})" if recorded else " (a lambda or local function)"
             raise ValueError(
-                f"The checkpoint's schedule uses the custom `scale_fn`{where}, but the resumed CyclicLearningRate"
-                " has none. A checkpoint never imports code: pass the same function again, e.g."
-                f" CyclicLearningRate(scale_fn={plan.scale_fn_path or 'my_scale_fn'!r})."
+                f"The checkpoint's schedule uses a custom `scale_fn`{where}, but the resumed CyclicLearningRate"
+                " has none. A checkpoint never imports code: pass the same function again as `scale_fn`."
             )
         return
     if not plan.custom_scale_fn or path != plan.scale_fn_path or path is None:
         updates.update(custom_scale_fn=True, scale_fn_path=path)
         if path != plan.scale_fn_path or not plan.custom_scale_fn:
-            messages.append(f"`scale_fn`: the checkpoint has {plan.scale_fn_path!r}, the callback was given"
+            messages.append(f"`scale_fn`: the checkpoint has {short_repr(plan.scale_fn_path)}, the callback was given"
                             f" {path or settings.scale_fn!r}; using the given function from the resumed step on")
 
 

@@ -15,7 +15,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from lightning_clr._validation import ArgumentError, boolean, positive_float
+from lightning_clr._validation import ArgumentError, boolean, learning_rate, positive_float
 from lightning_clr.engine._divergence import DivergenceGuard
 from lightning_clr.range_test import RangeTestConfig
 from lightning_clr.schedule import import_scale_fn, scale_fn_path, validate_schedule_args
@@ -34,8 +34,8 @@ def _bounds(name: str, value: Any) -> Optional[tuple[float, ...]]:
     if not values:
         raise ArgumentError(name, value, "a number > 0 or a non-empty list of them (one per param group)")
     if len(values) == 1:
-        return (positive_float(name, values[0]),)
-    return tuple(positive_float(f"{name}[{i}]", v) for i, v in enumerate(values))
+        return (learning_rate(name, values[0]),)
+    return tuple(learning_rate(f"{name}[{i}]", v) for i, v in enumerate(values))
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal, Optional
 from torchmetrics import Metric
 
 from lightning_clr._outputs import atomic_write_text
-from lightning_clr._validation import ArgumentError, boolean, choice, float_in, int_in, positive_float
+from lightning_clr._validation import ArgumentError, boolean, choice, float_in, int_in, learning_rate
 from lightning_clr.range_test._plot import plot_range_test
 from lightning_clr.range_test._rules import DEFAULT_BASE_DIVISOR, RULES
 
@@ -32,6 +32,7 @@ MIN_NUM_STEPS = 10
 MAX_NUM_STEPS = 100_000  # a sweep is a few hundred steps; 10**9 would only exhaust memory for the curve
 RESULT_VERSION = 2  # 2: per-group configured LRs (`group_lrs`) and `skipped_batches`
 MODES = ("exponential", "linear")
+SMOOTHING_MIN = 1e-4  # the EMA's beta stays below 1 in floats, so its bias correction never divides by zero
 _CURVES = ("lrs", "losses", "smoothed_losses", "metric_values", "smoothed_metric")
 _REQUIRED = ("version", "lrs", "losses", "smoothed_losses", "base_lr", "max_lr", "rule")
 
@@ -52,7 +53,7 @@ class RangeTestConfig:
         mode: ``"exponential"`` (even steps in log-LR, the default) or ``"linear"``.
         rule: How both bounds are read off the curve: ``"smith"``, ``"valley"``, ``"steepest"`` or
             ``"minimum"`` (see :func:`lightning_clr.range_test._rules.suggest`).
-        smoothing: EMA weight of the newest loss (0.05 means beta = 0.95), bias-corrected, in (0, 1].
+        smoothing: EMA weight of the newest loss (0.05 means beta = 0.95), bias-corrected, in [1e-4, 1].
         divergence_threshold: Stop once the smoothed loss exceeds this many times the best loss (> 1).
         metric: Optional torchmetrics metric (for example ``MulticlassAccuracy``) computed on the
             sweep's own batches; the bounds are then read off its curve. Its inputs come from
@@ -69,7 +70,7 @@ class RangeTestConfig:
         >>> RangeTestConfig(smoothing=True)
         Traceback (most recent call last):
         ...
-        lightning_clr._validation.ArgumentError: `range_test.smoothing` must be a number in (0, 1], got True
+        lightning_clr._validation.ArgumentError: `range_test.smoothing` must be a number in [0.0001, 1], got True
     """
 
     min_lr: float = 1e-7
@@ -89,12 +90,12 @@ class RangeTestConfig:
             return f"range_test.{field_name}"
 
         values: dict[str, Any] = {
-            "min_lr": positive_float(name("min_lr"), self.min_lr),
-            "max_lr": positive_float(name("max_lr"), self.max_lr),
+            "min_lr": learning_rate(name("min_lr"), self.min_lr),
+            "max_lr": learning_rate(name("max_lr"), self.max_lr),
             "num_steps": int_in(name("num_steps"), self.num_steps, MIN_NUM_STEPS, MAX_NUM_STEPS),
             "mode": choice(name("mode"), self.mode, MODES),
             "rule": choice(name("rule"), self.rule, RULES),
-            "smoothing": float_in(name("smoothing"), self.smoothing, 0.0, 1.0, low_open=True),
+            "smoothing": float_in(name("smoothing"), self.smoothing, SMOOTHING_MIN, 1.0),
             "divergence_threshold": float_in(
                 name("divergence_threshold"), self.divergence_threshold, 1.0, math.inf, low_open=True, high_open=True
             ),

@@ -18,7 +18,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 import os
 import socket
 import time
@@ -28,8 +27,9 @@ import optuna
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lightning_clr.range_test._rules import DEFAULT_BASE_DIVISOR
+from lightning_clr.tuning._storage import stored_bounds
 
-__all__ = ["KEYS", "WAIT_S", "claim", "combine", "read_bounds", "release", "shared_bounds", "store_bounds"]
+__all__ = ["KEYS", "WAIT_S", "claim", "combine", "release", "shared_bounds", "store_bounds"]
 
 KEYS = ("clr_base_lr", "clr_max_lr")
 WAIT_S = 900.0  # how long a worker waits for the bounds of a range test that another worker claimed
@@ -40,20 +40,6 @@ Bounds = tuple[tuple[float, ...], tuple[float, ...]]
 
 def _claim_name(study: Any) -> str:
     return f"lightning_clr:range_test:{study.study_name}"
-
-
-def read_bounds(attrs: dict[str, Any]) -> Optional[Bounds]:
-    """The stored bounds, one value per param group (a study of an earlier version stored one float), or
-    ``None`` when there are none or they are not positive finite numbers."""
-    out = []
-    for key in KEYS:
-        value = attrs.get(key)
-        values = value if isinstance(value, list) else [value]
-        if not values or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-                                 and v > 0 for v in values):
-            return None
-        out.append(tuple(float(v) for v in values))
-    return out[0], out[1]
 
 
 def combine(stored: Bounds, base: Optional[tuple[float, ...]], high: Optional[tuple[float, ...]]) -> Bounds:
@@ -118,11 +104,11 @@ def shared_bounds(study: Any, who: str) -> tuple[Optional[Bounds], bool]:
     ``(None, True)`` when this worker holds the claim and must run the range test (then store and release).
     ``(None, False)`` only after a second wait without bounds: run the test without a claim."""
     for _ in range(2):
-        found = read_bounds(study.user_attrs)
+        found = stored_bounds(study)
         if found is not None:
             return found, False
         if claim(study):
-            found = read_bounds(study.user_attrs)  # stored between the read and the claim: nothing to run
+            found = stored_bounds(study)  # stored between the read and the claim: nothing to run
             if found is not None:
                 release(study)
                 return found, False
@@ -133,7 +119,7 @@ def shared_bounds(study: Any, who: str) -> tuple[Optional[Bounds], bool]:
         deadline = time.monotonic() + WAIT_S
         while time.monotonic() < deadline:
             time.sleep(min(_POLL_S, max(0.0, deadline - time.monotonic())))
-            found = read_bounds(study.user_attrs)
+            found = stored_bounds(study)
             if found is not None:
                 return found, False
         rank_zero_warn(f"{who}: no bounds after {WAIT_S:g} s from the range test that worker {owner} claimed (did"

@@ -20,13 +20,19 @@ import os
 from dataclasses import dataclass
 from typing import Any, Iterator, Literal, Optional, Union
 
-from lightning_clr._validation import ArgumentError, boolean, choice, int_in, positive_float
+from lightning_clr._validation import ArgumentError, boolean, choice, float_in, int_in
 from lightning_clr.schedule import MODES
 
 __all__ = ["OutputConfig", "SearchSpace", "StudyConfig"]
 
 SAMPLERS = ("tpe", "random")
 PRUNERS = ("cycle_halving", "cycle_median", "none")
+# Sane ranges: beyond them a value is a typo that fails far from where it was written (a heartbeat thread that
+# dies on a 1e30 s wait or busy-loops the storage on 5e-324 s, a grid of 10**30 epochs, a max_lr scaled to inf).
+MAX_HALF_CYCLE_EPOCHS = 100_000
+MAX_LR_SCALE_RANGE = (1e-3, 1e3)
+HEARTBEAT_RANGE = (0.05, 3600.0)
+MAX_GRACE_PERIOD = 30 * 24 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -35,10 +41,11 @@ class SearchSpace:
 
     Args:
         min_half_cycle_epochs: Smallest half-cycle in epochs (Smith: 2).
-        max_half_cycle_epochs: Largest half-cycle in epochs (Smith: 10).
+        max_half_cycle_epochs: Largest half-cycle in epochs (Smith: 10), at most 100000.
         half_cycle_step: Step of the half-cycle grid in epochs; divides the range.
         modes: CLR modes to choose among, ``"triangular"`` and/or ``"triangular2"``.
-        min_max_lr_scale: Smallest multiplier of ``max_lr``; tuned only if it differs from ``max_max_lr_scale``.
+        min_max_lr_scale: Smallest multiplier of ``max_lr`` (in [1e-3, 1e3]); tuned only if it differs from
+            ``max_max_lr_scale``.
         max_max_lr_scale: Largest multiplier of ``max_lr`` (the multiplied ``max_lr`` stays above ``base_lr``).
         warm_start: Enqueue Smith's heuristic half-cycles (2, 4 and 8 epochs, moved onto the grid) first.
         distinct: Replace a suggested half-cycle that another trial already has by the nearest untried one.
@@ -63,9 +70,10 @@ class SearchSpace:
             self._check()
 
     def _check(self) -> None:
-        low = int_in("min_half_cycle_epochs", self.min_half_cycle_epochs, 1)
-        int_in("max_half_cycle_epochs", self.max_half_cycle_epochs, low, what="at least min_half_cycle_epochs")
-        step = int_in("half_cycle_step", self.half_cycle_step, 1)
+        top = MAX_HALF_CYCLE_EPOCHS
+        low = int_in("min_half_cycle_epochs", self.min_half_cycle_epochs, 1, top)
+        int_in("max_half_cycle_epochs", self.max_half_cycle_epochs, low, top, what="at least min_half_cycle_epochs")
+        step = int_in("half_cycle_step", self.half_cycle_step, 1, top)
         if (self.max_half_cycle_epochs - low) % step:
             raise ArgumentError(
                 "half_cycle_step", step,
@@ -80,8 +88,8 @@ class SearchSpace:
                 raise ArgumentError("modes", modes, "'triangular' and/or 'triangular2' (exp_range needs a gamma"
                                     " fitted to the run length)")
         object.__setattr__(self, "modes", tuple(modes))
-        low_scale = positive_float("min_max_lr_scale", self.min_max_lr_scale)
-        if positive_float("max_max_lr_scale", self.max_max_lr_scale) < low_scale:
+        low_scale = float_in("min_max_lr_scale", self.min_max_lr_scale, *MAX_LR_SCALE_RANGE)
+        if float_in("max_max_lr_scale", self.max_max_lr_scale, *MAX_LR_SCALE_RANGE) < low_scale:
             raise ArgumentError("max_max_lr_scale", self.max_max_lr_scale,
                                 f"a number >= min_max_lr_scale ({low_scale})")
         boolean("warm_start", self.warm_start)
@@ -107,9 +115,11 @@ class StudyConfig:
         n_startup_trials: Finished trials before the pruner prunes anything (and before TPE stops sampling at
             random).
         seed: Seed of the sampler; trial ``n`` trains with seed ``seed + n``.
-        heartbeat_interval: Seconds between a running trial's heartbeats in a persistent storage.
-        grace_period: A RUNNING trial whose last heartbeat is older than this is marked FAIL by the next worker.
-            Default: ``4 * heartbeat_interval``.
+        heartbeat_interval: Seconds between a running trial's heartbeats in a persistent storage, in
+            [0.05, 3600]. Stored with each trial, together with the grace period.
+        grace_period: A RUNNING trial whose last heartbeat is older than this is marked FAIL by the next worker
+            (after a second look, in case the storage stalled). Each trial is judged by the grace period of the
+            worker that runs it. Default: ``4 * heartbeat_interval``; at most 30 days.
 
     Example:
         >>> StudyConfig(storage="postgresql://postgres@127.0.0.1/test", study_name="clr", pruner="cycle_median")
@@ -141,9 +151,11 @@ class StudyConfig:
         _optuna_or_name("pruner", self.pruner, PRUNERS, "BasePruner")
         int_in("n_startup_trials", self.n_startup_trials, 0)
         int_in("seed", self.seed, -(2**63), 2**63 - 1)
-        beat = positive_float("heartbeat_interval", self.heartbeat_interval)
-        if self.grace_period is not None and positive_float("grace_period", self.grace_period) <= beat:
-            raise ArgumentError("grace_period", self.grace_period, f"None or a number > heartbeat_interval ({beat})")
+        beat = float_in("heartbeat_interval", self.heartbeat_interval, *HEARTBEAT_RANGE)
+        if self.grace_period is not None:
+            grace = float_in("grace_period", self.grace_period, 0.0, MAX_GRACE_PERIOD, low_open=True)
+            if grace <= beat:
+                raise ArgumentError("grace_period", grace, f"None or a number > heartbeat_interval ({beat})")
 
     @property
     def grace(self) -> float:

@@ -144,6 +144,7 @@ class CyclePruningCallback(*callback_bases()):  # a Callback of either Lightning
         self.params: dict[str, Any] = {}
         self._cycles = 0
         self._claim = False  # rank 0 of the trial that runs the study's range test, until its bounds are stored
+        self._monitor_check = "before the first validation"  # -> "pending" -> "done"
         self._ref: Optional[tuple[Any, Any, int, str]] = None  # (storage, pruner, trial id, study name): for a spawn
         if trial is not None:
             storage = trial.study._storage
@@ -218,6 +219,7 @@ class CyclePruningCallback(*callback_bases()):  # a Callback of either Lightning
         self._sync(trainer, clr)
         self._cycles, self.pruned_at_epoch, self.reports = 0, None, {}
         self._claim = trainer.global_rank == 0 and self._holds_claim()
+        self._monitor_check = "before the first validation"
         max_epochs = trainer.fit_loop.max_epochs
         h = clr.settings.half_cycle_epochs
         if self.whole_cycles and clr.step_size_up is None and max_epochs not in (None, -1) and float(h).is_integer():
@@ -262,9 +264,25 @@ class CyclePruningCallback(*callback_bases()):  # a Callback of either Lightning
             self._claim = False
             release(self._trial().study)
 
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """After the first real validation: a ``monitor`` the model does not log (a typo) is an error now, not
+        at the first cycle end. A metric that only the training epoch's end logs gets until then."""
+        if trainer.sanity_checking or self._monitor_check != "before the first validation":
+            return
+        self._monitor_check = "done" if self.monitor in trainer.callback_metrics else "pending"
+
+    def _check_monitor(self, trainer: pl.Trainer) -> None:
+        if self._monitor_check != "pending":
+            return
+        self._monitor_check = "done"
+        if self.monitor not in trainer.callback_metrics:  # the same keys on every rank: every rank raises
+            raise ArgumentError("monitor", self.monitor, "a metric that the model logs; after its first validation"
+                                f" it logs {sorted(trainer.callback_metrics)}")
+
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
             return
+        self._check_monitor(trainer)
         clr = find_clr(trainer)
         cycle = (clr.step_size_up or 0) + (clr.step_size_down or clr.step_size_up or 0)
         finished = clr.steps[0] // cycle if cycle and clr.steps else 0

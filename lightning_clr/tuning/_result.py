@@ -78,7 +78,7 @@ class CycleTuningResult:
                     "epochs": max((int(k) for k in history), default=0),
                     "value": t.value if t.value is not None else (list(t.intermediate_values.values()) or [None])[-1],
                     "pruned_at_epoch": t.user_attrs.get("pruned_at_epoch"),
-                    "error": t.user_attrs.get("error"),
+                    "error": _error(t),
                 }
             )
         return rows
@@ -168,6 +168,14 @@ class CycleTuningResult:
         fig.tight_layout()
         atomic_write_figure(paths[1], fig)
         return paths
+
+
+def _error(trial: Any) -> Optional[str]:
+    """A trial's ``error``; a stale-trial sweep's that lost the race against the trial's own end is no error."""
+    error = trial.user_attrs.get("error")
+    if isinstance(error, str) and error.startswith("stale:") and trial.state.name != "FAIL":
+        return None
+    return error
 
 
 def _s(value: Any) -> str:

@@ -17,15 +17,24 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import math
+import random
 import re
 import threading
 import time
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 import optuna
 from optuna.trial import TrialState
 
 HEARTBEAT_KEY = "lightning_clr:heartbeat"
+# What the trial's own worker declared when it started the trial: a trial is judged stale against these, not
+# against the judging worker's own settings (workers of one study may beat at different intervals).
+INTERVAL_KEY = "lightning_clr:heartbeat_interval"
+GRACE_KEY = "lightning_clr:grace_period"
+RECHECK_CAP = 60.0  # seconds a sweep waits at most for a seemingly dead trial's next heartbeat
+TABLE_CREATION_TRIES = 6
+STALE_PREFIX = "stale:"  # the start of the `error` a sweep writes before it fails a trial
 
 # SQLAlchemy 2.1's default driver of each URL scheme, then the others it knows, as (dialect+driver, module).
 _DRIVERS = {
@@ -81,10 +90,35 @@ def make_storage(spec: Any) -> Any:
         return spec
     if not isinstance(spec, str) or not spec:
         raise ValueError(f"`storage` must be None, a journal file path or a database URL, got {spec!r}")
+    if "://" in spec:
+        return _rdb_storage(spec)
     with storage_errors(spec):
-        if "://" in spec:
-            return optuna.storages.RDBStorage(database_url(spec))
         return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(spec))
+
+
+def _rdb_storage(url: str) -> Any:
+    """Optuna's RDBStorage of ``url``. Workers that start together on an empty database all create Optuna's
+    tables at once, and all but one can fail (PostgreSQL: ``UniqueViolation`` on ``pg_type``, a duplicate
+    version row): such a failure is retried a few times, after which the tables exist."""
+    for attempt in range(1, TABLE_CREATION_TRIES + 1):
+        try:
+            with storage_errors(url):
+                return optuna.storages.RDBStorage(database_url(url))
+        except StorageError as err:
+            if attempt == TABLE_CREATION_TRIES or not _concurrent_creation(err):
+                if attempt > 1:
+                    raise StorageError(f"{err} (creating Optuna's tables, {attempt} tries)") from err.__cause__
+                raise
+            time.sleep(0.2 * attempt + random.uniform(0.0, 0.5))  # the other workers finish their creation
+    raise AssertionError("unreachable")
+
+
+def _concurrent_creation(err: BaseException) -> bool:
+    """A fault of concurrent first use: another process created the same table, type or row meanwhile."""
+    cause = _root_cause(err)
+    text = str(cause).lower()
+    names = ("UniqueViolation", "DuplicateTable", "DuplicateObject", "IntegrityError")
+    return type(cause).__name__ in names or "already exists" in text or "duplicate key" in text
 
 
 def storage_name(storage: Any) -> str:
@@ -147,15 +181,19 @@ def beat(storage: Any, trial_id: int) -> None:
 class Heartbeat:
     """A daemon thread that records ``time.time()`` on a trial every ``interval`` seconds.
 
+    On entering, the trial also gets this worker's ``interval`` and ``grace`` (default ``4 * interval``): other
+    workers judge the trial stale against these, whatever their own settings.
+
     Example:
-        >>> with Heartbeat(study._storage, trial._trial_id, interval=10.0):  # doctest: +SKIP
+        >>> with Heartbeat(study._storage, trial._trial_id, interval=10.0, grace=40.0):  # doctest: +SKIP
         ...     trainer.fit(model)
     """
 
-    def __init__(self, storage: Any, trial_id: int, interval: float) -> None:
+    def __init__(self, storage: Any, trial_id: int, interval: float, grace: Optional[float] = None) -> None:
         self.storage = storage
         self.trial_id = trial_id
         self.interval = interval
+        self.grace = float(grace) if grace is not None else 4.0 * float(interval)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="lightning_clr-heartbeat", daemon=True)
 
@@ -167,6 +205,8 @@ class Heartbeat:
                 pass
 
     def __enter__(self) -> Heartbeat:
+        self.storage.set_trial_system_attr(self.trial_id, INTERVAL_KEY, float(self.interval))
+        self.storage.set_trial_system_attr(self.trial_id, GRACE_KEY, self.grace)
         beat(self.storage, self.trial_id)
         self._thread.start()
         return self
@@ -176,29 +216,127 @@ class Heartbeat:
         self._thread.join()
 
 
-def fail_stale_trials(study: Any, grace_period: float) -> list[int]:
-    """Mark FAIL every RUNNING trial whose last heartbeat is older than ``grace_period`` seconds.
+def fail_stale_trials(study: Any, grace_period: float, recheck: bool = True) -> list[int]:
+    """Mark FAIL every RUNNING trial whose worker stopped beating: no heartbeat for longer than the grace
+    period that trial's own worker declared (``grace_period``, this worker's, for a trial that declared none).
 
-    A trial without any heartbeat counts from its start time. Returns the numbers of the trials failed.
+    A trial without any heartbeat counts from its start time. A stall shared by every worker (a journal lock
+    left by a killed process, a paused database, this very process stopped) makes live trials look stale
+    too, so a suspect is failed only if its heartbeat has not moved after a second look, taken up to two of
+    its worker's intervals later (at most ``RECHECK_CAP`` seconds). Returns the numbers of the trials failed.
     Another worker failing the same trial at the same time is harmless.
     """
-    now = time.time()
+    suspects = _stale(study, grace_period)
+    if not suspects:
+        return []
+    if recheck:
+        longest = max(interval for _, _, interval, _ in suspects.values())
+        time.sleep(min(2.0 * longest + 1.0, RECHECK_CAP))
+        again = _stale(study, grace_period)
+        suspects = {tid: s for tid, s in suspects.items() if tid in again and again[tid][1] == s[1]}
     failed = []
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        last = trial.system_attrs.get(HEARTBEAT_KEY)
-        if last is None:
-            last = trial.datetime_start.timestamp() if trial.datetime_start is not None else now
-        if now - float(last) <= grace_period:
-            continue
+    for trial_id, (number, _, _, silent) in sorted(suspects.items()):
         try:
             study._storage.set_trial_user_attr(
-                trial._trial_id,
-                "error",
-                f"stale: no heartbeat for {now - float(last):.0f} s (> grace_period {grace_period:g} s);"
+                trial_id, "error", f"{STALE_PREFIX} no heartbeat for {silent:.0f} s (> its worker's grace period);"
                 " its worker probably died",
             )
-            if study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
-                failed.append(trial.number)
+            if study._storage.set_trial_state_values(trial_id, TrialState.FAIL):
+                failed.append(number)
         except Exception:  # finished or failed by someone else meanwhile
             continue
     return failed
+
+
+def _stale(study: Any, grace_period: float) -> dict[int, tuple[int, Any, float, float]]:
+    """``{trial_id: (number, last heartbeat, its worker's interval, seconds silent)}`` of the RUNNING trials
+    silent for longer than their worker's grace period."""
+    now = time.time()
+    out = {}
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        attrs = trial.system_attrs
+        last = attrs.get(HEARTBEAT_KEY)
+        if last is None:
+            last = trial.datetime_start.timestamp() if trial.datetime_start is not None else now
+        grace = _declared(attrs.get(GRACE_KEY), grace_period)
+        interval = _declared(attrs.get(INTERVAL_KEY), grace / 4.0)
+        if now - float(last) > grace:
+            out[trial._trial_id] = (trial.number, last, interval, now - float(last))
+    return out
+
+
+def _declared(value: Any, default: float) -> float:
+    """A number a worker stored on its trial, or ``default`` when it is missing or unusable."""
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return float(default)
+    return out if math.isfinite(out) and out > 0 else float(default)
+
+
+def void_stale_error(trial: Any, frozen: Any) -> Any:
+    """The owner of a still-RUNNING trial clears the ``error`` of another worker's sweep that wrote it but never
+    failed the trial (that worker stopped in between): the trial is alive. Returns the trial as stored now."""
+    if str(frozen.user_attrs.get("error") or "").startswith(STALE_PREFIX) and not frozen.state.is_finished():
+        trial.set_user_attr("error", None)
+        return trial.study._storage.get_trial(trial._trial_id)
+    return frozen
+
+
+def finished_elsewhere(storage: Any, trial_id: int) -> bool:
+    """Whether the trial was finished by someone else (another worker's stale-trial sweep) while it ran here."""
+    try:
+        return storage.get_trial(trial_id).state.is_finished()
+    except Exception:  # the storage is down: not known, so not claimed
+        return False
+
+
+BOUND_KEYS = ("clr_base_lr", "clr_max_lr")
+
+
+def stored_bounds(study: Any) -> Optional[tuple[tuple[float, ...], tuple[float, ...]]]:
+    """The LR bounds the study's range test stored (``clr_base_lr``, ``clr_max_lr``: one value per param group,
+    or one float from an earlier version), or ``None`` before it ran.
+
+    They are data from a storage that anyone may have written: each must be a learning rate (a finite number in
+    ``[MIN_LR, MAX_LR]``), both lists as long, and ``clr_max_lr`` must exceed ``clr_base_lr`` in every group;
+    otherwise one :class:`StorageError` line names the attribute and its value, before any trial trains with it.
+    """
+    attrs = study.user_attrs
+    if BOUND_KEYS[0] not in attrs:
+        return None
+    base, high = (_stored_lrs(study, key, attrs.get(key)) for key in BOUND_KEYS)
+    if len(base) != len(high):
+        raise _bad_attr(study, BOUND_KEYS[1], attrs[BOUND_KEYS[1]], f"one value per param group ({len(base)})")
+    if any(h <= b for b, h in zip(base, high)):
+        shown = base[0] if len(base) == 1 else list(base)
+        raise _bad_attr(study, BOUND_KEYS[1], attrs[BOUND_KEYS[1]], f"greater than clr_base_lr ({shown!r})")
+    return base, high
+
+
+def _stored_lrs(study: Any, key: str, value: Any) -> tuple[float, ...]:
+    if not isinstance(value, list):
+        return (_stored_lr(study, key, value),)
+    if not value:
+        raise _bad_attr(study, key, value, "a learning rate or a non-empty list of them")
+    return tuple(_stored_lr(study, key, v) for v in value)
+
+
+def _stored_lr(study: Any, key: str, value: Any) -> float:
+    from lightning_clr._validation import ArgumentError, learning_rate
+
+    if isinstance(value, str):  # a JSON string such as "0.01": not a number, whatever it spells
+        raise _bad_attr(study, key, value, "a number (not a string)")
+    try:
+        return learning_rate(key, value)
+    except ArgumentError as err:
+        raise _bad_attr(study, key, value, err.requirement) from None
+
+
+def _bad_attr(study: Any, key: str, value: Any, requirement: str) -> StorageError:
+    from lightning_clr._validation import short_repr
+
+    return StorageError(
+        f"study {study.study_name!r} in storage {storage_name(study._storage)!r}: its user attribute {key!r} must"
+        f" be {requirement}, got {short_repr(value)}; fix it (study.set_user_attr) or use a new study_name"
+    )

@@ -21,11 +21,18 @@ from optuna.trial import TrialState
 
 from lightning_clr._compat import callback_bases
 from lightning_clr.callback import CyclicLearningRate
-from lightning_clr.tuning._bounds import combine, read_bounds, release, shared_bounds, store_bounds
+from lightning_clr.tuning._bounds import combine, release, shared_bounds, store_bounds
 from lightning_clr.tuning._config import TuneRun
 from lightning_clr.tuning._env import distributed
 from lightning_clr.tuning._pruning_callback import CyclePruningCallback, find_clr
-from lightning_clr.tuning._storage import Heartbeat, StorageError, make_storage, storage_errors
+from lightning_clr.tuning._storage import (
+    Heartbeat,
+    StorageError,
+    finished_elsewhere,
+    make_storage,
+    storage_errors,
+    stored_bounds,
+)
 from lightning_clr.tuning._trial_plan import TrialPlan, as_bounds
 
 
@@ -164,7 +171,7 @@ def find_bounds(study: Any, run: TuneRun, make_trainer: Callable[..., pl.Trainer
                 release(study)  # stored, or failed: either way the next worker need not wait
     if study is None:
         return (None, None)
-    stored = read_bounds(study.user_attrs)
+    stored = stored_bounds(study)
     if stored is None:
         raise RuntimeError("tune_cycle_length: the range test stored no bounds in the study")
     return _announce(_combine(run, stored))
@@ -223,11 +230,13 @@ def run_trial(
     trainer = make_trainer([cb, clr], max_epochs=run.max_epochs, version=version)
     try:
         if trial is not None and run.study.storage is not None:
-            with Heartbeat(study._storage, trial._trial_id, run.study.heartbeat_interval):
+            with Heartbeat(study._storage, trial._trial_id, run.study.heartbeat_interval, run.study.grace):
                 trainer.fit(model, datamodule=dm)
         else:
             trainer.fit(model, datamodule=dm)
     except Exception as err:
+        if _lost(study, trial, err):
+            return trainer.current_epoch
         storage_fault = _storage_fault(err)
         if storage_fault is not None:  # nothing more can be written: the heartbeat sweep fails the trial
             raise StorageError(storage_fault) from err
@@ -241,8 +250,26 @@ def run_trial(
         return trainer.current_epoch
     if trial is None:
         return trainer.current_epoch
+    if _lost(study, trial):
+        return trainer.current_epoch
     with storage_errors(study._storage):
         return _tell(study, trial, trainer, run, plan)
+
+
+def _lost(study: Any, trial: Any, err: Optional[BaseException] = None) -> bool:
+    """Whether another worker finished this trial while it trained here (its stale-trial sweep saw no heartbeat:
+    this process or the storage stalled). One warning, and the worker goes on with its next trial."""
+    seen, lost = err, False
+    while seen is not None and not lost:  # rank 0 writes to the finished trial; other ranks get its message
+        lost = isinstance(seen, optuna.exceptions.UpdateFinishedTrialError) or "UpdateFinishedTrialError" in str(seen)
+        seen = seen.__cause__ or seen.__context__
+    if trial is not None and not lost:
+        lost = finished_elsewhere(study._storage, trial._trial_id)
+    if lost:
+        which = f"trial {trial.number}" if trial is not None else "the trial"
+        rank_zero_warn(f"tune_cycle_length: {which} was finished by another worker while it trained here (its"
+                       " heartbeat looked stale: this process or the storage stalled); going on with the next trial.")
+    return lost
 
 
 def _storage_fault(err: BaseException) -> Optional[str]:

@@ -28,9 +28,9 @@ from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lightning_clr._compat import lightning_package
-from lightning_clr._outputs import atomic_write_text
+from lightning_clr._outputs import atomic_write_text, writable_dir
 from lightning_clr._quiet import muted_banner
-from lightning_clr._validation import ArgumentError, boolean, int_in, positive_float
+from lightning_clr._validation import ArgumentError, boolean, int_in, learning_rate, positive_float
 from lightning_clr.callback import CyclicLearningRate
 from lightning_clr.engine._settings import CycleSettings
 from lightning_clr.range_test import RangeTestConfig
@@ -49,6 +49,7 @@ from lightning_clr.tuning._trial_plan import as_bounds
 
 __all__ = ["tune_cycle_length"]
 
+MAX_EPOCHS = 10**6  # one trial's budget
 ModelSource = Union[type[pl.LightningModule], Callable[..., pl.LightningModule]]
 DataSource = Union[type[pl.LightningDataModule], Callable[..., pl.LightningDataModule], None]
 
@@ -128,6 +129,8 @@ def _tune(run: TuneRun) -> CycleTuningResult:
             f"tune_cycle_length: strategy={trainer_kwargs.get('strategy')!r} trains in child processes, which cannot"
             f" reach an in-memory study; using the journal file {journal!r}."
         )
+    if is_global_zero():  # outputs go there at the end: a directory that cannot be written fails before training
+        writable_dir("output.output_dir", run.output.output_dir)
     the_study = _open_study(optuna, run) if is_global_zero() else None
     if the_study is not None:
         run = dataclasses.replace(run, study=dataclasses.replace(run.study, study_name=the_study.study_name))
@@ -177,10 +180,13 @@ def _validate(run: TuneRun) -> TuneRun:
             raise ArgumentError(name, getattr(run, name), "a dict of keyword arguments or None")
     int_in("n_trials", run.n_trials, 1)
     if run.max_epochs is not None:
-        int_in("max_epochs", run.max_epochs, 1, what="or None")
+        int_in("max_epochs", run.max_epochs, 1, MAX_EPOCHS, what="or None")
     if run.timeout is not None:
         positive_float("timeout", run.timeout)
     base, high = as_bounds("base_lr", run.base_lr), as_bounds("max_lr", run.max_lr)
+    for name, values in (("base_lr", base), ("max_lr", high)):
+        for value in values or ():
+            learning_rate(name, value)
     if base is not None and high is not None:
         CycleSettings(base_lr=base, max_lr=high)  # one value or one per group, max_lr >= base_lr in each
         n = max(len(base), len(high))
@@ -196,8 +202,8 @@ def _validate(run: TuneRun) -> TuneRun:
         raise ArgumentError("range_test_per_trial", True, "False when the max_lr multiplier is tuned")
     trainer_kwargs = dict(run.trainer_kwargs or {})
     user_max_epochs = trainer_kwargs.pop("max_epochs", None)
-    if run.max_epochs is None and user_max_epochs is not None:
-        int_in("trainer_kwargs['max_epochs']", user_max_epochs, 1, what="every trial needs a finite budget")
+    if user_max_epochs is not None:  # checked even when `max_epochs` overrides it: a NaN there is a mistake
+        int_in("trainer_kwargs['max_epochs']", user_max_epochs, 1, MAX_EPOCHS, what="every trial needs a finite budget")
     if run.timeout is not None and distributed(trainer_kwargs):
         raise ArgumentError("timeout", run.timeout, "None with several devices or nodes (the ranks must run the"
                             " same number of trials)")
@@ -301,18 +307,26 @@ def _warm_start(study: Any, search: SearchSpace, space: dict[str, Any]) -> None:
 
 
 def _write_outputs(result: CycleTuningResult, out: OutputConfig) -> None:
+    """Print the summary, then write it and the plots best-effort: a failed write (a full disk, a directory
+    made read-only meanwhile) warns once naming the path, and the result is still returned."""
     text = result.summary()
     rank_zero_info(text)
-    atomic_write_text(os.path.join(out.output_dir, "summary.txt"), text + "\n")
-    if not out.plot:
-        return
+    path = os.path.join(out.output_dir, "summary.txt")
     try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        rank_zero_warn("tune_cycle_length: plots skipped, matplotlib is not installed (`pip install"
-                       " lightning-clr[plot]`); the study and summary.txt are complete.")
-        return
-    result.plots = result.save_plots(out.output_dir)
+        atomic_write_text(path, text + "\n")
+        if not out.plot:
+            return
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            rank_zero_warn("tune_cycle_length: plots skipped, matplotlib is not installed (`pip install"
+                           " lightning-clr[plot]`); the study and summary.txt are complete.")
+            return
+        path = out.output_dir
+        result.plots = result.save_plots(out.output_dir)
+    except OSError as err:
+        rank_zero_warn(f"tune_cycle_length: could not write {path!r} ({err.strerror or err}); the result is"
+                       " returned and the study holds every trial.")
 
 
 def _warn_early_stopping(callbacks: list[Any], max_half: int) -> None:

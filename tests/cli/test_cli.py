@@ -543,3 +543,68 @@ def test_tune_help_lists_the_tuners_arguments_in_process(capsys: pytest.CaptureF
     help_text = capsys.readouterr().out
     for flag in ("--n_trials", "--search.min_half_cycle_epochs", "--study.storage", "--output.output_dir"):
         assert flag in help_text, flag
+
+
+# ---------------------------------------------------------------------------------------------- issue 21: one line
+def _alias_bomb(levels: int) -> str:
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, levels + 1)]
+    return "\n".join(lines) + f"\nclr:\n  max_lr: *a{levels}\n"
+
+
+ONE_LINE_CASES = {
+    # name: (argv after `lightning-clr`, the flag the line starts with, a text the line must contain)
+    "os_system": (["fit", *COUNTING, "--clr.scale_fn=os:system"], "--clr.scale_fn", "Python function"),
+    "print": (["fit", *COUNTING, "--clr.scale_fn=builtins:print"], "--clr.scale_fn", "Python function"),
+    "file_path": (["fit", *COUNTING, "--clr.scale_fn=../../etc/passwd"], "--clr.scale_fn", "'../../etc/passwd'"),
+    "clr_list": (["fit", *COUNTING, "--config=list.yaml"], "--clr", "expected a mapping"),
+    "bomb9": (["fit", *COUNTING, "--config=bomb9.yaml"], "YAML input refused", "aliases expand"),
+    "bomb6": (["fit", *COUNTING, "--config=bomb6.yaml"], "YAML input refused", "aliases expand"),
+    "huge_value": (["fit", *COUNTING, "--clr.mode=" + "x" * 100_000], "--clr.mode", "expected one of"),
+    "range_test_dir": (["range_test", *COUNTING, "--output_dir=/dev/null/x"], "--output_dir", "Not a directory"),
+    "tune_dir": (["tune", *COUNTING, "--output.output_dir=/dev/null/x", "--n_trials=1"], "--output.output_dir",
+                 "Not a directory"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("names", [list(ONE_LINE_CASES)[i : i + 3] for i in range(0, len(ONE_LINE_CASES), 3)],
+                         ids=lambda names: "+".join(names))
+def test_inputs_that_broke_the_one_line_promise(tmp_path: Path, names: list[str]) -> None:
+    """Issue 21: each used to end in a traceback (42-50 lines), a TypeError naming no flag, no answer in 90 s
+    (an alias bomb) or a multi-megabyte error line. Now: exit 2, one error line of at most ~600 characters
+    naming the flag, no training step; three run side by side."""
+    runs = {}
+    for name in names:
+        cwd = tmp_path / name
+        cwd.mkdir()
+        (cwd / "list.yaml").write_text("clr: [1, 2, 3]\n")
+        (cwd / "bomb9.yaml").write_text(_alias_bomb(9))
+        (cwd / "bomb6.yaml").write_text(_alias_bomb(6))
+        runs[name] = start_counted([*ONE_LINE_CASES[name][0], "--trainer.max_epochs=1"], cwd)
+    for name in names:
+        _, flag, text = ONE_LINE_CASES[name]
+        proc, steps = runs[name]
+        done = finish(proc)
+        errors = [ln for ln in done.stderr.splitlines() if ln.startswith("lightning-clr: error:")]
+        assert done.returncode == 2 and len(errors) == 1, (name, done.returncode, done.stderr[-2000:])
+        assert errors[0].startswith(f"lightning-clr: error: {flag}"), (name, errors[0][:300])
+        assert text in errors[0] and len(errors[0]) <= 650, (name, errors[0][:300])
+        assert "Traceback" not in done.stderr and len(done.stderr) < 2000, (name, done.stderr[-2000:])
+        assert not steps.exists(), f"{name}: a training step ran before the error"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_range_test_prints_the_bounds_even_when_its_files_cannot_be_written(tmp_path: Path) -> None:
+    """Issue 21: a write that fails after the sweep (here the JSON's name is taken by a directory) used to end
+    in a 44-line traceback without the bounds. Now the bounds are printed, one warning names the path, exit 0."""
+    (tmp_path / "rt" / "lr_range_test.json").mkdir(parents=True)
+    proc, steps = start_counted(["range_test", *COUNTING, "--clr.range_test.num_steps=20", "--output_dir=rt"],
+                                tmp_path)  # fmt: skip
+    done = finish(proc)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert any(ln.startswith("base_lr=") and "max_lr=" in ln for ln in done.stdout.splitlines()), done.stdout
+    assert "could not write the curve and plot under 'rt'" in done.stderr and "Traceback" not in done.stderr
+    assert steps.exists()  # the sweep ran

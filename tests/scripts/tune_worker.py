@@ -166,8 +166,11 @@ def main() -> None:
     p.add_argument("--monitor", default="val_loss")
     p.add_argument("--pruner", default="cycle_median")
     p.add_argument("--no-bounds", action="store_true", help="no base_lr/max_lr: the study's one range test")
+    p.add_argument("--start-at", type=float, default=None, help="wait until this time.time() before tuning")
     args = p.parse_args()
     os.makedirs(args.out, exist_ok=True)
+    if args.start_at is not None:  # workers started together open the storage at the same instant
+        time.sleep(max(0.0, args.start_at - time.time()))
     if args.mode == "naive":
         return naive(args)
     if args.no_bounds:

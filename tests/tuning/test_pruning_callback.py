@@ -122,15 +122,38 @@ def test_the_fit_stops_on_a_prune_but_only_check_pruned_raises() -> None:
         pruning.check_pruned()
 
 
-def test_monitor_missing_is_a_clear_error() -> None:
-    study = optuna.create_study()
-    trial = study.ask()
-    clr = suggest_cycle(trial, min_half_cycle_epochs=1, max_half_cycle_epochs=1, base_lr=0.01, max_lr=0.05)
-    trainer = pl.Trainer(accelerator="cpu", max_epochs=2, callbacks=[clr, CyclePruningCallback(trial, "nosuch")],
+def _fit_monitoring(monitor: str, model: pl.LightningModule) -> pl.Trainer:
+    """A fit whose first cycle end is at epoch 8 (half-cycle of 4 epochs), judged on ``monitor``."""
+    trial = optuna.create_study().ask()
+    clr = suggest_cycle(trial, min_half_cycle_epochs=4, max_half_cycle_epochs=4, base_lr=0.01, max_lr=0.05)
+    trainer = pl.Trainer(accelerator="cpu", max_epochs=8, callbacks=[clr, CyclePruningCallback(trial, monitor)],
                          logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False)
-    with pytest.raises(KeyError, match="'nosuch' was not logged by epoch 2"):
-        trainer.fit(Net(), datamodule=DM())
+    trainer.fit(model, datamodule=DM())
+    return trainer
+
+
+def test_monitor_missing_is_an_error_after_the_first_validation_not_at_the_first_cycle_end() -> None:
+    """A typo (`val_accuracy` for `val_loss`) used to surface at the first cycle end, here epoch 8."""
+    model = Net()
+    with pytest.raises(ArgumentError, match=r"`monitor` must be a metric that the model logs; after its first"
+                       r" validation it logs \['val_loss'\], got 'val_accuracy'"):
+        _fit_monitoring("val_accuracy", model)
+    assert model.trainer.global_step == 4 and model.validations == 1  # one epoch, one validation
+
+
+class EpochLogged(Net):
+    """Logs its training loss per epoch only: the metric exists at the training epoch's end, after validation."""
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        loss = super().training_step(batch, batch_idx)
+        self.log("train_loss", loss, on_step=False, on_epoch=True)
+        return loss
+
+
+def test_a_training_epoch_metric_is_not_refused_at_the_first_validation() -> None:
+    trainer = _fit_monitoring("train_loss", EpochLogged())
+    assert trainer.current_epoch == 8
 
 
 def test_bad_arguments() -> None:
