@@ -19,7 +19,7 @@ ROOT_HELPERS = {"_validation", "_compat", "_lightning", "_outputs", "_quiet"}
 LAYERS = ["helpers", "schedule", "range_test", "engine", "callback", "cycle_end", "tuning", "cli"]
 # Optional dependencies (the package's extras, and tqdm when it is there): imported where they are used, so that
 # the package imports without them.
-OPTIONAL = {"matplotlib", "optuna", "jsonargparse", "wandb", "mlflow", "tqdm"}
+OPTIONAL = {"matplotlib", "optuna", "jsonargparse", "yaml", "wandb", "mlflow", "tqdm"}  # yaml: jsonargparse's
 # Inside the range test: the runner calls the sweep, the sweep uses the rest.
 RANGE_TEST = {
     "__init__": {"_guards", "_plot", "_runner", "_types"},
@@ -187,6 +187,8 @@ TESTED_ELSEWHERE = {
     "lightning_clr.engine._skips": "tests/engine/test_tensor_lr.py",  # the skip flags, with the GPU-ready writer
     "lightning_clr.cli._app": "tests/cli/test_cli.py",  # the command, run end to end
     "lightning_clr.cli._trainer": "tests/cli/test_cli.py",  # its subcommands, run by the command
+    "lightning_clr.cli._checks": "tests/cli/test_cli.py",  # the flags' checks, through the command
+    "lightning_clr.cli._yaml": "tests/cli/test_cli.py",  # the YAML limits, through the command
     "lightning_clr.range_test._reading": "tests/range_test/test_rules.py",  # read through the rules
     "lightning_clr.range_test._smoothing": "tests/range_test/test_rules.py",
 }

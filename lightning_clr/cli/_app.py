@@ -17,6 +17,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning_utilities.core.imports import RequirementCache
 
 from lightning_clr._lightning import add_configure_optimizers, cli_get
+from lightning_clr._outputs import writable_dir
 from lightning_clr._quiet import quiet_banner
 from lightning_clr._validation import ArgumentError
 from lightning_clr.callback import CyclicLearningRate
@@ -176,8 +177,6 @@ class LightningCLRCLI(LightningCLI):
         """A directory the subcommand writes at its end, checked before anything runs (still best-effort then)."""
         path = self._subconfig().get("output_dir") if self.config.get("subcommand") == "range_test" else None
         if path is not None:  # (tune checks its --output.output_dir itself, once its arguments are checked)
-            from lightning_clr._outputs import writable_dir
-
             try:
                 writable_dir("output_dir", path)
             except ArgumentError as err:

@@ -14,7 +14,9 @@ from lightning_clr._validation import ArgumentError, short_repr
 from lightning_clr.callback import CyclicLearningRate
 from lightning_clr.cli._errors import fail, join_flag
 from lightning_clr.engine._divergence import DivergenceGuard
+from lightning_clr.engine._writer import check_scale_fn
 from lightning_clr.range_test import RangeTestConfig
+from lightning_clr.schedule import import_scale_fn
 
 __all__ = ["callback_args", "validate_clr_args"]
 
@@ -58,8 +60,6 @@ def validate_clr_args(prefix: str, init_args: dict[str, Any]) -> None:
         kwargs["guard"] = _check(f"{prefix}.guard", DivergenceGuard, **guard)
     path = kwargs.get("scale_fn")
     if isinstance(path, str):
-        from lightning_clr.schedule import import_scale_fn
-
         try:
             fn = import_scale_fn(path)
         except ArgumentError as err:
@@ -75,8 +75,6 @@ def validate_clr_args(prefix: str, init_args: dict[str, Any]) -> None:
 def _probe_scale_fn(prefix: str, fn: Any, scale_mode: str) -> None:
     """Evaluate an imported ``scale_fn`` on the first values it will receive, as the fit start would: a function
     that raises or returns no finite number >= 0 is one error line now, not a traceback at fit start."""
-    from lightning_clr.engine._writer import check_scale_fn
-
     try:
         check_scale_fn(fn, scale_mode if scale_mode in ("cycle", "iterations") else "cycle", 1, 4)
     except ValueError as err:

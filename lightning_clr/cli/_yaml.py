@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from lightning_clr.cli._errors import fail
+
 __all__ = ["PARSER_MODE", "guarded_yaml_load", "register"]
 
 PARSER_MODE = "lightning_clr_yaml"
@@ -70,8 +72,6 @@ def guarded_yaml_load(stream: str) -> Any:
         try:
             check_yaml(stream)
         except YamlLimitError as err:  # one line and exit 2: jsonargparse would retry it as a plain string
-            from lightning_clr.cli._errors import fail
-
             fail(f"YAML input refused: {err}")
     return get_loader("yaml")(stream)
 

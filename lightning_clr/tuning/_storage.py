@@ -27,6 +27,8 @@ from typing import Any, Iterator, Optional
 import optuna
 from optuna.trial import TrialState
 
+from lightning_clr._validation import ArgumentError, learning_rate, short_repr
+
 HEARTBEAT_KEY = "lightning_clr:heartbeat"
 # What the trial's own worker declared when it started the trial: a trial is judged stale against these, not
 # against the judging worker's own settings (workers of one study may beat at different intervals).
@@ -323,8 +325,6 @@ def _stored_lrs(study: Any, key: str, value: Any) -> tuple[float, ...]:
 
 
 def _stored_lr(study: Any, key: str, value: Any) -> float:
-    from lightning_clr._validation import ArgumentError, learning_rate
-
     if isinstance(value, str):  # a JSON string such as "0.01": not a number, whatever it spells
         raise _bad_attr(study, key, value, "a number (not a string)")
     try:
@@ -334,8 +334,6 @@ def _stored_lr(study: Any, key: str, value: Any) -> float:
 
 
 def _bad_attr(study: Any, key: str, value: Any, requirement: str) -> StorageError:
-    from lightning_clr._validation import short_repr
-
     return StorageError(
         f"study {study.study_name!r} in storage {storage_name(study._storage)!r}: its user attribute {key!r} must"
         f" be {requirement}, got {short_repr(value)}; fix it (study.set_user_attr) or use a new study_name"

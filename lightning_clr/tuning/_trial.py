@@ -32,6 +32,7 @@ from lightning_clr.tuning._storage import (
     make_storage,
     storage_errors,
     stored_bounds,
+    void_stale_error,
 )
 from lightning_clr.tuning._trial_plan import TrialPlan, as_bounds
 
@@ -286,15 +287,15 @@ def _storage_fault(err: BaseException) -> Optional[str]:
 
 
 def _tell(study: Any, trial: Any, trainer: pl.Trainer, run: TuneRun, plan: TrialPlan) -> int:
-    frozen = study._storage.get_trial(trial._trial_id)  # also what a spawned child wrote
+    frozen = void_stale_error(trial, study._storage.get_trial(trial._trial_id))  # also what a spawned child wrote
     epochs = max((int(k) for k in frozen.user_attrs.get("history", {})), default=trainer.current_epoch)
     if "pruned_at_epoch" in frozen.user_attrs:
         study.tell(trial, state=TrialState.PRUNED)
         return epochs
     values = frozen.intermediate_values
     value = values[max(values)] if values else None
-    if "error" in frozen.user_attrs or value is None or math.isnan(value):
-        if "error" not in frozen.user_attrs:
+    if frozen.user_attrs.get("error") or value is None or math.isnan(value):
+        if not frozen.user_attrs.get("error"):
             trial.set_user_attr("error", _failure(frozen, value, run.monitor))
         study.tell(trial, state=TrialState.FAIL)
     else:
