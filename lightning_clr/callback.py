@@ -18,6 +18,7 @@ from torch.optim import Optimizer
 from typing_extensions import override
 
 from lightning_clr._compat import callback_bases
+from lightning_clr.engine._ending import measured_cycles
 from lightning_clr.engine._optimizers import remove_schedulers, training_optimizers
 from lightning_clr.engine._plan import CyclePlan, one_or_list
 from lightning_clr.engine._resolve import (
@@ -29,7 +30,7 @@ from lightning_clr.engine._resolve import (
     resolve_cycle,
 )
 from lightning_clr.engine._resume import reconcile
-from lightning_clr.engine._settings import DEFAULT_FINAL_LR_RATIO, DEFAULT_HALF_CYCLE_EPOCHS, CycleSettings
+from lightning_clr.engine._settings import DEFAULT_HALF_CYCLE_EPOCHS, CycleSettings
 from lightning_clr.engine._writer import ScheduleWriter, check_scale_fn
 from lightning_clr.range_test import RangeTestConfig, RangeTestResult, refuse_sharded
 
@@ -67,12 +68,14 @@ class CyclicLearningRate(*callback_bases()):  # a Callback of lightning.pytorch 
         base_momentum: Momentum at the LR peak.
         max_momentum: Momentum at the LR base.
         final_lr_ratio: In (0, 1]. Below 1, an annealing tail: over the run's last ``step_size_down`` optimizer
-            steps the lower bound falls geometrically from ``base_lr`` to ``base_lr * final_lr_ratio``, so the run
-            ends below ``base_lr`` (Smith's 1cycle "annihilation" in the last falling half). The default, 0.1,
-            won on six of the eight panel tasks of docs/benchmarks.md, tied on one and was within 2% on the last.
-            1.0: the run ends at ``base_lr``, exactly torch's ``CyclicLR``. Needs a known run length (``max_epochs`` or
-            ``max_steps``); without one, the default tail is left out (an info line says so) and another value
-            is an error.
+            steps the LR falls to ``base_lr * final_lr_ratio``, so the run ends below ``base_lr`` (Smith's 1cycle
+            "annihilation" in the last falling half; when the cycles do not fill the run, the tail falls from
+            wherever the cycle is, see docs/schedule.md). 1.0: no tail, exactly torch's ``CyclicLR``. ``None``
+            (automatic): 0.1 when a bound is left to the callback (it won on six of the eight panel tasks of
+            docs/benchmarks.md, tied on one and was within 2% on the last), 1.0 when both bounds are given, so
+            that torch's ``CyclicLR`` arguments give torch's schedule. Needs a known run length (``max_epochs`` or
+            ``max_steps``); without one, the automatic tail is left out (an info line says so) and a value
+            below 1 is an error.
         range_test: Settings of the range test that runs when a bound is ``None``.
 
     Param groups keep their ratios: the range test sweeps one multiplier over the groups' configured LRs, so
@@ -80,7 +83,9 @@ class CyclicLearningRate(*callback_bases()):  # a Callback of lightning.pytorch 
 
     Resume (``trainer.fit(ckpt_path=...)``): the plan comes from the checkpoint and the range test does not run.
     A setting left at its default takes the checkpoint's value; one given explicitly that differs takes effect
-    from the resumed step on, with a warning naming the argument and both values.
+    from the resumed step on, with a warning naming the argument and both values. A checkpoint without the
+    callback's state (the callback joins a trained run): the cycle is planned over the remaining steps from the
+    resumed step, and trained weights are not swept unless ``RangeTestConfig(on_resume=True)``.
 
     Example:
         >>> import lightning.pytorch as pl
@@ -90,7 +95,9 @@ class CyclicLearningRate(*callback_bases()):  # a Callback of lightning.pytorch 
 
     Several optimizers are supported: each one follows the schedule with its own step count, and a list
     of bounds gives one value per param group across all optimizers, in order. The range test needs a
-    single optimizer; give both bounds explicitly otherwise.
+    single optimizer; give both bounds explicitly otherwise. In manual optimization, an optimizer that steps
+    less often than once per batch (a GAN's generator) gets a derived cycle in its own steps, measured in the
+    first whole epoch (docs/schedule.md).
 
     A scheduler returned by ``configure_optimizers`` is removed at fit start, with a warning, and what it
     changed in the param groups (OneCycleLR's momentum, ``initial_lr``, ...) is undone: the callback owns the LR.
@@ -111,7 +118,7 @@ class CyclicLearningRate(*callback_bases()):  # a Callback of lightning.pytorch 
         cycle_momentum: bool = False,
         base_momentum: float = 0.85,
         max_momentum: float = 0.95,
-        final_lr_ratio: float = DEFAULT_FINAL_LR_RATIO,
+        final_lr_ratio: Optional[float] = None,
         range_test: Optional[RangeTestConfig] = None,
     ) -> None:
         self._settings = CycleSettings(
@@ -139,6 +146,8 @@ class CyclicLearningRate(*callback_bases()):  # a Callback of lightning.pytorch 
         self._writer: Optional[ScheduleWriter] = None
         self._warned_scale_fn = False
         self._announce = False
+        self._measure: Optional[tuple[list[int], int]] = None  # steps at the epoch's start, its batches so far
+        self._measured = False
 
     # ------------------------------------------------------------------ read-only views
     @property
@@ -212,6 +221,7 @@ class CyclicLearningRate(*callback_bases()):  # a Callback of lightning.pytorch 
             return
         # A new fit resolves a new plan; load_state_dict (called after setup on resume) brings the old one.
         self._plan, self._restored, self._result, self._writer, self._steps = None, None, None, None, []
+        self._measure, self._measured = None, False
         if self._settings.needs_range_test and not trainer.fast_dev_run:
             self._refuse_sharded(trainer)
 
@@ -232,8 +242,8 @@ class CyclicLearningRate(*callback_bases()):  # a Callback of lightning.pytorch 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._restored is not None:
             plan, steps = self._resume(trainer, *self._restored)
-        else:
-            plan, steps = self._resolve(trainer, pl_module), [0] * len(self._optimizers)
+        else:  # at train start the loops are restored: a resumed run's global step is known
+            plan, steps = self._resolve(trainer, pl_module, trainer.global_step), [0] * len(self._optimizers)
         # Every rank follows rank 0's plan (its range test, its settings).
         local, plan = plan, trainer.strategy.broadcast(plan, src=0)
         if plan != local:
@@ -251,6 +261,38 @@ class CyclicLearningRate(*callback_bases()):  # a Callback of lightning.pytorch 
         if self._announce and self._plan is not None:  # only a fit that trains tells about its cycle
             self._announce = False
             rank_zero_info(describe(self._plan))
+        plan = self._plan
+        measures = not (self._measured or pl_module.automatic_optimization or plan is None
+                        or plan.optimizer_cycles is not None or plan.half_cycle_epochs is None)
+        self._measure = (self.steps, 0) if measures else None
+
+    @override
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        if self._measure is not None:
+            self._measure = (self._measure[0], self._measure[1] + 1)
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Manual optimization: each optimizer's steps in the first whole epoch give its own derived cycle."""
+        if self._measure is None or self._plan is None or self._writer is None:
+            return
+        (before, batches), self._measure = self._measure, None
+        if batches != trainer.num_training_batches:
+            return  # a partial epoch (resumed mid-epoch, stopped early): measure the next one
+        measured = [now - then for now, then in zip(self.steps, before)]
+        plan = measured_cycles(self._plan, self._settings, measured)
+        self._measured = True  # once per fit: the first whole epoch
+        if plan is None:
+            return
+        plan = trainer.strategy.broadcast(plan, src=0)
+        steps = self.steps
+        self._writer.stop()
+        self._plan, self._writer = plan, ScheduleWriter(plan, self._optimizers, steps, self._settings.scale_fn)
+        self._writer.start()
+        rank_zero_info(
+            f"CyclicLearningRate: the optimizers stepped {measured} times in the first whole epoch, so each one"
+            f" follows a cycle in its own steps from step {steps} on. {describe(plan)}"
+        )
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -291,14 +333,19 @@ class CyclicLearningRate(*callback_bases()):  # a Callback of lightning.pytorch 
                 f" leaves a bound to the range test. {err}"
             ) from None
 
-    def _resolve(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> CyclePlan:
-        cycle = resolve_cycle(self._settings, trainer)  # before the range test: a bad run length fails first
+    def _resolve(self, trainer: pl.Trainer, pl_module: pl.LightningModule, start: int) -> CyclePlan:
+        """A new plan over the run's steps from global step ``start`` (> 0: a resumed run without our state)."""
+        cycle = resolve_cycle(self._settings, trainer, start)  # before the range test: a bad run length fails first
+        if start > 0:
+            remaining = f"its remaining {cycle.total_steps}" if cycle.total_steps else "the"
+            rank_zero_info(f"CyclicLearningRate: the checkpoint has no CyclicLearningRate state; the cycle starts at"
+                           f" the resumed step {start} and is planned over {remaining} optimizer steps.")
         if self._settings.scale_fn is not None:
             check_scale_fn(self._settings.scale_fn, self._settings.scale_mode, cycle.step_size_up
                            + cycle.step_size_down, cycle.total_steps)
-        bounds = resolve_bounds(self._settings, trainer, pl_module, self._optimizers)
+        bounds = resolve_bounds(self._settings, trainer, pl_module, self._optimizers, start)
         self._result = bounds[2]
-        return build_plan(self._settings, cycle, bounds, self._optimizers)
+        return build_plan(self._settings, cycle, bounds, self._optimizers, start)
 
     def _resume(self, trainer: pl.Trainer, plan: CyclePlan, steps: list[int]) -> tuple[CyclePlan, list[int]]:
         plan, messages = reconcile(plan, self._settings)

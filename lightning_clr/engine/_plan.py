@@ -25,6 +25,7 @@ from lightning_clr.schedule import MODES, SCALE_MODES, CyclicSchedule, validate_
 __all__ = ["STATE_VERSION", "CyclePlan", "one_or_list"]
 
 STATE_VERSION = 2
+_ADDED_KEYS = ("start_step", "optimizer_cycles")  # optional plan keys: a version-2 state without them loads
 _KEYS_V1 = ("base_lr", "max_lr", "step_size_up", "step_size_down", "steps_per_epoch", "steps", "mode", "gamma",
             "scale_fn", "range_test")
 
@@ -46,6 +47,11 @@ class CyclePlan:
         total_steps: The run's planned optimizer steps when known.
         half_cycle_epochs: The half-cycle the step sizes were derived from (``None`` when they were given).
         range_test: The range test's result as a dict (``RangeTestResult.to_dict()``), when it ran.
+        start_step: The trainer's global step at this plan's step 0: 0, or the step of a resumed run that the
+            callback joined (a checkpoint without its state); ``total_steps`` counts from there.
+        optimizer_cycles: Per optimizer, ``(step_size_up, step_size_down, steps_per_epoch, total_steps)`` in its own
+            steps, for optimizers that step at different rates (measured in the first epoch); ``None``: every
+            optimizer follows the fields above.
 
     Example:
         >>> plan = CyclePlan(base_lr=(1e-4, 1e-3), max_lr=(4e-4, 4e-3), group_counts=(2,), step_size_up=50,
@@ -72,6 +78,8 @@ class CyclePlan:
     total_steps: Optional[int] = None
     half_cycle_epochs: Optional[float] = None
     range_test: Optional[dict[str, Any]] = None
+    start_step: int = 0
+    optimizer_cycles: Optional[tuple[tuple[int, int, Optional[int], Optional[int]], ...]] = None
 
     def __post_init__(self) -> None:
         put = object.__setattr__
@@ -109,13 +117,25 @@ class CyclePlan:
             put(self, "half_cycle_epochs", positive_float("half_cycle_epochs", self.half_cycle_epochs))
         if self.range_test is not None and not isinstance(self.range_test, dict):
             raise ArgumentError("range_test", self.range_test, "None or a dict")
+        put(self, "start_step", int_in("start_step", self.start_step, 0))
+        if self.optimizer_cycles is not None:
+            put(self, "optimizer_cycles", _optimizer_cycles(self.optimizer_cycles, len(self.group_counts),
+                                                            self.final_lr_ratio))
 
     # ------------------------------------------------------------------ views
-    def schedule(self, scale_fn: Any = None) -> CyclicSchedule:
-        """The pure schedule of this plan; ``scale_fn`` is the user's function (a plan holds no code)."""
-        return CyclicSchedule(self.step_size_up, self.step_size_down, self.mode, self.gamma,
-                              scale_fn if self.custom_scale_fn else None, self.scale_mode, self.total_steps,
-                              self.final_lr_ratio)
+    def schedule(self, scale_fn: Any = None, optimizer: int = 0) -> CyclicSchedule:
+        """The pure schedule of optimizer ``optimizer``; ``scale_fn`` is the user's function (a plan holds no
+        code)."""
+        up, down, _, total = self.cycle_of(optimizer)
+        return CyclicSchedule(up, down, self.mode, self.gamma, scale_fn if self.custom_scale_fn else None,
+                              self.scale_mode, total, self.final_lr_ratio)
+
+    def cycle_of(self, optimizer: int) -> tuple[int, int, Optional[int], Optional[int]]:
+        """``(step_size_up, step_size_down, steps_per_epoch, total_steps)`` of optimizer ``optimizer``, in its
+        own steps."""
+        if self.optimizer_cycles is not None:
+            return self.optimizer_cycles[optimizer]
+        return self.step_size_up, self.step_size_down, self.steps_per_epoch, self.total_steps
 
     @property
     def cycle_length(self) -> int:
@@ -130,6 +150,8 @@ class CyclePlan:
         plan = dataclasses.asdict(self)
         for name in ("base_lr", "max_lr", "group_counts"):
             plan[name] = list(plan[name])
+        if self.optimizer_cycles is not None:
+            plan["optimizer_cycles"] = [list(row) for row in self.optimizer_cycles]
         return {"version": STATE_VERSION, "plan": plan, "steps": [int(s) for s in steps]}
 
     @classmethod
@@ -150,7 +172,7 @@ class CyclePlan:
         if not isinstance(plan_state, dict):
             raise _bad_state("plan", plan_state, "a dict")
         fields = {f.name for f in dataclasses.fields(cls)}
-        missing = sorted(fields - set(plan_state))
+        missing = sorted(fields - set(plan_state) - set(_ADDED_KEYS))  # states saved before a key was added
         if missing:
             raise _bad_state(f"plan.{missing[0]}", "<missing>", "present")
         unknown = sorted(set(plan_state) - fields)
@@ -167,6 +189,23 @@ def _sequence(name: str, value: Any) -> tuple[Any, ...]:
     if not isinstance(value, (list, tuple)) or not value:
         raise ArgumentError(name, value, "a non-empty list")
     return tuple(value)
+
+
+def _optimizer_cycles(value: Any, n_optimizers: int, final_lr_ratio: float) -> tuple[Any, ...]:
+    rows = _sequence("optimizer_cycles", value)
+    if len(rows) != n_optimizers:
+        raise ArgumentError("optimizer_cycles", value, f"one row per optimizer ({n_optimizers})")
+    cycles = []
+    for i, row in enumerate(rows):
+        name = f"optimizer_cycles[{i}]"
+        if not isinstance(row, (list, tuple)) or len(row) != 4:
+            raise ArgumentError(name, row, "[step_size_up, step_size_down, steps_per_epoch, total_steps]")
+        up, down = (int_in(name, v, 1, MAX_STEPS) for v in row[:2])
+        per_epoch, total = (None if v is None else int_in(name, v, 1) for v in row[2:])
+        if final_lr_ratio != 1.0 and total is None:
+            raise ArgumentError(name, row, "a known total_steps with an annealing tail")
+        cycles.append((up, down, per_epoch, total))
+    return tuple(cycles)
 
 
 def _steps(value: Any, n_optimizers: int) -> list[int]:

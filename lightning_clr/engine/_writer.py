@@ -56,7 +56,7 @@ class ScheduleWriter:
         self.plan = plan
         self.optimizers = optimizers
         self.steps = list(steps)
-        self._schedule = plan.schedule(scale_fn)
+        self._schedules = [plan.schedule(scale_fn, i) for i in range(len(optimizers))]  # each in its own steps
         self._check_amplitude = plan.custom_scale_fn
         self._anneals = plan.final_lr_ratio != 1.0
         self._momenta = (plan.max_momentum, plan.base_momentum)
@@ -110,8 +110,9 @@ class ScheduleWriter:
     def apply(self, i: int) -> None:
         """Set LR (and momentum) of optimizer ``i``'s param groups for its current step count."""
         step = self.steps[i]
-        point = self._schedule.point(step)
-        floor = self._schedule.floor(step) if self._anneals else 1.0
+        schedule = self._schedules[i]
+        point = schedule.point(step)
+        floor = schedule.floor(step) if self._anneals else 1.0
         if self._check_amplitude and not (0.0 <= point[1] < math.inf):
             raise ValueError(
                 f"CyclicLearningRate: the custom `scale_fn` returned {point[1]!r} at step {step}; it must return a"
