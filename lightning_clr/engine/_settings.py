@@ -121,7 +121,7 @@ class CycleSettings:
 
     @property
     def automatic_final_lr_ratio(self) -> float:
-        """The annealing tail's ratio: the one given, else (``None``, automatic) the default tail
+        """The annealing tail's ratio. The one given, else (``None``, automatic) the default tail
         (``DEFAULT_FINAL_LR_RATIO``) when a bound is left to the callback, and none (1.0) when both bounds were
         given, so that torch's ``CyclicLR`` arguments give torch's schedule.
 

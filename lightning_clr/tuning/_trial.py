@@ -21,6 +21,7 @@ from optuna.trial import TrialState
 
 from lightning_clr._compat import callback_bases
 from lightning_clr.callback import CyclicLearningRate
+from lightning_clr.engine._settings import DEFAULT_FINAL_LR_RATIO
 from lightning_clr.range_test._rules import DEFAULT_BASE_DIVISOR
 from lightning_clr.tuning._config import TuneRun
 from lightning_clr.tuning._env import distributed
@@ -55,6 +56,7 @@ class TrialCallback(CyclePruningCallback):
         _configure(
             clr, base_lr=p["base_lr"], max_lr=p["max_lr"], half_cycle_epochs=p["half_cycle_epochs"],
             fit_whole_cycles=False, mode=p["mode"], gamma=p["gamma"], range_test=clr.range_test,
+            final_lr_ratio=DEFAULT_FINAL_LR_RATIO,  # the study's bounds are automatic: the automatic tail, as always
         )
         trainer.fit_loop.max_epochs = p["epochs"]
         self.history = {}
