@@ -58,6 +58,8 @@ def reconcile(plan: CyclePlan, settings: CycleSettings) -> tuple[CyclePlan, list
             "consistent with the checkpoint's other bound on resume",
             f"base_lr={_show(base)}, max_lr={_show(high)} has max < base in param group {bad[0]}",
         )
+    if plan.optimizer_cycles is not None and {"step_size_up", "step_size_down"} & set(updates):
+        updates["optimizer_cycles"] = None  # a new cycle: each optimizer's own is measured again (first whole epoch)
     new_plan = plan.replace(**updates) if updates else plan
     return new_plan, messages
 

@@ -123,3 +123,11 @@ def test_per_optimizer_cycles_are_checkpoint_state_and_older_states_still_load()
     state["plan"]["optimizer_cycles"] = [[20, 20, 10, 40], [10, 0, 5, 20]]
     with pytest.raises(ValueError, match=r"`plan.optimizer_cycles\[1\]` must be"):
         CyclePlan.from_state(state)
+
+
+def test_a_new_cycle_on_resume_drops_the_measured_per_optimizer_cycles():
+    measured = measured_cycles(derived(), CycleSettings(), [10, 5])
+    again, _ = reconcile(measured, CycleSettings(base_lr=[0.01, 0.002], max_lr=[0.1, 0.02], half_cycle_epochs=1))
+    assert again.step_size_up == 10 and again.optimizer_cycles is None  # measured again in the next whole epoch
+    same, _ = reconcile(measured, CycleSettings())
+    assert same.optimizer_cycles == measured.optimizer_cycles
