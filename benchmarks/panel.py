@@ -134,7 +134,7 @@ def clr_callback(recipe: str) -> Any:
         raise SystemExit(f"--recipes {recipe!r}: unknown keys {sorted(unknown)}")
     kwargs: dict[str, Any] = {}
     if "max" in v:  # fixed bounds instead of the range test: max_lr and base_lr = max_lr / 4 (benchmarks/bounds.py)
-        kwargs.update(max_lr=float(v["max"]), base_lr=float(v["max"]) / 4)
+        kwargs.update(max_lr=float(v["max"]), base_lr=float(v["max"]) / 4, final_lr_ratio=0.1)  # clr_auto's tail
     rt = {k: conv(v[key]) for key, k, conv in (("div", "base_divisor", float), ("rule", "rule", str)) if key in v}
     if rt:
         kwargs["range_test"] = RangeTestConfig(**rt)

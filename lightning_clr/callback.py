@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import sys
 import warnings
 from typing import Any, Callable, Literal, Optional, Union
 
@@ -21,6 +20,7 @@ from typing_extensions import override
 from lightning_clr._compat import callback_bases
 from lightning_clr._validation import ArgumentError
 from lightning_clr.engine._divergence import DivergenceGuard
+from lightning_clr.engine._ending import measured_cycles, warn_epoch_early_stopping
 from lightning_clr.engine._guard import Guard, check_state
 from lightning_clr.engine._optimizers import remove_schedulers, training_optimizers
 from lightning_clr.engine._plan import CyclePlan, one_or_list
@@ -28,14 +28,13 @@ from lightning_clr.engine._resolve import (
     build_plan,
     describe,
     expand_bounds,
-    follow_run_length,
     resolve_bounds,
     resolve_cycle,
 )
-from lightning_clr.engine._resume import check_restored_shape, reconcile
-from lightning_clr.engine._settings import DEFAULT_FINAL_LR_RATIO, DEFAULT_HALF_CYCLE_EPOCHS, CycleSettings
+from lightning_clr.engine._resume import check_restored_shape, refuse_sharded_fit, resume_plan
+from lightning_clr.engine._settings import DEFAULT_HALF_CYCLE_EPOCHS, CycleSettings
 from lightning_clr.engine._writer import ScheduleWriter, check_scale_fn
-from lightning_clr.range_test import RangeTestConfig, RangeTestResult, refuse_sharded
+from lightning_clr.range_test import RangeTestConfig, RangeTestResult
 
 __all__ = ["CyclicLearningRate"]
 
@@ -71,12 +70,13 @@ class CyclicLearningRate(*callback_bases()):  # a Callback of lightning.pytorch 
         base_momentum: Momentum at the LR peak.
         max_momentum: Momentum at the LR base.
         final_lr_ratio: In (0, 1]. Below 1, an annealing tail: over the run's last ``step_size_down`` optimizer
-            steps the lower bound falls geometrically from ``base_lr`` to ``base_lr * final_lr_ratio``, so the run
-            ends below ``base_lr`` (Smith's 1cycle "annihilation" in the last falling half). The default, 0.1, is
-            measured in docs/benchmarks.md (section 4).
-            1.0: the run ends at ``base_lr``, exactly torch's ``CyclicLR``. Needs a known run length (``max_epochs`` or
-            ``max_steps``); without one, the default tail is left out (an info line says so) and another value
-            is an error.
+            steps the LR falls to ``base_lr * final_lr_ratio``, so the run ends below ``base_lr`` (Smith's 1cycle
+            "annihilation" in the last falling half; when the cycles do not fill the run, the tail falls from
+            wherever the cycle is, see docs/schedule.md). 1.0: no tail, exactly torch's ``CyclicLR``. ``None``
+            (automatic): 0.1 when a bound is left to the callback (docs/benchmarks.md section 4 measures why),
+            1.0 when both bounds are given, so that torch's ``CyclicLR`` arguments give torch's schedule. Needs a
+            known run length (``max_epochs`` or ``max_steps``); without one, the automatic tail is left out (an
+            info line says so) and a value below 1 is an error.
         range_test: Settings of the range test that runs when a bound is ``None``.
         guard: Settings of the divergence guard (docs/guard.md). By default it watches a fit whose bounds came
             from the range test: a non-finite or runaway training loss rolls the model and optimizer back to the
@@ -88,7 +88,9 @@ class CyclicLearningRate(*callback_bases()):  # a Callback of lightning.pytorch 
 
     Resume (``trainer.fit(ckpt_path=...)``): the plan comes from the checkpoint and the range test does not run.
     A setting left at its default takes the checkpoint's value; one given explicitly that differs takes effect
-    from the resumed step on, with a warning naming the argument and both values.
+    from the resumed step on, with a warning naming the argument and both values. A checkpoint without the
+    callback's state (the callback joins a trained run): the cycle is planned over the remaining steps from the
+    resumed step, and trained weights are not swept unless ``RangeTestConfig(on_resume=True)``.
 
     Example:
         >>> import lightning.pytorch as pl
@@ -98,7 +100,9 @@ class CyclicLearningRate(*callback_bases()):  # a Callback of lightning.pytorch 
 
     Several optimizers are supported: each one follows the schedule with its own step count, and a list
     of bounds gives one value per param group across all optimizers, in order. The range test needs a
-    single optimizer; give both bounds explicitly otherwise.
+    single optimizer; give both bounds explicitly otherwise. In manual optimization, an optimizer that steps
+    less often than once per batch (a GAN's generator) gets a derived cycle in its own steps, measured in the
+    first whole epoch (docs/schedule.md).
 
     A scheduler returned by ``configure_optimizers`` is removed at fit start, with a warning, and what it
     changed in the param groups (OneCycleLR's momentum, ``initial_lr``, ...) is undone: the callback owns the LR.
@@ -119,7 +123,7 @@ class CyclicLearningRate(*callback_bases()):  # a Callback of lightning.pytorch 
         cycle_momentum: bool = False,
         base_momentum: float = 0.85,
         max_momentum: float = 0.95,
-        final_lr_ratio: float = DEFAULT_FINAL_LR_RATIO,
+        final_lr_ratio: Optional[float] = None,
         range_test: Optional[RangeTestConfig] = None,
         guard: Optional[DivergenceGuard] = None,
     ) -> None:
@@ -151,6 +155,8 @@ class CyclicLearningRate(*callback_bases()):  # a Callback of lightning.pytorch 
         self._guard_state: Optional[dict[str, Any]] = None  # from load_state_dict, until train start
         self._warned_scale_fn = False
         self._announce = False
+        self._measure: Optional[tuple[list[int], int]] = None  # steps at the epoch's start, its batches so far
+        self._measured = False
 
     def apply(self, settings: CycleSettings) -> None:
         """Replace the settings before a fit resolves its cycle: between fits, or from another callback's
@@ -246,10 +252,11 @@ class CyclicLearningRate(*callback_bases()):  # a Callback of lightning.pytorch 
             return
         # A new fit resolves a new plan; load_state_dict (called after setup on resume) brings the old one.
         self._plan, self._restored, self._result, self._writer, self._steps = None, None, None, None, []
-        _warn_epoch_early_stopping(trainer)
+        warn_epoch_early_stopping(trainer)
         self._guard, self._guard_state = None, None
+        self._measure, self._measured = None, False
         if self._settings.needs_range_test and not trainer.fast_dev_run:
-            self._refuse_sharded(trainer)
+            refuse_sharded_fit(self._settings, trainer.strategy)
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -268,8 +275,8 @@ class CyclicLearningRate(*callback_bases()):  # a Callback of lightning.pytorch 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._restored is not None:
             plan, steps = self._resume(trainer, *self._restored)
-        else:
-            plan, steps = self._resolve(trainer, pl_module), [0] * len(self._optimizers)
+        else:  # at train start the loops are restored: a resumed run's global step is known
+            plan, steps = self._resolve(trainer, pl_module, trainer.global_step), [0] * len(self._optimizers)
         # Every rank follows rank 0's plan (its range test, its settings).
         local, plan = plan, trainer.strategy.broadcast(plan, src=0)
         if plan != local:
@@ -293,17 +300,47 @@ class CyclicLearningRate(*callback_bases()):  # a Callback of lightning.pytorch 
             rank_zero_info(describe(self._plan))
             if self._guard is not None:
                 rank_zero_info(f"CyclicLearningRate: divergence guard on ({self._settings.guard}).")
+        plan = self._plan
+        measures = not (self._measured or pl_module.automatic_optimization or plan is None
+                        or plan.optimizer_cycles is not None or plan.half_cycle_epochs is None)
+        self._measure = (self.steps, 0) if measures else None
 
     @override
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
+        if self._measure is not None:
+            self._measure = (self._measure[0], self._measure[1] + 1)
         if self._guard is not None and self._writer is not None:  # the one check on a fit without the guard
-            plan = self._guard.after_batch(trainer, outputs, self._writer.steps[0])
+            plan = self._guard.after_batch(trainer, outputs, self._writer.counted[0])
             if plan is not None:  # rolled back: the lowered bounds from this step on
-                self._writer.stop()
-                self._plan, self._writer = plan, ScheduleWriter(plan, self._optimizers, self._writer.steps,
-                                                                self._settings.scale_fn)
-                self._writer.start()
+                self._follow(plan)
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Manual optimization: each optimizer's steps in the first whole epoch give its own derived cycle."""
+        if self._measure is None or self._plan is None or self._writer is None:
+            return
+        (before, batches), self._measure = self._measure, None
+        if batches != trainer.num_training_batches:
+            return  # a partial epoch (resumed mid-epoch, stopped early): measure the next one
+        measured = [now - then for now, then in zip(self.steps, before)]
+        plan = measured_cycles(self._plan, self._settings, measured)
+        self._measured = True  # once per fit: the first whole epoch
+        if plan is None:
+            return
+        self._follow(trainer.strategy.broadcast(plan, src=0))
+        rank_zero_info(
+            f"CyclicLearningRate: the optimizers stepped {measured} times in the first whole epoch, so each one"
+            f" follows a cycle in its own steps from step {self.steps} on. {describe(self._plan)}"
+        )
+
+    def _follow(self, plan: CyclePlan) -> None:
+        """From the current step counts on, write ``plan`` (a guard's back-off, or measured per-optimizer cycles)."""
+        assert self._writer is not None
+        steps = self._writer.steps
+        self._writer.stop()
+        self._plan, self._writer = plan, ScheduleWriter(plan, self._optimizers, steps, self._settings.scale_fn)
+        self._writer.start()
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -341,57 +378,16 @@ class CyclicLearningRate(*callback_bases()):  # a Callback of lightning.pytorch 
             self._guard_state = check_state(state_dict.get("guard"))  # the guard's levels: plain numbers
 
     # ------------------------------------------------------------------ internals
-    def _refuse_sharded(self, trainer: pl.Trainer) -> None:
-        """Before the model is sharded: the range test snapshots the full parameters on every rank."""
-        try:
-            refuse_sharded(trainer.strategy)
-        except ValueError as err:
-            s = self._settings
-            raise ValueError(
-                f"CyclicLearningRate(base_lr={one_or_list(s.base_lr)!r}, max_lr={one_or_list(s.max_lr)!r})"
-                f" leaves a bound to the range test. {err}"
-            ) from None
-
-    def _resolve(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> CyclePlan:
-        cycle = resolve_cycle(self._settings, trainer)  # before the range test: a bad run length fails first
+    def _resolve(self, trainer: pl.Trainer, pl_module: pl.LightningModule, start: int) -> CyclePlan:
+        """A new plan over the run's steps from global step ``start`` (> 0: a resumed run without our state)."""
+        cycle = resolve_cycle(self._settings, trainer, start)  # before the range test: a bad run length fails first
         if self._settings.scale_fn is not None:
             check_scale_fn(self._settings.scale_fn, self._settings.scale_mode, cycle.step_size_up
                            + cycle.step_size_down, cycle.total_steps)
-        bounds = resolve_bounds(self._settings, trainer, pl_module, self._optimizers)
+        bounds = resolve_bounds(self._settings, trainer, pl_module, self._optimizers, start)
         self._result = bounds[2]
-        return build_plan(self._settings, cycle, bounds, self._optimizers)
+        return build_plan(self._settings, cycle, bounds, self._optimizers, start)
 
     def _resume(self, trainer: pl.Trainer, plan: CyclePlan, steps: list[int]) -> tuple[CyclePlan, list[int]]:
-        plan, messages = reconcile(plan, self._settings)
-        plan, moved = follow_run_length(plan, trainer)
-        messages += [moved] if moved else []
-        if self._settings.scale_fn is not None:
-            check_scale_fn(self._settings.scale_fn, plan.scale_mode, plan.cycle_length, plan.total_steps)
-        for message in messages:
-            rank_zero_warn(f"CyclicLearningRate on resume: {message}.")
-        rank_zero_info(
-            f"CyclicLearningRate: resumed at step {steps} with the checkpoint's plan; the range test does not run"
-            " again."
-        )
         self._restored = None
-        return plan, list(steps)
-
-
-def _warn_epoch_early_stopping(trainer: pl.Trainer) -> None:
-    """One warning per fit for an ``EarlyStopping`` (of either Lightning package) that judges every validation:
-    mid-cycle, the loss rises with the LR. One whose class sets ``cycle_end_aware = True``
-    (:class:`~lightning_clr.CycleEndEarlyStopping`) judges at cycle ends only."""
-    classes = [pl.callbacks.EarlyStopping]
-    standalone = sys.modules.get("pytorch_lightning.callbacks")
-    if standalone is not None:
-        classes.append(standalone.EarlyStopping)
-    plain = [cb for cb in trainer.callbacks
-             if isinstance(cb, tuple(classes)) and not getattr(cb, "cycle_end_aware", False)]
-    if plain:
-        rank_zero_warn(
-            f"CyclicLearningRate: {type(plain[0]).__name__}(monitor={plain[0].monitor!r}, patience="
-            f"{plain[0].patience}) judges every validation, but in the middle of a cycle the loss rises with the"
-            " LR, so it stops cyclical runs in a rising half, far from the cycle end where the model is best. Use"
-            " lightning_clr.CycleEndEarlyStopping (patience in cycles), which judges only at cycle ends."
-        )
-
+        return resume_plan(plan, steps, self._settings, trainer), list(steps)

@@ -107,9 +107,12 @@ class CyclicSchedule:
     between any two bounds, so one point serves every param group (and momentum) of a step. This is the only
     place where the CLR formula lives: :func:`cyclic_lr`, :func:`cyclic_momentum` and the callback use it.
 
-    With ``final_lr_ratio`` < 1 and ``total_steps``, the lower bound itself anneals over the run's last
-    ``step_size_down`` steps, geometrically from ``base_lr`` to ``base_lr * final_lr_ratio`` at ``total_steps``
-    (an annihilation tail in the last falling half, as in Smith's 1cycle); :meth:`floor` is that factor.
+    With ``final_lr_ratio`` < 1 and ``total_steps``, the run's last ``step_size_down`` steps are an annealing tail
+    (an annihilation tail in the last falling half, as in Smith's 1cycle): the lower bound falls geometrically
+    from ``base_lr`` to ``base_lr * final_lr_ratio`` at ``total_steps`` (:meth:`floor` is that factor), and the
+    position in the cycle falls linearly from where the cycle is at the tail's first step down to 0. When the run
+    ends at a cycle end, the tail is exactly the last falling half; when it would end mid-cycle, the tail still
+    ends the run at ``base_lr * final_lr_ratio``, falling from the cycle's LR at the tail's first step.
 
     Example:
         >>> s = CyclicSchedule(step_size_up=2, step_size_down=2, mode="triangular2")
@@ -129,26 +132,33 @@ class CyclicSchedule:
     total_steps: Optional[int] = None
     final_lr_ratio: float = 1.0
     # Derived once from the fields above (the callback asks for a point per optimizer step): the cycle's
-    # (total_size, step_ratio), and the annealing tail's (length, first step), None without a tail.
+    # (total_size, step_ratio), and the annealing tail's (length, first step, scale factor at its first step),
+    # None without a tail.
     _shape: tuple[float, float] = field(init=False, repr=False, compare=False)
-    _tail: Optional[tuple[float, float]] = field(init=False, repr=False, compare=False)
+    _tail: Optional[tuple[float, float, float]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_shape", _cycle_shape(self.step_size_up, self.step_size_down))
-        tail = float(self.step_size_down if self.step_size_down is not None else self.step_size_up)
-        anneals = self.final_lr_ratio != 1.0 and self.total_steps is not None
-        object.__setattr__(self, "_tail", (tail, self.total_steps - tail) if anneals else None)
+        tail: Optional[tuple[float, float, float]] = None
+        if self.final_lr_ratio != 1.0 and self.total_steps is not None:
+            down = float(self.step_size_down if self.step_size_down is not None else self.step_size_up)
+            start = max(0.0, self.total_steps - down)  # a run shorter than one falling half anneals throughout
+            tail = (self.total_steps - start, start, _position(start, *self._shape)[1])  # type: ignore[arg-type]
+        object.__setattr__(self, "_tail", tail)
 
     def point(self, step: int) -> tuple[float, float]:
         """``(scale_factor, amplitude)`` after ``step`` optimizer steps."""
         cycle, scale_factor = _position(step, *self._shape)
+        if self._tail is not None and step > self._tail[1]:  # the tail: linearly down to the bottom at the end
+            tail, start, first = self._tail
+            scale_factor = first * max(0.0, 1.0 - (step - start) / tail)
         return scale_factor, _amplitude(step, cycle, self.mode, self.gamma, self.scale_fn, self.scale_mode)
 
     def floor(self, step: int) -> float:
         """The factor on the lower bound at ``step``: 1 except in the annealing tail."""
         if self._tail is None:
             return 1.0
-        tail, start = self._tail
+        tail, start, _ = self._tail
         if step <= start:
             return 1.0
         return self.final_lr_ratio ** min(1.0, (step - start) / tail)
@@ -302,7 +312,7 @@ def validate_schedule_args(
     max_momentum: Optional[float] = None,
     scale_fn: object = None,
     half_cycle_epochs: Optional[float] = None,
-    final_lr_ratio: float = 1.0,
+    final_lr_ratio: Optional[float] = 1.0,
 ) -> None:
     """Raise :class:`~lightning_clr._validation.ArgumentError` (a ``ValueError`` and a ``TypeError``) naming the
     first bad argument and its value. ``None`` means "not given yet" (resolved later) and passes.
@@ -326,7 +336,8 @@ def validate_schedule_args(
     elif number("gamma", gamma) != 1.0:
         reason = "a custom `scale_fn` sets the amplitude" if scale_fn is not None else f"mode={mode!r} ignores it"
         raise ArgumentError("gamma", gamma, "1.0 unless mode='exp_range'", reason)
-    float_in("final_lr_ratio", final_lr_ratio, 0.0, 1.0, low_open=True)
+    if final_lr_ratio is not None:  # None: automatic (CycleSettings)
+        float_in("final_lr_ratio", final_lr_ratio, 0.0, 1.0, low_open=True)
     for name, value in (("base_momentum", base_momentum), ("max_momentum", max_momentum)):
         if value is not None:
             float_in(name, value, 0.0, 1.0, high_open=True)

@@ -25,7 +25,8 @@ from lightning_clr.schedule import MODES, SCALE_MODES, CyclicSchedule, validate_
 __all__ = ["STATE_VERSION", "CyclePlan", "one_or_list"]
 
 STATE_VERSION = 3  # 3: the divergence guard's `lr_scale` and `interventions` (optional: 1 and 2 load without them)
-_OPTIONAL = frozenset({"lr_scale", "interventions"})
+# Optional plan keys: a state saved before a key was added loads without it.
+_OPTIONAL = frozenset({"lr_scale", "interventions", "start_step", "optimizer_cycles"})
 _INTERVENTION_KEYS = {"step": int, "reason": str, "lr_scale": float}
 _KEYS_V1 = ("base_lr", "max_lr", "step_size_up", "step_size_down", "steps_per_epoch", "steps", "mode", "gamma",
             "scale_fn", "range_test")
@@ -52,6 +53,11 @@ class CyclePlan:
             LR follows ``effective_base_lr`` and ``effective_max_lr``.
         interventions: One dict per back-off of the guard: ``step`` (optimizer step), ``reason``, ``lr_scale``
             (after it).
+        start_step: The trainer's global step at this plan's step 0: 0, or the step of a resumed run that the
+            callback joined (a checkpoint without its state); ``total_steps`` counts from there.
+        optimizer_cycles: Per optimizer, ``(step_size_up, step_size_down, steps_per_epoch, total_steps)`` in its own
+            steps, for optimizers that step at different rates (measured in the first epoch); ``None``: every
+            optimizer follows the fields above.
 
     Example:
         >>> plan = CyclePlan(base_lr=(1e-4, 1e-3), max_lr=(4e-4, 4e-3), group_counts=(2,), step_size_up=50,
@@ -80,6 +86,8 @@ class CyclePlan:
     range_test: Optional[dict[str, Any]] = None
     lr_scale: float = 1.0
     interventions: tuple[dict[str, Any], ...] = ()
+    start_step: int = 0
+    optimizer_cycles: Optional[tuple[tuple[int, int, Optional[int], Optional[int]], ...]] = None
 
     def __post_init__(self) -> None:
         put = object.__setattr__
@@ -120,13 +128,25 @@ class CyclePlan:
         put(self, "lr_scale", float_in("lr_scale", self.lr_scale, 0.0, 1.0, low_open=True))
         put(self, "interventions", tuple(_intervention(i, r) for i, r in enumerate(
             _sequence("interventions", self.interventions, empty=True))))
+        put(self, "start_step", int_in("start_step", self.start_step, 0))
+        if self.optimizer_cycles is not None:
+            put(self, "optimizer_cycles", _optimizer_cycles(self.optimizer_cycles, len(self.group_counts),
+                                                            self.final_lr_ratio))
 
     # ------------------------------------------------------------------ views
-    def schedule(self, scale_fn: Any = None) -> CyclicSchedule:
-        """The pure schedule of this plan; ``scale_fn`` is the user's function (a plan holds no code)."""
-        return CyclicSchedule(self.step_size_up, self.step_size_down, self.mode, self.gamma,
-                              scale_fn if self.custom_scale_fn else None, self.scale_mode, self.total_steps,
-                              self.final_lr_ratio)
+    def schedule(self, scale_fn: Any = None, optimizer: int = 0) -> CyclicSchedule:
+        """The pure schedule of optimizer ``optimizer``; ``scale_fn`` is the user's function (a plan holds no
+        code)."""
+        up, down, _, total = self.cycle_of(optimizer)
+        return CyclicSchedule(up, down, self.mode, self.gamma, scale_fn if self.custom_scale_fn else None,
+                              self.scale_mode, total, self.final_lr_ratio)
+
+    def cycle_of(self, optimizer: int) -> tuple[int, int, Optional[int], Optional[int]]:
+        """``(step_size_up, step_size_down, steps_per_epoch, total_steps)`` of optimizer ``optimizer``, in its
+        own steps."""
+        if self.optimizer_cycles is not None:
+            return self.optimizer_cycles[optimizer]
+        return self.step_size_up, self.step_size_down, self.steps_per_epoch, self.total_steps
 
     @property
     def effective_base_lr(self) -> tuple[float, ...]:
@@ -151,6 +171,8 @@ class CyclePlan:
         plan = dataclasses.asdict(self)
         for name in ("base_lr", "max_lr", "group_counts", "interventions"):
             plan[name] = list(plan[name])
+        if self.optimizer_cycles is not None:
+            plan["optimizer_cycles"] = [list(row) for row in self.optimizer_cycles]
         return {"version": STATE_VERSION, "plan": plan, "steps": [int(s) for s in steps]}
 
     @classmethod
@@ -199,6 +221,23 @@ def _intervention(i: int, record: Any) -> dict[str, Any]:
     return {"step": int_in(f"interventions[{i}].step", record["step"], 0),
             "reason": record["reason"],
             "lr_scale": float_in(f"interventions[{i}].lr_scale", record["lr_scale"], 0.0, 1.0, low_open=True)}
+
+
+def _optimizer_cycles(value: Any, n_optimizers: int, final_lr_ratio: float) -> tuple[Any, ...]:
+    rows = _sequence("optimizer_cycles", value)
+    if len(rows) != n_optimizers:
+        raise ArgumentError("optimizer_cycles", value, f"one row per optimizer ({n_optimizers})")
+    cycles = []
+    for i, row in enumerate(rows):
+        name = f"optimizer_cycles[{i}]"
+        if not isinstance(row, (list, tuple)) or len(row) != 4:
+            raise ArgumentError(name, row, "[step_size_up, step_size_down, steps_per_epoch, total_steps]")
+        up, down = (int_in(name, v, 1, MAX_STEPS) for v in row[:2])
+        per_epoch, total = (None if v is None else int_in(name, v, 1) for v in row[2:])
+        if final_lr_ratio != 1.0 and total is None:
+            raise ArgumentError(name, row, "a known total_steps with an annealing tail")
+        cycles.append((up, down, per_epoch, total))
+    return tuple(cycles)
 
 
 def _steps(value: Any, n_optimizers: int) -> list[int]:

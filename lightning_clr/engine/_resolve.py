@@ -17,6 +17,7 @@ from torch.optim import Optimizer
 
 from lightning_clr import range_test
 from lightning_clr._validation import ArgumentError
+from lightning_clr.engine._ending import run_end, scale_totals
 from lightning_clr.engine._plan import CyclePlan
 from lightning_clr.engine._settings import CycleSettings
 from lightning_clr.schedule import derive_step_sizes, whole_cycles
@@ -55,30 +56,36 @@ def _steps_per_epoch(trainer: pl.Trainer) -> Optional[int]:
     return max(1, math.ceil(batches / trainer.accumulate_grad_batches))
 
 
-def _total_steps(trainer: pl.Trainer) -> Optional[int]:
+def _total_steps(trainer: pl.Trainer, start: int = 0) -> Optional[int]:
+    """The run's optimizer steps from global step ``start`` on (``None``: unknown, unbounded or none left)."""
     try:
         total = trainer.estimated_stepping_batches
     except Exception:  # noqa: BLE001 - Lightning raises for some infinite setups; then the length is unknown
         return None
-    return int(total) if math.isfinite(total) and total > 0 else None
+    return int(total) - start if math.isfinite(total) and total > start else None
 
 
-def resolve_cycle(settings: CycleSettings, trainer: pl.Trainer) -> Cycle:
-    """The cycle length of this fit, and its annealing tail.
+def resolve_cycle(settings: CycleSettings, trainer: pl.Trainer, start: int = 0) -> Cycle:
+    """The cycle length of this fit, and its annealing tail, over the run's steps from global step ``start`` on
+    (0, or the step of a resumed run the callback joins without a state of its own).
 
     Called before the range test, so that a run whose cycle cannot be derived fails before any sweep step.
     """
-    cycle = _cycle_length(settings, trainer)
+    cycle = _cycle_length(settings, trainer, start)
+    if start > 0:
+        remaining = f"its remaining {cycle.total_steps}" if cycle.total_steps else "the"
+        rank_zero_info(f"CyclicLearningRate: the checkpoint has no CyclicLearningRate state; the cycle starts at"
+                       f" the resumed step {start} and is planned over {remaining} optimizer steps.")
     return cycle._replace(final_lr_ratio=_final_lr_ratio(settings, cycle.total_steps))
 
 
 def _final_lr_ratio(settings: CycleSettings, total: Optional[int]) -> float:
     """The tail ends at the run's last step: without a known length the default tail is left out, and a ratio
-    the user set is refused."""
-    ratio = settings.final_lr_ratio
+    the user set is refused. ``final_lr_ratio=None`` is automatic (:attr:`CycleSettings.automatic_final_lr_ratio`)."""
+    ratio = settings.automatic_final_lr_ratio
     if ratio == 1.0 or total is not None:
         return ratio
-    if "final_lr_ratio" in settings.changed_from_default():
+    if settings.final_lr_ratio is not None:
         raise ArgumentError("final_lr_ratio", ratio, "1.0 when the run's length is unknown",
                             "the annealing tail ends at the run's last step: set max_epochs or max_steps")
     rank_zero_info(
@@ -91,18 +98,18 @@ def _final_lr_ratio(settings: CycleSettings, total: Optional[int]) -> float:
 def follow_run_length(plan: CyclePlan, trainer: pl.Trainer) -> tuple[CyclePlan, Optional[str]]:
     """On resume, the annealing tail ends at this fit's last step: a run made longer (or shorter) than the
     checkpoint's moves it there, with a message. A preempted job resumed with the same length keeps its plan."""
-    total = _total_steps(trainer)
+    total = _total_steps(trainer, plan.start_step)
     if plan.final_lr_ratio == 1.0 or total is None or total == plan.total_steps:
         return plan, None
-    return plan.replace(total_steps=total), (
+    return plan.replace(total_steps=total, optimizer_cycles=scale_totals(plan, total)), (
         f"the run's length changed from {plan.total_steps} to {total} optimizer steps: the annealing tail"
         f" (final_lr_ratio={plan.final_lr_ratio:g}) now ends at step {total}"
     )
 
 
-def _cycle_length(settings: CycleSettings, trainer: pl.Trainer) -> Cycle:
+def _cycle_length(settings: CycleSettings, trainer: pl.Trainer, start: int) -> Cycle:
     per_epoch = _steps_per_epoch(trainer)
-    total = _total_steps(trainer)
+    total = _total_steps(trainer, start)
     if settings.step_size_up is not None:
         up = settings.step_size_up
         return Cycle(up, settings.step_size_down or up, per_epoch, total, None)
@@ -115,11 +122,11 @@ def _cycle_length(settings: CycleSettings, trainer: pl.Trainer) -> Cycle:
         )
         return Cycle(up, down, per_epoch, total, settings.half_cycle_epochs)
     max_steps = trainer.max_steps
-    if max_steps is not None and max_steps > 0:
-        up, down = whole_cycles(max_steps, STREAM_CYCLES)
+    if max_steps is not None and max_steps > start:
+        up, down = whole_cycles(max_steps - start, STREAM_CYCLES)
         if settings.step_size_down is not None:
             down = settings.step_size_down
-        return Cycle(up, down, None, max_steps, None)
+        return Cycle(up, down, None, max_steps - start, None)
     raise ArgumentError(
         "step_size_up",
         None,
@@ -134,13 +141,16 @@ def resolve_bounds(
     trainer: pl.Trainer,
     pl_module: pl.LightningModule,
     optimizers: list[Optimizer],
+    start: int = 0,
 ) -> tuple[tuple[float, ...], tuple[float, ...], Any]:
     """``(base_lr, max_lr, range_test_result)``, one bound per param group across ``optimizers``.
 
     Given bounds are used as given (one value for every group, or one per group). A missing bound comes from the
     range test, which sweeps one multiplier over the groups' configured LRs, so every group keeps its ratio to
     the others; with one bound given per group, the other is that bound times the test's ratio, so the given
-    bounds keep their ratios too. ``fast_dev_run`` skips the test: max_lr = each group's LR.
+    bounds keep their ratios too. ``fast_dev_run`` skips the test: max_lr = each group's LR. So does a run
+    resumed at global step ``start`` > 0 that the callback joins (trained weights are not swept) unless
+    ``range_test.on_resume``.
     """
     n = sum(len(opt.param_groups) for opt in optimizers)
     base = expand_bounds("base_lr", settings.base_lr, n) if settings.base_lr is not None else None
@@ -149,14 +159,11 @@ def resolve_bounds(
         return base, high, None
     divisor = settings.range_test.base_divisor
     if trainer.fast_dev_run:
-        current = tuple(float(g["lr"]) for opt in optimizers for g in opt.param_groups)
-        high = high or (tuple(b * divisor for b in base) if base else current)
-        base = base or tuple(h / divisor for h in high)
-        rank_zero_info(
-            f"CyclicLearningRate: `fast_dev_run` skips the range test; using fallback bounds base_lr={_fmt(base)},"
-            f" max_lr={_fmt(high)} (max_lr = the optimizer's LR, base_lr = max_lr / {divisor:g})."
-        )
-        return base, high, None
+        return (*_fallback(base, high, optimizers, divisor, "`fast_dev_run` skips the range test"), None)
+    if start > 0 and not settings.range_test.on_resume:
+        why = (f"the run resumed at step {start} without a CyclicLearningRate state, and the range test does not"
+               " sweep trained weights unless asked (RangeTestConfig(on_resume=True))")
+        return (*_fallback(base, high, optimizers, divisor, why), None)
     if len(optimizers) > 1:
         raise ValueError(
             f"The range test needs a single optimizer, found {len(optimizers)}: give `base_lr` and"
@@ -191,6 +198,21 @@ def resolve_bounds(
     return base, high, result
 
 
+def _fallback(
+    base: Optional[tuple[float, ...]], high: Optional[tuple[float, ...]], optimizers: list[Optimizer], divisor: float,
+    why: str,
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Bounds without a range test: max_lr = each group's current LR, base_lr = max_lr / ``divisor``."""
+    current = tuple(float(g["lr"]) for opt in optimizers for g in opt.param_groups)
+    high = high or (tuple(b * divisor for b in base) if base else current)
+    base = base or tuple(h / divisor for h in high)
+    rank_zero_info(
+        f"CyclicLearningRate: {why}; using fallback bounds base_lr={_fmt(base)}, max_lr={_fmt(high)}"
+        f" (max_lr = the optimizer's LR, base_lr = max_lr / {divisor:g})."
+    )
+    return base, high
+
+
 def _group_bounds(result: Any, n: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
     group_bounds = getattr(result, "group_bounds", None)
     if callable(group_bounds):
@@ -205,6 +227,7 @@ def build_plan(
     cycle: Cycle,
     bounds: tuple[tuple[float, ...], tuple[float, ...], Any],
     optimizers: list[Optimizer],
+    start: int = 0,
 ) -> CyclePlan:
     up, down, per_epoch, total, half, final = cycle
     base, high, result = bounds
@@ -227,21 +250,26 @@ def build_plan(
         total_steps=total,
         half_cycle_epochs=half,
         range_test=result.to_dict() if result is not None else None,
+        start_step=start,
     )
 
 
 def describe(plan: CyclePlan) -> str:
-    """One line about the resolved cycle, for the info log."""
-    epochs = f" ({plan.step_size_up / plan.steps_per_epoch:.3g} epochs of {plan.steps_per_epoch} steps per rank)" if (
-        plan.steps_per_epoch) else ""
-    return (
-        f"CyclicLearningRate: base_lr={_fmt(plan.effective_base_lr)}, max_lr={_fmt(plan.effective_max_lr)}"
-        + (f" (x{plan.lr_scale:g} after {len(plan.interventions)} back-off(s) of the guard)" if plan.interventions
-           else "") + ","
-        f" step_size_up={plan.step_size_up}, step_size_down={plan.step_size_down} optimizer steps{epochs},"
-        f" mode={plan.mode!r}" + (f", annealing to base_lr x {plan.final_lr_ratio:g} at the end" if
-                                  plan.final_lr_ratio != 1.0 else "") + "."
-    )
+    """One line about the resolved cycle and where the run ends, for the info log; one part per optimizer when
+    they step at different rates."""
+    head = (f"CyclicLearningRate: base_lr={_fmt(plan.effective_base_lr)}, max_lr={_fmt(plan.effective_max_lr)}"
+            + (f" (x{plan.lr_scale:g} after {len(plan.interventions)} back-off(s) of the guard)" if plan.interventions
+               else "") + f", mode={plan.mode!r}")
+    if plan.optimizer_cycles is None:
+        return f"{head}, {_cycle_text(plan, 0)}."
+    parts = [f"optimizer {i}: {_cycle_text(plan, i)}" for i in range(len(plan.group_counts))]
+    return f"{head}; each optimizer in its own steps: " + "; ".join(parts) + "."
+
+
+def _cycle_text(plan: CyclePlan, optimizer: int) -> str:
+    up, down, per_epoch, _ = plan.cycle_of(optimizer)
+    epochs = f" ({up / per_epoch:.3g} epochs of {per_epoch} steps per rank)" if per_epoch else ""
+    return f"step_size_up={up}, step_size_down={down} optimizer steps{epochs}" + run_end(plan, optimizer)
 
 
 def _fmt(values: Any) -> str:

@@ -6,11 +6,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from lightning_clr._validation import ArgumentError, short_repr
-from lightning_clr.engine._plan import CyclePlan, _show
-from lightning_clr.engine._settings import CycleSettings
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-__all__ = ["check_restored_shape", "reconcile"]
+from lightning_clr._validation import ArgumentError, short_repr
+from lightning_clr.engine._plan import CyclePlan, _show, one_or_list
+from lightning_clr.engine._resolve import follow_run_length
+from lightning_clr.engine._settings import CycleSettings
+from lightning_clr.engine._writer import check_scale_fn
+from lightning_clr.range_test import refuse_sharded
+
+__all__ = ["check_restored_shape", "reconcile", "refuse_sharded_fit", "resume_plan"]
 
 _SCALARS = ("mode", "gamma", "scale_mode", "cycle_momentum", "base_momentum", "max_momentum", "final_lr_ratio")
 
@@ -58,6 +63,8 @@ def reconcile(plan: CyclePlan, settings: CycleSettings) -> tuple[CyclePlan, list
             "consistent with the checkpoint's other bound on resume",
             f"base_lr={_show(base)}, max_lr={_show(high)} has max < base in param group {bad[0]}",
         )
+    if plan.optimizer_cycles is not None and {"step_size_up", "step_size_down"} & set(updates):
+        updates["optimizer_cycles"] = None  # a new cycle: each optimizer's own is measured again (first whole epoch)
     new_plan = plan.replace(**updates) if updates else plan
     return new_plan, messages
 
@@ -105,3 +112,28 @@ def check_restored_shape(restored: tuple[CyclePlan, list[int]], counts: tuple[in
             f" but the model's optimizer(s) have {list(counts)}. Resume with the same `configure_optimizers`."
         )
 
+
+def resume_plan(plan: CyclePlan, steps: list[int], settings: CycleSettings, trainer: Any) -> CyclePlan:
+    """The plan a resumed fit continues with (the resume rules, the run length's tail, a custom ``scale_fn``
+    checked), with one warning per change and one info line."""
+    plan, messages = reconcile(plan, settings)
+    plan, moved = follow_run_length(plan, trainer)
+    messages += [moved] if moved else []
+    if settings.scale_fn is not None:
+        check_scale_fn(settings.scale_fn, plan.scale_mode, plan.cycle_length, plan.total_steps)
+    for message in messages:
+        rank_zero_warn(f"CyclicLearningRate on resume: {message}.")
+    rank_zero_info(f"CyclicLearningRate: resumed at step {steps} with the checkpoint's plan; the range test does not"
+                   " run again.")
+    return plan
+
+
+def refuse_sharded_fit(settings: CycleSettings, strategy: Any) -> None:
+    """Before the model is sharded: the range test snapshots the full parameters on every rank."""
+    try:
+        refuse_sharded(strategy)
+    except ValueError as err:
+        raise ValueError(
+            f"CyclicLearningRate(base_lr={one_or_list(settings.base_lr)!r}, max_lr={one_or_list(settings.max_lr)!r})"
+            f" leaves a bound to the range test. {err}"
+        ) from None

@@ -23,7 +23,7 @@ from lightning_clr.schedule import import_scale_fn, scale_fn_path, validate_sche
 __all__ = ["DEFAULT_FINAL_LR_RATIO", "DEFAULT_HALF_CYCLE_EPOCHS", "CycleSettings"]
 
 DEFAULT_HALF_CYCLE_EPOCHS = 2.0
-DEFAULT_FINAL_LR_RATIO = 0.1  # the annealing tail: docs/benchmarks.md section 4 measures why
+DEFAULT_FINAL_LR_RATIO = 0.1  # the automatic annealing tail: docs/benchmarks.md section 4 measures why
 
 
 def _bounds(name: str, value: Any) -> Optional[tuple[float, ...]]:
@@ -64,7 +64,7 @@ class CycleSettings:
     cycle_momentum: bool = False
     base_momentum: float = 0.85
     max_momentum: float = 0.95
-    final_lr_ratio: float = DEFAULT_FINAL_LR_RATIO
+    final_lr_ratio: Optional[float] = None  # None: automatic, see `automatic_final_lr_ratio`
     range_test: RangeTestConfig = field(default_factory=RangeTestConfig)
     guard: DivergenceGuard = field(default_factory=DivergenceGuard)
 
@@ -106,7 +106,8 @@ class CycleSettings:
             value = getattr(self, name)
             put(self, name, None if value is None else int(_plain(value)))
         for name in ("half_cycle_epochs", "gamma", "base_momentum", "max_momentum", "final_lr_ratio"):
-            put(self, name, float(_plain(getattr(self, name))))
+            value = getattr(self, name)
+            put(self, name, None if value is None else float(_plain(value)))
         if not isinstance(self.range_test, RangeTestConfig):
             raise ArgumentError("range_test", self.range_test, "a RangeTestConfig")
         if not isinstance(self.guard, DivergenceGuard):
@@ -120,6 +121,21 @@ class CycleSettings:
     @property
     def needs_range_test(self) -> bool:
         return self.base_lr is None or self.max_lr is None
+
+    @property
+    def automatic_final_lr_ratio(self) -> float:
+        """The annealing tail's ratio. The one given, else (``None``, automatic) the default tail
+        (``DEFAULT_FINAL_LR_RATIO``) when a bound is left to the callback, and none (1.0) when both bounds were
+        given, so that torch's ``CyclicLR`` arguments give torch's schedule.
+
+        Example:
+            >>> torch_args = CycleSettings(base_lr=1e-3, max_lr=6e-3, step_size_up=2000)
+            >>> CycleSettings().automatic_final_lr_ratio, torch_args.automatic_final_lr_ratio
+            (0.1, 1.0)
+        """
+        if self.final_lr_ratio is not None:
+            return self.final_lr_ratio
+        return DEFAULT_FINAL_LR_RATIO if self.needs_range_test else 1.0
 
     def changed_from_default(self) -> tuple[str, ...]:
         """The settings that differ from their defaults, in field order. A setting equal to its default counts

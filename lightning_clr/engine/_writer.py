@@ -69,7 +69,7 @@ class ScheduleWriter:
         self.plan = plan
         self.optimizers = optimizers
         self._steps = list(steps)
-        self._schedule = plan.schedule(scale_fn)
+        self._schedules = [plan.schedule(scale_fn, i) for i in range(len(optimizers))]  # each in its own steps
         self._check_amplitude = plan.custom_scale_fn
         self._anneals = plan.final_lr_ratio != 1.0
         self._momenta = (plan.max_momentum, plan.base_momentum)
@@ -94,6 +94,12 @@ class ScheduleWriter:
         for i, flags in enumerate(self._flags):
             if flags:
                 self._take_back(i)
+        return list(self._steps)
+
+    @property
+    def counted(self) -> list[int]:
+        """The optimizer steps counted so far, without waiting for a skip flag still pending (a step it will take
+        back is still in); for per-step readers that must not sync with the device."""
         return list(self._steps)
 
     def start(self) -> None:
@@ -150,8 +156,9 @@ class ScheduleWriter:
     def apply(self, i: int) -> None:
         """Set LR (and momentum) of optimizer ``i``'s param groups for its current step count."""
         step = self._steps[i]
-        point = self._schedule.point(step)
-        floor = self._schedule.floor(step) if self._anneals else 1.0
+        schedule = self._schedules[i]
+        point = schedule.point(step)
+        floor = schedule.floor(step) if self._anneals else 1.0
         if self._check_amplitude and not (0.0 <= point[1] < math.inf):
             raise ValueError(
                 f"CyclicLearningRate: the custom `scale_fn` returned {point[1]!r} at step {step}; it must return a"

@@ -62,6 +62,9 @@ class RangeTestConfig:
         base_divisor: ``base_lr = max_lr / base_divisor`` (Smith advises 3 to 4), >= 1.
         save: Save the plot (PNG) and the curve (JSON) under the trainer's ``log_dir``.
         progress_bar: Show a progress bar during the sweep.
+        on_resume: Sweep also when :class:`~lightning_clr.CyclicLearningRate` joins a resumed run (a
+            checkpoint without its state): the sweep then runs on trained weights. Off: no sweep, max_lr = the
+            optimizer's LR and base_lr = max_lr / ``base_divisor``, with an info line.
 
     Example:
         >>> import numpy as np
@@ -84,6 +87,7 @@ class RangeTestConfig:
     base_divisor: float = DEFAULT_BASE_DIVISOR
     save: bool = True
     progress_bar: bool = True
+    on_resume: bool = False
 
     def __post_init__(self) -> None:
         def name(field_name: str) -> str:
@@ -102,6 +106,7 @@ class RangeTestConfig:
             "base_divisor": float_in(name("base_divisor"), self.base_divisor, 1.0, math.inf, high_open=True),
             "save": boolean(name("save"), self.save),
             "progress_bar": boolean(name("progress_bar"), self.progress_bar),
+            "on_resume": boolean(name("on_resume"), self.on_resume),
         }
         if values["min_lr"] >= values["max_lr"]:
             raise ArgumentError(name("min_lr"), self.min_lr, f"< `range_test.max_lr` ({values['max_lr']!r})")

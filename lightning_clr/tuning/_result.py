@@ -17,6 +17,7 @@ from typing import Any, Optional, Union
 from lightning_clr._outputs import atomic_write_figure
 from lightning_clr.callback import CyclicLearningRate
 from lightning_clr.engine._plan import one_or_list
+from lightning_clr.engine._settings import DEFAULT_FINAL_LR_RATIO
 
 __all__ = ["CycleTuningResult"]
 
@@ -107,12 +108,13 @@ class CycleTuningResult:
         return "\n".join(lines)
 
     def callback(self, **kwargs: Any) -> CyclicLearningRate:
-        """A :class:`CyclicLearningRate` with the best half-cycle, mode and bounds; ``kwargs`` override them."""
+        """A :class:`CyclicLearningRate` with the best half-cycle, mode and bounds, and the annealing tail the trials
+        ran with (``final_lr_ratio=0.1``); ``kwargs`` override them."""
         if self.best_half_cycle_epochs is None:
             raise ValueError("tune_cycle_length found no completed trial, so there is no best cycle length")
         args: dict[str, Any] = dict(
             base_lr=self.base_lr, max_lr=self.best_max_lr, half_cycle_epochs=self.best_half_cycle_epochs,
-            mode=self.best_mode or "triangular",
+            mode=self.best_mode or "triangular", final_lr_ratio=DEFAULT_FINAL_LR_RATIO,  # as the trials ran
         )
         args.update(kwargs)
         return CyclicLearningRate(**args)

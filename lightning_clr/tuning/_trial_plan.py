@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from lightning_clr._validation import ArgumentError, choice, int_in, positive_float
-from lightning_clr.engine._settings import CycleSettings
+from lightning_clr.engine._settings import DEFAULT_FINAL_LR_RATIO, CycleSettings
 from lightning_clr.schedule import MODES
 
 __all__ = ["TrialPlan", "as_bounds", "scaled_max_lr"]
@@ -72,6 +72,7 @@ class TrialPlan:
         return CycleSettings(
             base_lr=self.base_lr, max_lr=self.max_lr_trained, half_cycle_epochs=float(self.half_cycle_epochs),
             fit_whole_cycles=True, mode=self.mode, range_test=range_test,
+            final_lr_ratio=DEFAULT_FINAL_LR_RATIO,  # the study's bounds stand for automatic ones: the automatic tail
         )
 
     def replace(self, **changes: Any) -> TrialPlan:

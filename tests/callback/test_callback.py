@@ -18,7 +18,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.plugins import MixedPrecision
 from lightning.pytorch.strategies import SingleDeviceStrategy
 
-from lightning_clr import ArgumentError, CyclePlan, CyclicLearningRate, cyclic_lr, cyclic_momentum
+from lightning_clr import ArgumentError, CyclePlan, CyclicLearningRate, RangeTestConfig, cyclic_lr, cyclic_momentum
 from lightning_clr.engine._settings import DEFAULT_FINAL_LR_RATIO
 
 
@@ -27,7 +27,7 @@ def half_scale(cycle: float) -> float:
 
 
 def tail_lr(step: int, total: int, **kwargs: Any) -> float:
-    """The default schedule of a ``total``-step run: CLR with the default annealing tail."""
+    """A ``total``-step run with the default annealing tail (automatic for automatic bounds, or given)."""
     return cyclic_lr(step, total_steps=total, final_lr_ratio=DEFAULT_FINAL_LR_RATIO, **kwargs)
 
 
@@ -62,10 +62,11 @@ def test_lr_trace_equals_torch_cycliclr_per_optimizer_step(kwargs):
     assert rec.lrs == torch_lrs(24, groups=2, **torch_kwargs)  # bitwise, every group, every step
 
 
-def test_the_default_tail_is_torch_cycliclr_until_the_last_falling_half_then_below_it():
+def test_an_explicit_tail_is_torch_cycliclr_until_the_last_falling_half_then_below_it():
     rec = LRRecorder()
     kwargs = dict(base_lr=0.01, max_lr=0.1, step_size_up=3)
-    t = trainer(callbacks=[CyclicLearningRate(**kwargs), rec], max_epochs=3)  # 24 steps, the tail: the last 3
+    clr = CyclicLearningRate(final_lr_ratio=DEFAULT_FINAL_LR_RATIO, **kwargs)  # given: it applies to given bounds
+    t = trainer(callbacks=[clr, rec], max_epochs=3)  # 24 steps, the tail: the last 3
     t.fit(TinyModel(), loader(n=64, batch_size=8))
     torch_trace = [lrs[0] for lrs in torch_lrs(24, **kwargs)]
     ours = [lrs[0] for lrs in rec.lrs]
@@ -81,7 +82,7 @@ def test_accumulation_steps_once_per_optimizer_step_including_short_window():
     t = trainer(callbacks=[clr, rec], max_epochs=2, accumulate_grad_batches=3)
     t.fit(TinyModel(), loader(n=80, batch_size=8))  # 10 batches -> 3 + 3 + 3 + 1: 4 optimizer steps per epoch
     assert t.global_step == 8 and clr.steps == [8] and clr.plan.total_steps == 8
-    expected = [tail_lr(k, 8, base_lr=0.01, max_lr=0.1, step_size_up=3) for k in range(8)]
+    expected = [cyclic_lr(k, base_lr=0.01, max_lr=0.1, step_size_up=3) for k in range(8)]  # given bounds: no tail
     assert [lrs[0] for lrs in rec.lrs] == expected
 
 
@@ -100,9 +101,9 @@ def test_fit_whole_cycles_ends_the_run_at_a_cycle_end():
     t.fit(TinyModel(), loader(n=40, batch_size=8))  # 5 steps/epoch, 50 steps: 2 cycles of 12 up + 13 down
     assert (clr.step_size_up, clr.step_size_down) == (12, 13)
     kwargs = dict(base_lr=0.01, max_lr=0.1, step_size_up=12, step_size_down=13)
-    assert [lr[0] for lr in rec.lrs] == [tail_lr(k, 50, **kwargs) for k in range(50)]
-    assert cyclic_lr(t.global_step, **kwargs) == 0.01  # the run ends exactly at a cycle end ...
-    assert tail_lr(t.global_step, 50, **kwargs) == pytest.approx(0.001)  # ... which the default tail takes lower
+    assert [lr[0] for lr in rec.lrs] == [cyclic_lr(k, **kwargs) for k in range(50)]  # given bounds: no tail
+    assert cyclic_lr(t.global_step, **kwargs) == 0.01  # the run ends exactly at a cycle end
+    assert t.optimizers[0].param_groups[0]["lr"] == 0.01
     assert max(lr[0] for lr in rec.lrs[-12:]) < max(lr[0] for lr in rec.lrs)
 
 
@@ -150,8 +151,8 @@ def test_several_optimizers_each_follow_the_schedule_with_their_own_bounds():
     assert clr.steps == [4, 4]
     sgd = [lrs[0] for lrs in rec.lrs[0::2]]
     adam = [lrs[0] for lrs in rec.lrs[1::2]]
-    assert sgd == [tail_lr(k, 4, base_lr=0.01, max_lr=0.1, step_size_up=2) for k in range(4)]
-    assert adam == [tail_lr(k, 4, base_lr=0.001, max_lr=0.004, step_size_up=2) for k in range(4)]
+    assert sgd == [cyclic_lr(k, base_lr=0.01, max_lr=0.1, step_size_up=2) for k in range(4)]
+    assert adam == [cyclic_lr(k, base_lr=0.001, max_lr=0.004, step_size_up=2) for k in range(4)]
 
 
 @pytest.mark.parametrize(
@@ -188,7 +189,7 @@ def test_scheduler_from_configure_optimizers_is_replaced_with_a_warning():
     with pytest.warns(UserWarning, match=r"replaces the CyclicLR scheduler \(interval='epoch'\)"):
         t.fit(WithCyclicLR(), loader(n=24, batch_size=8))
     assert t.lr_scheduler_configs == []
-    assert [lrs[0] for lrs in rec.lrs] == [tail_lr(k, 6, base_lr=0.01, max_lr=0.1, step_size_up=2) for k in range(6)]
+    assert [lrs[0] for lrs in rec.lrs] == [cyclic_lr(k, base_lr=0.01, max_lr=0.1, step_size_up=2) for k in range(6)]
     assert {m[0] for m in rec.momenta} == {0}  # CyclicLR's momentum switch-on was undone
 
 
@@ -197,7 +198,8 @@ def _fit(tmp_path, max_steps: int, ckpt_path: Any = None, every: int = 0, shuffl
     pl.seed_everything(7)
     rec = LRRecorder()
     callbacks: list[Any] = [
-        CyclicLearningRate(base_lr=0.001, max_lr=0.01, step_size_up=3, mode="triangular2", cycle_momentum=True), rec
+        CyclicLearningRate(base_lr=0.001, max_lr=0.01, step_size_up=3, mode="triangular2", cycle_momentum=True,
+                           final_lr_ratio=DEFAULT_FINAL_LR_RATIO), rec
     ]
     if every:
         callbacks.append(ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=every, save_top_k=-1))
@@ -211,7 +213,7 @@ def _fit(tmp_path, max_steps: int, ckpt_path: Any = None, every: int = 0, shuffl
 
 @pytest.mark.parametrize("stop_at", [7, 10])  # mid-epoch, and at an epoch end (5 batches per epoch)
 def test_resume_continues_the_lr_sequence_bitwise(tmp_path, stop_at):
-    # 17 steps with the default annealing tail over the last 3; the first fit is preempted after `stop_at`.
+    # 17 steps with an annealing tail over the last 3; the first fit is preempted after `stop_at`.
     full, _, full_model = _fit(tmp_path / "a", max_steps=17, shuffle=False)
     first, _, _ = _fit(tmp_path / "b", max_steps=17, every=stop_at, shuffle=False, stop_at=stop_at)
     ckpt = next((tmp_path / "b").glob(f"*step={stop_at}.ckpt"))
@@ -284,7 +286,7 @@ def test_amp_steps_skipped_by_the_grad_scaler_do_not_advance_the_schedule(optimi
     assert lrs[5] == lrs[4]  # the step after the skipped one repeats its LR
     distinct = [lrs[0]] + [b for a, b in zip(lrs, lrs[1:]) if b != a]  # a skipped step repeats its LR
     assert len(lrs) - len(distinct) == skipped
-    assert distinct == [tail_lr(k, 8, base_lr=0.01, max_lr=0.1, step_size_up=3) for k in range(8 - skipped + 1)][
+    assert distinct == [cyclic_lr(k, base_lr=0.01, max_lr=0.1, step_size_up=3) for k in range(8 - skipped + 1)][
         : len(distinct)
     ]
 
@@ -303,7 +305,7 @@ def test_works_with_bf16_validation_limits_and_lr_monitor(tmp_path):
     header = rows[0].split(",")
     col = next(i for i, name in enumerate(header) if name.startswith("lr-SGD"))
     logged = [float(r.split(",")[col]) for r in rows[1:] if r.split(",")[col]]
-    expected = [tail_lr(k, 8, base_lr=0.01, max_lr=0.1, step_size_up=2) for k in range(8)]
+    expected = [cyclic_lr(k, base_lr=0.01, max_lr=0.1, step_size_up=2) for k in range(8)]
     assert logged == pytest.approx(expected, rel=1e-12)  # the monitor sees the LR change every step
 
 
@@ -428,13 +430,14 @@ def test_final_lr_ratio_needs_a_known_run_length():
 
 def test_the_default_tail_is_left_out_when_the_run_length_is_unknown(caplog):
     rec = LRRecorder()
-    clr = CyclicLearningRate(base_lr=0.01, max_lr=0.1, step_size_up=3)
-    t = trainer(callbacks=[clr, rec], max_epochs=-1, max_time={"seconds": 1})
+    config = RangeTestConfig(num_steps=10, save=False, progress_bar=False)
+    clr = CyclicLearningRate(max_lr=0.1, step_size_up=3, range_test=config)  # base_lr automatic: the default tail
+    t = trainer(callbacks=[clr, rec], max_epochs=-1, max_time={"seconds": 2})
     with caplog.at_level(logging.INFO):
         t.fit(TinyModel(), torch.utils.data.DataLoader(_Stream(), batch_size=8))
     assert clr.plan.final_lr_ratio == 1.0 and clr.plan.total_steps is None
     assert "ends without the default annealing tail (final_lr_ratio=0.1)" in caplog.text
-    assert [lrs[0] for lrs in rec.lrs] == [cyclic_lr(k, base_lr=0.01, max_lr=0.1, step_size_up=3)
+    assert [lrs[0] for lrs in rec.lrs] == [cyclic_lr(k, base_lr=clr.base_lr, max_lr=0.1, step_size_up=3)
                                            for k in range(len(rec.lrs))]
 
 

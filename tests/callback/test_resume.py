@@ -21,7 +21,6 @@ from helpers import LRRecorder, StopAt, TinyModel, loader, trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_clr import CyclicLearningRate, cyclic_lr
-from lightning_clr.engine._settings import DEFAULT_FINAL_LR_RATIO
 
 STOP = 7  # mid-epoch (5 batches per epoch)
 END = 15
@@ -62,11 +61,6 @@ def tamper(path: Path, out: Path, edit: Any) -> Path:
     return out
 
 
-def tail_lr(step: int, **kwargs: Any) -> float:
-    """The default schedule of an ``END``-step run: CLR with the default annealing tail."""
-    return cyclic_lr(step, total_steps=END, final_lr_ratio=DEFAULT_FINAL_LR_RATIO, **kwargs)
-
-
 def lrs(rec: LRRecorder) -> list[float]:
     return [row[0] for row in rec.lrs]
 
@@ -89,7 +83,8 @@ def test_explicit_settings_take_effect_from_the_resumed_step_with_a_warning(tmp_
     for name, old, value in (("base_lr", 0.001, 0.002), ("max_lr", 0.01, 0.5), ("step_size_up", 3, 7),
                              ("step_size_down", 3, 7)):
         assert f"`{name}`: the checkpoint has {old}, the callback was given {value}" in text
-    expected = [tail_lr(k, mode="triangular2", **new) for k in range(STOP, END)]  # mode: the checkpoint's
+    # mode: the checkpoint's; no tail: the checkpoint's bounds were given, so its schedule is torch's
+    expected = [cyclic_lr(k, mode="triangular2", **new) for k in range(STOP, END)]
     assert lrs(resumed) == expected
 
 
@@ -144,7 +139,7 @@ def test_a_checkpoint_scale_fn_path_is_never_imported(tmp_path, monkeypatch):
     with pytest.warns(UserWarning, match=r"`scale_fn`: the checkpoint has 'evil_scale_xyz:f'"):
         resumed = fit(tmp_path / "c", CyclicLearningRate(scale_fn=tenth), END, ckpt_path=bad)
     assert not marker.exists()
-    assert lrs(resumed) == [tail_lr(k, base_lr=0.01, max_lr=0.1, step_size_up=2, scale_fn=tenth)
+    assert lrs(resumed) == [cyclic_lr(k, base_lr=0.01, max_lr=0.1, step_size_up=2, scale_fn=tenth)
                             for k in range(STOP, END)]
 
 

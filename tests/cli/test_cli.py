@@ -135,9 +135,8 @@ def test_callback_from_flags_takes_over_cli_cyclic_lr(tmp_path: Path) -> None:
     proc = ok(run([sys.executable, str(SCRIPT), "fit", *tiny_fit_flags(tmp_path), *CYCLIC_LR_FLAGS, *clr], tmp_path))
     assert "CyclicLearningRate replaces the CyclicLR scheduler" in proc.stderr
     lrs, momenta = lr_trace(tmp_path)
-    expected = [
-        cyclic_lr(t, base_lr=0.01, max_lr=0.1, step_size_up=3, mode="triangular2", total_steps=2 * STEPS_PER_EPOCH,
-                  final_lr_ratio=DEFAULT_FINAL_LR_RATIO) for t in range(2 * STEPS_PER_EPOCH)
+    expected = [  # both bounds given: torch's schedule, no annealing tail
+        cyclic_lr(t, base_lr=0.01, max_lr=0.1, step_size_up=3, mode="triangular2") for t in range(2 * STEPS_PER_EPOCH)
     ]
     assert lrs == pytest.approx(expected, rel=1e-6)
     assert all(a != b for a, b in zip(lrs, lrs[1:]))  # a new LR at every optimizer step
@@ -169,7 +168,7 @@ def test_lightning_clr_fit_yaml_runs_range_test_and_cycles(tmp_path: Path) -> No
     step = STEPS_PER_EPOCH // 2  # half_cycle_epochs=0.5
     bounds = dict(base_lr=found["base_lr"], max_lr=found["max_lr"], step_size_up=step, total_steps=len(lrs),
                   final_lr_ratio=DEFAULT_FINAL_LR_RATIO)
-    assert saved["clr"]["final_lr_ratio"] == DEFAULT_FINAL_LR_RATIO
+    assert saved["clr"]["final_lr_ratio"] is None  # automatic: the default tail, since the range test set the bounds
     assert lrs == pytest.approx([cyclic_lr(t, **bounds) for t in range(len(lrs))], rel=1e-6)
     expected_momenta = [cyclic_momentum(t, base_momentum=0.85, max_momentum=0.95, step_size_up=step) for t in range(12)]
     assert momenta == pytest.approx(expected_momenta, rel=1e-6)

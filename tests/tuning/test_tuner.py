@@ -360,6 +360,7 @@ def test_result_summary_plots_and_callback(tmp_path: Path, capsys: pytest.Captur
     clr = result.callback()
     assert isinstance(clr, CyclicLearningRate)
     assert clr.half_cycle_epochs == result.best_half_cycle_epochs and clr.max_lr == result.best_max_lr
+    assert clr.settings.final_lr_ratio == 0.1  # the tail the trials ran with, though the bounds are passed as given
 
 
 def test_values_are_finite_in_the_trial_table(tmp_path: Path) -> None:
