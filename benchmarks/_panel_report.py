@@ -8,8 +8,8 @@ from typing import Any, Optional
 
 from _common import update_section
 
-PEERS = ["default", "lr_find", "one_cycle", "warmup_cosine"]
-ORDER = ["default", "lr_find", "one_cycle", "warmup_cosine", "oracle", "clr_auto"]
+PEERS = ["default", "lr_find", "one_cycle", "one_cycle_valley", "warmup_cosine", "schedule_free", "prodigy"]
+ORDER = [*PEERS, "oracle", "clr_auto"]
 
 
 def _median(values: list[Optional[float]], higher_better: bool) -> Optional[float]:
@@ -56,7 +56,8 @@ def aggregate(data: dict[str, Any]) -> dict[str, Any]:
                              "final_max": max((r["final"] for r in rs if r["final"] is not None), default=None),
                              "setup_steps": statistics.median(r["setup_steps"] for r in rs),
                              "fit_seconds": statistics.median(r["fit_seconds"] for r in rs),
-                             "lrs": [r["lr"] for r in rs if "lr" in r],
+                             "lrs": [r["lr"] for r in rs if r.get("lr") is not None],
+                             "ds": [r["d"] for r in rs if r.get("d") is not None],
                              "bounds": [(r["base_lr"], r["max_lr"]) for r in rs if "base_lr" in r],
                              "fallbacks": sum(bool(r.get("fallback")) for r in rs)}
         for t in cfg["targets"]:
@@ -127,6 +128,7 @@ def task_table(data: dict[str, Any]) -> str:
         s = rec[n]
         spread = f" [{_fmt(s['final_min'], hb)}–{_fmt(s['final_max'], hb)}]" if s["final_min"] is not None else ""
         lrs = ", ".join(f"{b:.3g}..{x:.3g}" for b, x in s["bounds"]) or ", ".join(f"{v:.3g}" for v in s["lrs"])
+        lrs = lrs or ", ".join(f"d={v:.3g}" for v in s["ds"])
         if n == "oracle":
             lrs = agg["oracle"].replace("grid_lr=", "LR ")
         if s["fallbacks"]:

@@ -50,27 +50,40 @@ from _common import (  # noqa: E402
     train_loader,
     write_json,  # noqa: E402
 )
+from _panel_peers import build_optimizer, fastai_valley, schedule_free_eval  # noqa: E402
 from _panel_report import report  # noqa: E402
 from _panel_tasks import TASKS, Task, build  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-PEERS = ["default", "lr_find", "one_cycle", "warmup_cosine"]
-DEFAULT_RECIPES = ["default", "lr_find", "one_cycle", "warmup_cosine", "clr_auto", "clr[final=1]",
-                   "clr[final=0.01]", "clr[mode=triangular2]", "oracle"]
+PEERS = ["default", "lr_find", "one_cycle", "one_cycle_valley", "warmup_cosine", "schedule_free", "prodigy"]
+DEFAULT_RECIPES = ["default", "lr_find", "one_cycle", "one_cycle_valley", "warmup_cosine", "schedule_free", "prodigy",
+                   "clr_auto", "clr[final=1]", "clr[final=0.01]", "clr[mode=triangular2]", "oracle"]
 VARIANT = re.compile(r"^clr\[(.*)\]$")
 
 
 class PanelModule(pl.LightningModule):
-    """A task's network, loss and optimizer; ``schedule``: None, ``onecycle`` or ``warmup_cosine`` (per step)."""
+    """A task's network, loss and optimizer; ``schedule``: None, ``onecycle``, ``warmup_cosine``,
+    ``schedule_free`` or ``prodigy`` (``benchmarks/_panel_peers.py``)."""
 
-    def __init__(self, task: Task, lr: float, schedule: Optional[str] = None, total_steps: int = 0) -> None:
+    def __init__(self, task: Task, lr: float, schedule: Optional[str] = None, total_steps: int = 0,
+                 seed: int = 0) -> None:
         super().__init__()
         self.net, self.task, self.lr = task.make_net(), task, lr  # lr_find writes its suggestion to .lr
-        self.schedule, self.total_steps = schedule, total_steps
+        self.schedule, self.total_steps, self.seed = schedule, total_steps, seed
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self.schedule == "schedule_free":
+            self.optimizers().optimizer.train()  # Schedule-Free: before every training step (its README)
+
+    def prepare_eval(self) -> None:
+        """Schedule-Free: the averaged weights, BatchNorm statistics recomputed at them (its README)."""
+        if self.schedule == "schedule_free":
+            schedule_free_eval(self.net, self.optimizers().optimizer, self.task.train, self.task.batch_size,
+                               self.seed)
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x, y = batch
@@ -79,27 +92,7 @@ class PanelModule(pl.LightningModule):
         return loss
 
     def configure_optimizers(self) -> Any:
-        name = self.task.optimizer
-        if name == "sgd":
-            opt: torch.optim.Optimizer = torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
-        elif name == "adam":
-            opt = torch.optim.Adam(self.parameters(), lr=self.lr)
-        else:
-            opt = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=0.01)
-        if self.schedule is None:
-            return opt
-        if self.schedule == "onecycle":
-            sched: Any = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.lr, total_steps=self.total_steps)
-        else:
-            warm, total = max(1, self.total_steps // 20), self.total_steps
-
-            def factor(step: int) -> float:
-                if step < warm:
-                    return (step + 1) / warm
-                return 0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
-
-            sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return build_optimizer(self.task, self.parameters(), self.lr, self.schedule, self.total_steps)
 
 
 class MetricTracker(Tracker):
@@ -113,6 +106,7 @@ class MetricTracker(Tracker):
         now = time.perf_counter()
         self.train_seconds += now - self._t_last
         was = pl_module.training
+        pl_module.prepare_eval()
         pl_module.eval()
         value = self.task.metric(pl_module.net, *self.task.test)
         pl_module.train(was)
@@ -155,7 +149,10 @@ class Panel:
 
     def model(self, seed: int, lr: float, schedule: Optional[str] = None) -> PanelModule:
         pl.seed_everything(seed, verbose=False)
-        return PanelModule(self.task, lr, schedule, self.total_steps)
+        return PanelModule(self.task, lr, schedule, self.total_steps, seed)
+
+    def trainer(self, callbacks: list[Any], max_epochs: int) -> pl.Trainer:
+        return make_trainer(callbacks, max_epochs, default_root_dir=self.tmp, gradient_clip_val=self.task.clip)
 
     def loader(self, seed: int) -> Any:
         return train_loader(*self.task.train, self.task.batch_size, seed)
@@ -164,14 +161,17 @@ class Panel:
         if seed not in self.found:
             from lightning.pytorch.tuner import Tuner
 
-            trainer = make_trainer([], 10_000, default_root_dir=self.tmp)
+            trainer = self.trainer([], 10_000)
             t0 = time.perf_counter()
             finder = Tuner(trainer).lr_find(self.model(seed, self.task.model_lr), train_dataloaders=self.loader(seed),
                                             update_attr=False)
             suggestion = finder.suggestion() if finder is not None else None
+            valley = fastai_valley(finder.results["lr"], finder.results["loss"]) if finder is not None else None
             self.found[seed] = {"lr": float(suggestion or self.task.default_lr), "seconds": time.perf_counter() - t0,
                                 "steps": len(finder.results["lr"]) if finder is not None else 0,
-                                "note": None if suggestion else "lr_find gave no suggestion: used the default LR"}
+                                "note": None if suggestion else "lr_find gave no suggestion: used the default LR",
+                                "valley": float(valley or self.task.default_lr),
+                                "valley_note": None if valley else "valley gave no suggestion: used the default LR"}
         return self.found[seed]
 
     def run(self, recipe: str, seed: int) -> dict[str, Any]:
@@ -186,6 +186,13 @@ class Panel:
             found = self.lr_find(seed)
             out.update(lr=found["lr"], setup_steps=found["steps"], setup_seconds=found["seconds"], note=found["note"])
             model = self.model(seed, found["lr"], "onecycle" if recipe == "one_cycle" else None)
+        elif recipe == "one_cycle_valley":
+            found = self.lr_find(seed)
+            out.update(lr=found["valley"], setup_steps=found["steps"], setup_seconds=found["seconds"],
+                       note=found["valley_note"])
+            model = self.model(seed, found["valley"], "onecycle")
+        elif recipe in ("schedule_free", "prodigy"):
+            model = self.model(seed, self.task.default_lr, recipe)
         elif recipe == "warmup_cosine":
             model, out["lr"] = self.model(seed, 1e-3, "warmup_cosine"), 1e-3
         elif recipe == "clr_auto" or VARIANT.match(recipe):
@@ -194,15 +201,21 @@ class Panel:
         else:
             raise ValueError(recipe)
         tracker = MetricTracker(self.task, self.eval_every)
-        trainer = make_trainer([tracker, *extra, StartMarker(tracker)], self.task.epochs, default_root_dir=self.tmp)
+        trainer = self.trainer([tracker, *extra, StartMarker(tracker)], self.task.epochs)
         t0 = time.perf_counter()
         trainer.fit(model, train_dataloaders=self.loader(seed))
         out["fit_seconds"] = round(time.perf_counter() - t0, 3)
+        group = trainer.optimizers[0].param_groups[0]
+        if recipe == "schedule_free":
+            out["lr"] = group["lr"]
+        elif recipe == "prodigy":  # Prodigy's step is d * lr: its estimate d is what it picked
+            out["d"] = float(group["d"])
         if extra:
             clr, result = extra[0], extra[0].range_test_result
             out.update(base_lr=clr.base_lr, max_lr=clr.max_lr, step_size_up=clr.step_size_up,
                        setup_seconds=tracker.setup_seconds, setup_steps=len(result.lrs) if result else 0,
-                       fallback=getattr(result, "fallback", None))
+                       fallback=getattr(result, "fallback", None),
+                       range_test=result.to_dict() if result is not None else None)
         out.update(self.summarize(tracker))
         return out
 
@@ -243,7 +256,7 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
 
 
 SAME = ("task", "description", "optimizer", "epochs", "batch_size", "total_steps", "eval_every", "targets", "grid",
-        "model_lr", "quick")
+        "model_lr", "quick", "weight_decay", "clip")
 
 
 def merge(paths: list[str], out_dir: Path) -> int:
@@ -300,7 +313,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                    "total_steps": panel.total_steps, "eval_every": panel.eval_every, "metric": task.metric_name,
                    "higher_better": task.higher_better, "targets": task.targets, "grid": task.grid,
                    "model_lr": task.model_lr, "default_lr": task.default_lr, "seeds": args.seeds, "jobs": jobs,
-                   "quick": args.quick, **task.extra},
+                   "quick": args.quick, "weight_decay": task.decay, "clip": task.clip, **task.extra},
     }
     t_start = time.perf_counter()
     for seed in args.seeds:  # seed-major: load on the shared machine hits every recipe alike
