@@ -13,7 +13,9 @@ down in docs/benchmarks.md):
 - ``prodigy``: ``prodigyopt.Prodigy(lr=1.0)`` (README: "We recommend using lr=1. (default) for all networks")
   with ``CosineAnnealingLR(T_max=total_steps)`` stepped per optimizer step (README: "cosine annealing ...
   T_max=total_steps"); ``safeguard_warmup`` stays off, as the README asks for it only with warm-up or restarts
-  and this schedule has neither; the task's weight decay (decoupled, Prodigy's default).
+  and this schedule has neither; the task's weight decay (decoupled, Prodigy's default). ``prodigy_bc``: the same
+  with ``use_bias_correction=True`` (Adam's bias correction; the README advises it for diffusion models, off by
+  default), which trained digits at batch 8 to 0.97 where the default stalled at 0.28-0.36 (d 0.039 against 0.027).
 - ``one_cycle_valley``: ``OneCycleLR(max_lr=...)`` at fastai's ``valley`` suggestion (:func:`fastai_valley`),
   read off the same Lightning ``lr_find`` sweep as ``lr_find`` and ``one_cycle``.
 """
@@ -79,10 +81,11 @@ def build_optimizer(task: Any, params: Any, lr: float, schedule: Optional[str], 
                                                 weight_decay=task.decay, warmup_steps=warmup)
         return schedulefree.AdamWScheduleFree(params, lr=SCHEDULE_FREE_ADAMW_LR, warmup_steps=warmup,
                                               weight_decay=task.decay)
-    if schedule == "prodigy":
+    if schedule in ("prodigy", "prodigy_bc"):
         from prodigyopt import Prodigy
 
-        opt: torch.optim.Optimizer = Prodigy(params, lr=1.0, weight_decay=task.decay, safeguard_warmup=False)
+        opt: torch.optim.Optimizer = Prodigy(params, lr=1.0, weight_decay=task.decay, safeguard_warmup=False,
+                                             use_bias_correction=schedule == "prodigy_bc")
         sched: Any = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
     if task.optimizer == "sgd":

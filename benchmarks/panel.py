@@ -1,13 +1,19 @@
-"""Benchmark panel: ``CyclicLearningRate()`` against the usual LR recipes on eight small tasks (no download).
+"""Benchmark panel: ``CyclicLearningRate()`` against the usual and the LR-free recipes on eleven small tasks (no
+download).
 
 Tasks (``benchmarks/_panel_tasks.py``): ``fashion`` (SGD CNN), ``digits`` (the demo's SGD MLP), ``charlm`` (AdamW
 causal transformer on stdlib source), ``adam_mlp`` (Adam MLP), ``reg64`` / ``reg512`` (the noisy SGD regression,
-a tanh teacher) and ``issue64`` / ``issue512`` (the same with a linear teacher, as issue 12's test trains it).
+a tanh teacher), ``issue64`` / ``issue512`` (the same with a linear teacher, as issue 12's test trains it),
+``digits_b8`` (digits at batch 8), ``resnet`` (a BatchNorm ResNet with weight decay, SGD) and ``charlstm`` (a
+character LSTM, Adam, clipped gradients).
 
 Recipes, every one with the same steps, data order and initial weights per seed:
   default        the optimizer's usual constant LR (SGD 0.01, Adam/AdamW 1e-3)
   lr_find        Lightning's ``Tuner.lr_find`` suggestion (100 steps, counted as setup) as a constant LR
   one_cycle      ``OneCycleLR(max_lr=lr_find's suggestion)``, stepped per batch
+  one_cycle_valley  the same at fastai's ``valley`` suggestion, read off the same sweep
+  schedule_free  Schedule-Free SGD (SGD tasks) or AdamW (Adam/AdamW tasks) at its README's settings
+  prodigy        Prodigy (lr=1.0) with cosine annealing over the run; prodigy_bc: with use_bias_correction=True
   warmup_cosine  (charlm only) linear warm-up over 5% of the steps to 1e-3, cosine down to 1e-4 (nanoGPT's habit)
   clr_auto       ``CyclicLearningRate()`` with every default; the optimizer carries the task's LR
   clr[k=v,...]   variants: ``final`` (final_lr_ratio), ``mode``, ``half`` (half_cycle_epochs), ``div``
@@ -51,20 +57,18 @@ from _common import (  # noqa: E402
     write_json,  # noqa: E402
 )
 from _panel_peers import build_optimizer, fastai_valley, schedule_free_eval  # noqa: E402
-from _panel_report import report  # noqa: E402
+from _panel_report import PEERS, report  # noqa: E402
 from _panel_tasks import TASKS, Task, build  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-PEERS = ["default", "lr_find", "one_cycle", "one_cycle_valley", "warmup_cosine", "schedule_free", "prodigy"]
-DEFAULT_RECIPES = ["default", "lr_find", "one_cycle", "one_cycle_valley", "warmup_cosine", "schedule_free", "prodigy",
-                   "clr_auto", "clr[final=1]", "clr[final=0.01]", "clr[mode=triangular2]", "oracle"]
+DEFAULT_RECIPES = [*PEERS, "clr_auto", "clr[final=1]", "clr[final=0.01]", "clr[mode=triangular2]", "oracle"]
 VARIANT = re.compile(r"^clr\[(.*)\]$")
 
 
 class PanelModule(pl.LightningModule):
     """A task's network, loss and optimizer; ``schedule``: None, ``onecycle``, ``warmup_cosine``,
-    ``schedule_free`` or ``prodigy`` (``benchmarks/_panel_peers.py``)."""
+    ``schedule_free``, ``prodigy`` or ``prodigy_bc`` (``benchmarks/_panel_peers.py``)."""
 
     def __init__(self, task: Task, lr: float, schedule: Optional[str] = None, total_steps: int = 0,
                  seed: int = 0) -> None:
@@ -191,7 +195,7 @@ class Panel:
             out.update(lr=found["valley"], setup_steps=found["steps"], setup_seconds=found["seconds"],
                        note=found["valley_note"])
             model = self.model(seed, found["valley"], "onecycle")
-        elif recipe in ("schedule_free", "prodigy"):
+        elif recipe in ("schedule_free", "prodigy", "prodigy_bc"):
             model = self.model(seed, self.task.default_lr, recipe)
         elif recipe == "warmup_cosine":
             model, out["lr"] = self.model(seed, 1e-3, "warmup_cosine"), 1e-3
@@ -208,7 +212,7 @@ class Panel:
         group = trainer.optimizers[0].param_groups[0]
         if recipe == "schedule_free":
             out["lr"] = group["lr"]
-        elif recipe == "prodigy":  # Prodigy's step is d * lr: its estimate d is what it picked
+        elif recipe in ("prodigy", "prodigy_bc"):  # Prodigy's step is d * lr: its estimate d is what it picked
             out["d"] = float(group["d"])
         if extra:
             clr, result = extra[0], extra[0].range_test_result
@@ -260,14 +264,16 @@ SAME = ("task", "description", "optimizer", "epochs", "batch_size", "total_steps
 
 
 def merge(paths: list[str], out_dir: Path) -> int:
-    """One results file from several invocations of one task (a seed each, run in parallel)."""
+    """One results file from several invocations of one task (a seed each, run in parallel; or recipes added
+    later). Where two files hold the same recipe and seed, the first file's run is kept."""
     datas = [read_json(Path(p)) for p in paths]
     base = datas[0]
     for path, other in zip(paths[1:], datas[1:]):
-        for key in SAME:
-            if other["config"].get(key) != base["config"].get(key):
+        for key in SAME:  # a key one file lacks (written before the key existed) is not compared
+            if key in other["config"] and key in base["config"] and other["config"][key] != base["config"][key]:
                 raise SystemExit(f"--merge {path}: {key} is {other['config'].get(key)!r}, not "
                                  f"{base['config'].get(key)!r}")
+    base["config"]["jobs"] = list(dict.fromkeys(j for d in datas for j in d["config"]["jobs"]))
     runs: dict[tuple[str, int], dict[str, Any]] = {}
     for d in datas:
         for r in d["runs"]:
