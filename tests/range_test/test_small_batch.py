@@ -66,6 +66,7 @@ def test_small_batch_factor() -> None:
     assert small_batch_factor(0.3) == 1.0  # a noisy curve (a regression's loss) keeps its own reading
 
 
+@pytest.mark.slow  # five real sweeps: 20 s on an idle 2-core machine, minutes on a loaded one
 def test_batch_8_reads_below_the_cliff_and_batch_32_stays_on_its_best() -> None:
     small = [read(8, seed) for seed in (0, 1, 2)]
     print("batch 8", small)
