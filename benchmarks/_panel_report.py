@@ -187,8 +187,9 @@ def summary_table(datas: list[dict[str, Any]]) -> str:
             mine = rec[c]["final"] if c in rec else None
             row.append("-" if c not in rec else f"{_fmt(mine, hb)} ({_gap_text(peer_gap(mine, best[0], hb), hb)})")
         lines.append("| " + " | ".join(row) + " |")
-    lines += ["", "Gap: the median against the best non-oracle peer's median, in points of accuracy or % of the loss "
-                  "(+: ahead). ✓: ahead, or behind by at most 0.5 point of accuracy (2% of a loss); ✗: further behind. "
+    lines += ["", "Gap: the median against the best non-oracle peer's median: points of accuracy (+: ahead), or the "
+                  "loss relative to the peer's (-: lower, ahead). ✓: ahead, or behind by at most 0.5 point of accuracy "
+                  "(2% of a loss); ✗: further behind. "
                   "Peers: " + ", ".join(f"`{p}`" for p in PEERS) + " (each where it ran on the task)."]
     return "\n".join(lines)
 
