@@ -8,8 +8,9 @@ from typing import Any, Optional
 
 from _common import update_section
 
-PEERS = ["default", "lr_find", "one_cycle", "warmup_cosine"]
-ORDER = ["default", "lr_find", "one_cycle", "warmup_cosine", "oracle", "clr_auto"]
+PEERS = ["default", "lr_find", "one_cycle", "one_cycle_valley", "warmup_cosine", "schedule_free", "prodigy",
+         "prodigy_bc"]
+ORDER = [*PEERS, "oracle", "clr_auto"]
 
 
 def _median(values: list[Optional[float]], higher_better: bool) -> Optional[float]:
@@ -56,7 +57,8 @@ def aggregate(data: dict[str, Any]) -> dict[str, Any]:
                              "final_max": max((r["final"] for r in rs if r["final"] is not None), default=None),
                              "setup_steps": statistics.median(r["setup_steps"] for r in rs),
                              "fit_seconds": statistics.median(r["fit_seconds"] for r in rs),
-                             "lrs": [r["lr"] for r in rs if "lr" in r],
+                             "lrs": [r["lr"] for r in rs if r.get("lr") is not None],
+                             "ds": [r["d"] for r in rs if r.get("d") is not None],
                              "bounds": [(r["base_lr"], r["max_lr"]) for r in rs if "base_lr" in r],
                              "fallbacks": sum(bool(r.get("fallback")) for r in rs)}
         for t in cfg["targets"]:
@@ -127,6 +129,7 @@ def task_table(data: dict[str, Any]) -> str:
         s = rec[n]
         spread = f" [{_fmt(s['final_min'], hb)}–{_fmt(s['final_max'], hb)}]" if s["final_min"] is not None else ""
         lrs = ", ".join(f"{b:.3g}..{x:.3g}" for b, x in s["bounds"]) or ", ".join(f"{v:.3g}" for v in s["lrs"])
+        lrs = lrs or ", ".join(f"d={v:.3g}" for v in s["ds"])
         if n == "oracle":
             lrs = agg["oracle"].replace("grid_lr=", "LR ")
         if s["fallbacks"]:
@@ -145,28 +148,49 @@ def task_table(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def best_peer(agg: dict[str, Any], hb: bool) -> tuple[Optional[float], str]:
+    """The best median of the non-oracle recipes (every peer) and its name."""
+    rec = agg["recipes"]
+    peers = [(rec[p]["final"], p) for p in PEERS if p in rec and rec[p]["final"] is not None]
+    return (max if hb else min)(peers) if peers else (None, "-")
+
+
+def peer_gap(mine: Optional[float], best: Optional[float], hb: bool) -> Optional[float]:
+    """``mine`` against ``best``: accuracy points (higher better) or the fraction of the loss (lower better);
+    positive is ahead."""
+    if mine is None or best is None:
+        return None
+    return (mine - best) if hb else (best - mine) / best
+
+
+def _gap_text(gap: Optional[float], hb: bool) -> str:
+    if gap is None:
+        return "-"
+    ok = gap >= (-0.005 if hb else -0.02)
+    text = f"{gap * 100:+.2f} pt" if hb else f"{-gap * 100:+.1f}% loss"
+    return f"{text} {'✓' if ok else '✗'}"
+
+
 def summary_table(datas: list[dict[str, Any]]) -> str:
-    """One row per task: clr_auto and each candidate against the peers' best and the oracle."""
-    cands = sorted({r["recipe"] for d in datas for r in d["runs"] if r["recipe"].startswith("clr")})
-    head = ["task", "metric", "best peer (median)", "oracle"] + cands
+    """One row per task: the best non-oracle recipe, ``clr_auto`` and each candidate's gap to it, the oracle."""
+    cands = sorted({r["recipe"] for d in datas for r in d["runs"] if r["recipe"].startswith("clr")},
+                   key=lambda c: (c != "clr_auto", c))
+    head = ["task", "metric", "best non-oracle peer (median)", "oracle"] + [f"{c} (gap)" for c in cands]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for d in datas:
         agg, hb = aggregate(d), d["config"]["higher_better"]
         rec = agg["recipes"]
-        peers = [(rec[p]["final"], p) for p in PEERS if p in rec and rec[p]["final"] is not None]
-        best = (max if hb else min)(peers) if peers else (None, "-")
+        best = best_peer(agg, hb)
         row = [d["config"]["task"], d["config"]["metric"], f"{_fmt(best[0], hb)} ({best[1]})",
                _fmt(rec["oracle"]["final"], hb) if agg["oracle"] else "-"]
         for c in cands:
-            if c not in rec:
-                row.append("-")
-                continue
-            g = goals(d, agg, c)
-            ok = all(x["ok"] for x in g)
-            row.append(f"{_fmt(rec[c]['final'], hb)} {'✓' if ok else '✗'}")
+            mine = rec[c]["final"] if c in rec else None
+            row.append("-" if c not in rec else f"{_fmt(mine, hb)} ({_gap_text(peer_gap(mine, best[0], hb), hb)})")
         lines.append("| " + " | ".join(row) + " |")
-    lines += ["", "✓: the median is >= every peer recipe's median and within 0.5 point of accuracy (2% of a loss) "
-                  "of the oracle's, or better; ✗: a target missed (see the task's table)."]
+    lines += ["", "Gap: the median against the best non-oracle peer's median: points of accuracy (+: ahead), or the "
+                  "loss relative to the peer's (-: lower, ahead). ✓: ahead, or behind by at most 0.5 point of accuracy "
+                  "(2% of a loss); ✗: further behind. "
+                  "Peers: " + ", ".join(f"`{p}`" for p in PEERS) + " (each where it ran on the task)."]
     return "\n".join(lines)
 
 

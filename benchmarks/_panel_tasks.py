@@ -58,10 +58,18 @@ class Task:
     description: str = ""
     evals_per_epoch: float = 2.0
     extra: dict[str, Any] = field(default_factory=dict)
+    weight_decay: Optional[float] = None  # None: the optimizer's habit (SGD and Adam 0, AdamW 0.01)
+    clip: Optional[float] = None  # Trainer(gradient_clip_val=...) for every recipe
 
     @property
     def steps_per_epoch(self) -> int:
         return math.ceil(len(self.train[0]) / self.batch_size)
+
+    @property
+    def decay(self) -> float:
+        if self.weight_decay is not None:
+            return self.weight_decay
+        return 0.01 if self.optimizer == "adamw" else 0.0
 
 
 # ---------------------------------------------------------------------------------------------- metrics
@@ -104,6 +112,39 @@ class CharTransformer(nn.Module):
         h = self.tok(x) + self.pos(torch.arange(n, device=x.device))
         h = self.blocks(h, mask=self.mask[:n, :n], is_causal=True)
         return self.head(self.norm(h))
+
+
+class CharLSTM(nn.Module):
+    """A one-layer character LSTM over 128 ASCII codes (embedding 32, hidden 128)."""
+
+    def __init__(self, vocab: int = 128, d: int = 32, hidden: int = 128) -> None:
+        super().__init__()
+        self.tok, self.lstm, self.head = nn.Embedding(vocab, d), nn.LSTM(d, hidden, batch_first=True), nn.Linear(
+            hidden, vocab)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.lstm(self.tok(x))[0])
+
+
+class Block(nn.Module):
+    """A ResNet basic block: two 3x3 conv + BatchNorm, identity (or 1x1 conv + BN when it downsamples)."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(),
+                                  nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout))
+        self.skip = nn.Identity() if stride == 1 and cin == cout else nn.Sequential(
+            nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.body(x) + self.skip(x))
+
+
+def small_resnet(width: int = 8) -> nn.Sequential:
+    """Stem conv + BN, three basic blocks (widths w, 2w, 4w; the last two downsample), global pool, linear."""
+    return nn.Sequential(nn.Conv2d(1, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
+                         Block(width, width, 1), Block(width, 2 * width, 2), Block(2 * width, 4 * width, 2),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4 * width, 10))
 
 
 def mlp(*widths: int) -> nn.Sequential:
@@ -204,14 +245,41 @@ def build(name: str, quick: bool = False, data_dir: Optional[str] = None) -> Tas
         epochs = (4 if quick else 100) if rows == 64 else (2 if quick else 8)
         return Task(name, "sgd", epochs, 8, lambda: mlp(8, 32, 1), nn.functional.mse_loss, mse, "test MSE", False,
                     [1.0, 0.1], [1e-3, 1e-2] if quick else [1e-3, 3e-3, 1e-2, 2e-2, 5e-2], train, test, 1e-4, 0.01,
-                    f"issue 12's regression as tests/callback/test_noisy_regression.py has it: a linear teacher (variance ~8) "
+                    f"issue 12's regression as tests/callback/test_noisy_regression.py has it: "
+                    f"a linear teacher (variance ~8) "
                     f"+ N(0, 0.1^2), {rows} train / 1,024 test rows, MLP 8-32-1, optimizer LR 1e-4",
                     evals_per_epoch=0.25 if rows == 64 else 1.0)
-    if name == "digits_b8":  # small-batch classification: the reading's known limit (docs/benchmarks.md)
+    return build_new(name, quick, data_dir)
+
+
+def build_new(name: str, quick: bool, data_dir: Optional[str]) -> Task:
+    """The tasks added with the LR-free peers: small batches, BatchNorm with weight decay, a recurrent model."""
+    if name == "digits_b8":  # small-batch classification: where the reading landed on the cliff
         task = build("digits", quick, data_dir)
         task.name, task.batch_size, task.epochs = name, 8, 1 if quick else 4
         task.description += ", batches of 8 rows"
+        task.grid = [0.01, 0.1] if quick else [0.003, 0.01, 0.03, 0.1]
         return task
+    if name == "resnet":
+        tx, ty, ex, ey = load_fashion_mnist(data_dir) if data_dir else load_fashion_mnist()
+        n_train, n_test = (1000, 500) if quick else (4_000, 2_000)
+        tx, ex = nn.functional.avg_pool2d(tx, 2), nn.functional.avg_pool2d(ex, 2)  # 14x14: CPU-sized
+        return Task(name, "sgd", 1 if quick else 5, 64, small_resnet, nn.functional.cross_entropy, accuracy,
+                    "test acc", True, [0.5, 0.6] if quick else [0.78, 0.82], [0.01, 0.1] if quick else
+                    [0.01, 0.03, 0.1, 0.3], _subset(tx, ty, n_train), (ex[:n_test], ey[:n_test]), 0.01, 0.01,
+                    f"Fashion-MNIST at 14x14, {n_train:,}-image seeded training subset, {n_test:,} test images, "
+                    "ResNet (3 basic blocks, widths 8-16-32, BatchNorm), weight decay 5e-4",
+                    evals_per_epoch=1.0, weight_decay=5e-4)
+    if name == "charlstm":
+        train_text, train_files = stdlib_text(CHARLM_TRAIN, 16_000 if quick else 96_000)
+        val_text, val_files = stdlib_text(CHARLM_VAL, 4_000 if quick else CHARLM_VAL_CHARS)
+        return Task(name, "adam", 1 if quick else 3, 32, lambda: CharLSTM(), lm_loss, lm_metric,
+                    "val loss (nats/char)", False, [3.0, 2.6] if quick else [2.7, 2.5],
+                    [1e-3, 1e-2] if quick else [1e-3, 3e-3, 1e-2, 3e-2], char_windows(train_text),
+                    char_windows(val_text), 1e-3, 1e-3,
+                    f"char-level LSTM (embedding 32, hidden 128) on {len(train_text):,} chars of stdlib source, "
+                    f"validated on {len(val_text):,} chars; gradient norm clipped at 1",
+                    extra={"train_files": train_files, "val_files": val_files}, clip=1.0)
     raise ValueError(f"unknown task {name!r}")
 
 
@@ -223,5 +291,6 @@ def linear_regression(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
-TASKS = ["fashion", "digits", "charlm", "adam_mlp", "reg64", "reg512", "issue64", "issue512"]
-EXTRA_TASKS = ["digits_b8"]  # benchmarks/bounds.py only
+TASKS = ["fashion", "digits", "charlm", "adam_mlp", "reg64", "reg512", "issue64", "issue512", "digits_b8", "resnet",
+         "charlstm"]
+EXTRA_TASKS: list[str] = []

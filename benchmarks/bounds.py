@@ -5,8 +5,8 @@ fixed bounds, ``max_lr`` from a per-task grid and ``base_lr = max_lr / 4``; the 
 tail, the data order and the initial weights are the same. The grid shows which ``max_lr`` trains best and where
 training falls off a cliff; the reading's ``max_lr`` per seed shows where the range test landed on that map.
 
-Tasks: the eight of ``benchmarks/panel.py`` and one more (``benchmarks/_panel_tasks.py``): ``digits_b8``, the
-digits task with batches of 8 rows (where the reading is known to land too high).
+Tasks: the eleven of ``benchmarks/panel.py`` (``benchmarks/_panel_tasks.py``), ``digits_b8`` (the digits task with
+batches of 8 rows, where the reading used to land on the cliff) included.
 
 Usage:
     python benchmarks/bounds.py                         # every task, 3 seeds (9 min on the 2-core docs machine)
@@ -44,6 +44,8 @@ MAX_GRID = {
     "issue64": [0.006, 0.01, 0.016, 0.025, 0.035],
     "issue512": [0.006, 0.01, 0.016, 0.025, 0.035],
     "digits_b8": [0.02, 0.05, 0.1, 0.2],
+    "resnet": [0.03, 0.06, 0.12, 0.25],
+    "charlstm": [0.01, 0.03, 0.06, 0.12],
 }
 
 

@@ -1,13 +1,19 @@
-"""Benchmark panel: ``CyclicLearningRate()`` against the usual LR recipes on eight small tasks (no download).
+"""Benchmark panel: ``CyclicLearningRate()`` against the usual and the LR-free recipes on eleven small tasks (no
+download).
 
 Tasks (``benchmarks/_panel_tasks.py``): ``fashion`` (SGD CNN), ``digits`` (the demo's SGD MLP), ``charlm`` (AdamW
 causal transformer on stdlib source), ``adam_mlp`` (Adam MLP), ``reg64`` / ``reg512`` (the noisy SGD regression,
-a tanh teacher) and ``issue64`` / ``issue512`` (the same with a linear teacher, as issue 12's test trains it).
+a tanh teacher), ``issue64`` / ``issue512`` (the same with a linear teacher, as issue 12's test trains it),
+``digits_b8`` (digits at batch 8), ``resnet`` (a BatchNorm ResNet with weight decay, SGD) and ``charlstm`` (a
+character LSTM, Adam, clipped gradients).
 
 Recipes, every one with the same steps, data order and initial weights per seed:
   default        the optimizer's usual constant LR (SGD 0.01, Adam/AdamW 1e-3)
   lr_find        Lightning's ``Tuner.lr_find`` suggestion (100 steps, counted as setup) as a constant LR
   one_cycle      ``OneCycleLR(max_lr=lr_find's suggestion)``, stepped per batch
+  one_cycle_valley  the same at fastai's ``valley`` suggestion, read off the same sweep
+  schedule_free  Schedule-Free SGD (SGD tasks) or AdamW (Adam/AdamW tasks) at its README's settings
+  prodigy        Prodigy (lr=1.0) with cosine annealing over the run; prodigy_bc: with use_bias_correction=True
   warmup_cosine  (charlm only) linear warm-up over 5% of the steps to 1e-3, cosine down to 1e-4 (nanoGPT's habit)
   clr_auto       ``CyclicLearningRate()`` with every default; the optimizer carries the task's LR
   clr[k=v,...]   variants: ``final`` (final_lr_ratio), ``mode``, ``half`` (half_cycle_epochs), ``div``
@@ -50,27 +56,38 @@ from _common import (  # noqa: E402
     train_loader,
     write_json,  # noqa: E402
 )
-from _panel_report import report  # noqa: E402
+from _panel_peers import build_optimizer, fastai_valley, schedule_free_eval  # noqa: E402
+from _panel_report import PEERS, report  # noqa: E402
 from _panel_tasks import TASKS, Task, build  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-PEERS = ["default", "lr_find", "one_cycle", "warmup_cosine"]
-DEFAULT_RECIPES = ["default", "lr_find", "one_cycle", "warmup_cosine", "clr_auto", "clr[final=1]",
-                   "clr[final=0.01]", "clr[mode=triangular2]", "oracle"]
+DEFAULT_RECIPES = [*PEERS, "clr_auto", "clr[final=1]", "clr[final=0.01]", "clr[mode=triangular2]", "oracle"]
 VARIANT = re.compile(r"^clr\[(.*)\]$")
 
 
 class PanelModule(pl.LightningModule):
-    """A task's network, loss and optimizer; ``schedule``: None, ``onecycle`` or ``warmup_cosine`` (per step)."""
+    """A task's network, loss and optimizer; ``schedule``: None, ``onecycle``, ``warmup_cosine``,
+    ``schedule_free``, ``prodigy`` or ``prodigy_bc`` (``benchmarks/_panel_peers.py``)."""
 
-    def __init__(self, task: Task, lr: float, schedule: Optional[str] = None, total_steps: int = 0) -> None:
+    def __init__(self, task: Task, lr: float, schedule: Optional[str] = None, total_steps: int = 0,
+                 seed: int = 0) -> None:
         super().__init__()
         self.net, self.task, self.lr = task.make_net(), task, lr  # lr_find writes its suggestion to .lr
-        self.schedule, self.total_steps = schedule, total_steps
+        self.schedule, self.total_steps, self.seed = schedule, total_steps, seed
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self.schedule == "schedule_free":
+            self.optimizers().optimizer.train()  # Schedule-Free: before every training step (its README)
+
+    def prepare_eval(self) -> None:
+        """Schedule-Free: the averaged weights, BatchNorm statistics recomputed at them (its README)."""
+        if self.schedule == "schedule_free":
+            schedule_free_eval(self.net, self.optimizers().optimizer, self.task.train, self.task.batch_size,
+                               self.seed)
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x, y = batch
@@ -79,27 +96,7 @@ class PanelModule(pl.LightningModule):
         return loss
 
     def configure_optimizers(self) -> Any:
-        name = self.task.optimizer
-        if name == "sgd":
-            opt: torch.optim.Optimizer = torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
-        elif name == "adam":
-            opt = torch.optim.Adam(self.parameters(), lr=self.lr)
-        else:
-            opt = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=0.01)
-        if self.schedule is None:
-            return opt
-        if self.schedule == "onecycle":
-            sched: Any = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.lr, total_steps=self.total_steps)
-        else:
-            warm, total = max(1, self.total_steps // 20), self.total_steps
-
-            def factor(step: int) -> float:
-                if step < warm:
-                    return (step + 1) / warm
-                return 0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
-
-            sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return build_optimizer(self.task, self.parameters(), self.lr, self.schedule, self.total_steps)
 
 
 class MetricTracker(Tracker):
@@ -113,6 +110,7 @@ class MetricTracker(Tracker):
         now = time.perf_counter()
         self.train_seconds += now - self._t_last
         was = pl_module.training
+        pl_module.prepare_eval()
         pl_module.eval()
         value = self.task.metric(pl_module.net, *self.task.test)
         pl_module.train(was)
@@ -155,7 +153,10 @@ class Panel:
 
     def model(self, seed: int, lr: float, schedule: Optional[str] = None) -> PanelModule:
         pl.seed_everything(seed, verbose=False)
-        return PanelModule(self.task, lr, schedule, self.total_steps)
+        return PanelModule(self.task, lr, schedule, self.total_steps, seed)
+
+    def trainer(self, callbacks: list[Any], max_epochs: int) -> pl.Trainer:
+        return make_trainer(callbacks, max_epochs, default_root_dir=self.tmp, gradient_clip_val=self.task.clip)
 
     def loader(self, seed: int) -> Any:
         return train_loader(*self.task.train, self.task.batch_size, seed)
@@ -164,14 +165,17 @@ class Panel:
         if seed not in self.found:
             from lightning.pytorch.tuner import Tuner
 
-            trainer = make_trainer([], 10_000, default_root_dir=self.tmp)
+            trainer = self.trainer([], 10_000)
             t0 = time.perf_counter()
             finder = Tuner(trainer).lr_find(self.model(seed, self.task.model_lr), train_dataloaders=self.loader(seed),
                                             update_attr=False)
             suggestion = finder.suggestion() if finder is not None else None
+            valley = fastai_valley(finder.results["lr"], finder.results["loss"]) if finder is not None else None
             self.found[seed] = {"lr": float(suggestion or self.task.default_lr), "seconds": time.perf_counter() - t0,
                                 "steps": len(finder.results["lr"]) if finder is not None else 0,
-                                "note": None if suggestion else "lr_find gave no suggestion: used the default LR"}
+                                "note": None if suggestion else "lr_find gave no suggestion: used the default LR",
+                                "valley": float(valley or self.task.default_lr),
+                                "valley_note": None if valley else "valley gave no suggestion: used the default LR"}
         return self.found[seed]
 
     def run(self, recipe: str, seed: int) -> dict[str, Any]:
@@ -186,6 +190,13 @@ class Panel:
             found = self.lr_find(seed)
             out.update(lr=found["lr"], setup_steps=found["steps"], setup_seconds=found["seconds"], note=found["note"])
             model = self.model(seed, found["lr"], "onecycle" if recipe == "one_cycle" else None)
+        elif recipe == "one_cycle_valley":
+            found = self.lr_find(seed)
+            out.update(lr=found["valley"], setup_steps=found["steps"], setup_seconds=found["seconds"],
+                       note=found["valley_note"])
+            model = self.model(seed, found["valley"], "onecycle")
+        elif recipe in ("schedule_free", "prodigy", "prodigy_bc"):
+            model = self.model(seed, self.task.default_lr, recipe)
         elif recipe == "warmup_cosine":
             model, out["lr"] = self.model(seed, 1e-3, "warmup_cosine"), 1e-3
         elif recipe == "clr_auto" or VARIANT.match(recipe):
@@ -194,15 +205,21 @@ class Panel:
         else:
             raise ValueError(recipe)
         tracker = MetricTracker(self.task, self.eval_every)
-        trainer = make_trainer([tracker, *extra, StartMarker(tracker)], self.task.epochs, default_root_dir=self.tmp)
+        trainer = self.trainer([tracker, *extra, StartMarker(tracker)], self.task.epochs)
         t0 = time.perf_counter()
         trainer.fit(model, train_dataloaders=self.loader(seed))
         out["fit_seconds"] = round(time.perf_counter() - t0, 3)
+        group = trainer.optimizers[0].param_groups[0]
+        if recipe == "schedule_free":
+            out["lr"] = group["lr"]
+        elif recipe in ("prodigy", "prodigy_bc"):  # Prodigy's step is d * lr: its estimate d is what it picked
+            out["d"] = float(group["d"])
         if extra:
             clr, result = extra[0], extra[0].range_test_result
             out.update(base_lr=clr.base_lr, max_lr=clr.max_lr, step_size_up=clr.step_size_up,
                        setup_seconds=tracker.setup_seconds, setup_steps=len(result.lrs) if result else 0,
-                       fallback=getattr(result, "fallback", None))
+                       fallback=getattr(result, "fallback", None),
+                       range_test=result.to_dict() if result is not None else None)
         out.update(self.summarize(tracker))
         return out
 
@@ -243,18 +260,20 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
 
 
 SAME = ("task", "description", "optimizer", "epochs", "batch_size", "total_steps", "eval_every", "targets", "grid",
-        "model_lr", "quick")
+        "model_lr", "quick", "weight_decay", "clip")
 
 
 def merge(paths: list[str], out_dir: Path) -> int:
-    """One results file from several invocations of one task (a seed each, run in parallel)."""
+    """One results file from several invocations of one task (a seed each, run in parallel; or recipes added
+    later). Where two files hold the same recipe and seed, the first file's run is kept."""
     datas = [read_json(Path(p)) for p in paths]
     base = datas[0]
     for path, other in zip(paths[1:], datas[1:]):
-        for key in SAME:
-            if other["config"].get(key) != base["config"].get(key):
+        for key in SAME:  # a key one file lacks (written before the key existed) is not compared
+            if key in other["config"] and key in base["config"] and other["config"][key] != base["config"][key]:
                 raise SystemExit(f"--merge {path}: {key} is {other['config'].get(key)!r}, not "
                                  f"{base['config'].get(key)!r}")
+    base["config"]["jobs"] = list(dict.fromkeys(j for d in datas for j in d["config"]["jobs"]))
     runs: dict[tuple[str, int], dict[str, Any]] = {}
     for d in datas:
         for r in d["runs"]:
@@ -300,7 +319,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                    "total_steps": panel.total_steps, "eval_every": panel.eval_every, "metric": task.metric_name,
                    "higher_better": task.higher_better, "targets": task.targets, "grid": task.grid,
                    "model_lr": task.model_lr, "default_lr": task.default_lr, "seeds": args.seeds, "jobs": jobs,
-                   "quick": args.quick, **task.extra},
+                   "quick": args.quick, "weight_decay": task.decay, "clip": task.clip, **task.extra},
     }
     t_start = time.perf_counter()
     for seed in args.seeds:  # seed-major: load on the shared machine hits every recipe alike

@@ -217,9 +217,14 @@ def test_panel_quick_and_report(tmp_path: Path) -> None:
     cfg = digits["config"]
     assert digits["errors"] == [] and cfg["quick"] and cfg["higher_better"]
     ran = {r["recipe"] for r in digits["runs"]}
-    assert ran == {"default", "lr_find", "one_cycle", "clr_auto", "clr[final=1]", "clr[final=0.01]",
-                   "clr[mode=triangular2]"} | {f"grid_lr={lr:g}" for lr in cfg["grid"]}  # no warm-up+cosine on SGD
+    assert ran == {"default", "lr_find", "one_cycle", "one_cycle_valley", "schedule_free", "prodigy", "prodigy_bc",
+                   "clr_auto", "clr[final=1]", "clr[final=0.01]", "clr[mode=triangular2]"} | {
+        f"grid_lr={lr:g}" for lr in cfg["grid"]}  # no warm-up+cosine on SGD
     by = {r["recipe"]: r for r in digits["runs"]}
+    # the LR-free peers at their READMEs' settings: Schedule-Free SGD at 10x the usual LR, Prodigy's own estimate
+    assert by["schedule_free"]["lr"] == pytest.approx(10 * cfg["default_lr"]) and by["prodigy"]["d"] > 1e-6
+    assert by["prodigy"]["lr_trace"][0] == pytest.approx(1.0) and by["prodigy"]["lr_trace"][-1] < 0.01  # cosine
+    assert by["one_cycle_valley"]["setup_steps"] == by["lr_find"]["setup_steps"] > 0
     for r in digits["runs"]:
         assert r["steps"] == cfg["total_steps"] and 0 <= r["final"] <= 1, r["recipe"]
     assert by["grid_lr=0.01"]["final"] == by["default"]["final"]  # the default's runs serve the grid's 0.01
@@ -273,3 +278,46 @@ def test_bounds_quick_puts_the_reading_on_the_fixed_bounds_map(tmp_path: Path) -
     _run(["benchmarks/bounds.py", "--report", "--quick", "--task", "issue512", "--out-dir", str(tmp_path), "--doc",
           str(doc)], timeout=60)
     assert "<!-- bounds:start -->" in doc.read_text() and "| issue512 | test MSE |" in doc.read_text()
+
+
+def test_fastai_valley_is_fastais_rule() -> None:
+    """fastai's ``valley`` (fastai/callback/schedule.py), off-by-one start included: the first num_it // 10 points
+    dropped, halfway along the longest decreasing run; cut at the first NaN."""
+    from _panel_peers import fastai_valley
+
+    lrs = [10.0 ** (-7 + i / 10) for i in range(17)]
+    losses = [9.0] * 10 + [5.0, 4.0, 3.0, 2.0, 1.0, 2.0, 3.0]
+    assert fastai_valley(lrs, losses) == lrs[10]  # run 10..14: max_start = 14 - 5 - 10 = -1, idx -1 + 1 + 0
+    losses = [9.0] * 10 + [5.0, 4.8, 4.6, 4.4, 4.2, 4.0, 3.8, 3.6, 3.4, 3.2, 3.0, 2.8, 9.0]
+    lrs = [10.0 ** (-7 + i / 10) for i in range(len(losses))]
+    assert fastai_valley(lrs, losses) == lrs[10 + 5]  # run of 12: max_start -1, sections 4: idx -1 + 4 + 2
+    assert fastai_valley(lrs, losses[:12] + [float("nan")] * 11) == lrs[11]  # cut at the NaN: [5.0, 4.8]
+
+
+def test_schedule_free_eval_recomputes_batchnorm_at_the_averaged_weights() -> None:
+    """The README's BatchNorm fix: after ``optimizer.eval()``, the running statistics are those of forward passes
+    at the averaged weights x (not of the training iterate y), and the global RNG (the data order) is untouched."""
+    import schedulefree
+    import torch
+    from _panel_peers import schedule_free_eval
+    from torch import nn
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8, momentum=1.0), nn.ReLU(), nn.Linear(8, 2))
+    opt = schedulefree.SGDScheduleFree(net.parameters(), lr=0.5, warmup_steps=2)
+    x, y = torch.randn(256, 4), torch.randint(0, 2, (256,))
+    opt.train()
+    for k in range(0, 256, 32):
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(x[k: k + 32]), y[k: k + 32]).backward()
+        opt.step()
+    last = x[torch.randperm(256, generator=torch.Generator().manual_seed(10_000))[224:]]  # its last batch
+    with torch.no_grad():
+        at_y = net[0](last).mean(0)
+    rng = torch.get_rng_state()
+    schedule_free_eval(net, opt, (x, y), 32, seed=0)
+    assert torch.equal(torch.get_rng_state(), rng) and not opt.param_groups[0]["train_mode"]
+    with torch.no_grad():  # momentum=1: the running mean is the last forwarded batch's, at the averaged weights x
+        at_x = net[0](last).mean(0)
+    assert (at_x - at_y).abs().max() > 1e-3  # x and y differ
+    assert torch.allclose(net[1].running_mean, at_x, atol=1e-6)

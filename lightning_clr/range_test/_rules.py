@@ -26,6 +26,7 @@ from lightning_clr.range_test._reading import (
     bottom_end,
     first_instability,
     read_curve,
+    small_batch_factor,
     start_level,
     within_noise,
 )
@@ -192,7 +193,10 @@ def suggest(
     :func:`noise_sigma` of ``NOISE_FREE`` = 5% or more, as with batches of 8 rows of a regression): there the
     smoother is wider, a drop counts only if it exceeds ``NOISE_SIGMAS`` sigmas of the smoothing's noise, an
     instability must exceed the noise too, and the bottom is the per-batch noise floor rather than the onset of
-    divergence (docs/evidence.md). ``points["noise_sigma"]`` reports the noise.
+    divergence (docs/evidence.md). ``points["noise_sigma"]`` reports the noise. On a clean curve whose noise
+    is still above ``SMALL_BATCH_SIGMA`` (small batches of a classification loss), ``max_lr`` is then scaled by
+    ``SMALL_BATCH_SIGMA / sigma`` (``small_batch_factor``, reported in ``points["small_batch_factor"]``): the best
+    LR falls with the batch, the curve's bottom hardly does (docs/benchmarks.md, the digits_b8 task).
 
     Only the finite prefix of the curve is used. Fewer than ``MIN_POINTS`` points, a curve that never falls, or
     a drop below ``FLAT_TOLERANCE`` of its start (or within the noise) fall back with ``fallback=True``: to a
@@ -241,6 +245,10 @@ def suggest(
     points["bottom_end_lr"] = math.exp(xs[i_end])
     gap = NOISY_GAP if reading.noisy else DIVERGENCE_GAP
     high = _max_lr(rule, xs, ys, start, i_min, i_end, points, gap)
+    factor = small_batch_factor(reading.sigma)
+    if factor < 1.0:
+        points["small_batch_factor"] = factor
+        high *= factor
     return Suggestion(rule, high / base_divisor, high, False, "", points)
 
 
