@@ -145,3 +145,8 @@ def trainer(**kwargs: Any) -> pl.Trainer:
     )
     defaults.update(kwargs)
     return pl.Trainer(**defaults)
+
+
+def sqrt_scale(x: float) -> float:
+    """An importable ``scale_fn`` (``"helpers:sqrt_scale"``) for tests of import paths."""
+    return float(x) ** 0.5

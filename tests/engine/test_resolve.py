@@ -53,11 +53,13 @@ def test_the_cycle_comes_from_half_cycle_epochs_and_whole_cycles_of_the_run() ->
     up, down, per_epoch, total, half, final = probe.cycle
     assert (per_epoch, total, half) == (8, 32, 1.0)
     assert (up + down) * 2 == total and up == 8  # two whole cycles of 2 epochs
-    assert final == 0.1  # the default annealing tail, with a known run length
+    assert final == 1.0  # both bounds given: torch's schedule, no automatic tail (docs/schedule.md)
     plan = probe.plan
     assert plan.base_lr == (0.01,) and plan.max_lr == (0.1,) and plan.group_counts == (1,)
     assert plan.step_size_up == 8 and plan.total_steps == 32 and plan.range_test is None
-    assert "step_size_up=8" in describe(plan) and "annealing" in describe(plan)
+    assert "step_size_up=8" in describe(plan) and "annealing" not in describe(plan)
+    tail = _resolve(CycleSettings(base_lr=0.01, max_lr=0.1, half_cycle_epochs=1.0, final_lr_ratio=0.1), max_epochs=4)
+    assert tail.cycle[-1] == 0.1 and "annealing" in describe(tail.plan)  # a ratio given applies
 
 
 def test_given_step_sizes_are_kept_and_no_half_cycle_is_recorded() -> None:

@@ -51,9 +51,9 @@ def test_a_given_bound_must_fit_the_checkpoints_groups_and_other_bound() -> None
 
 
 def test_a_checkpoint_with_a_custom_scale_fn_needs_it_passed_again() -> None:
-    plan = _plan(scale_fn="math:sqrt")
-    assert plan.custom_scale_fn and plan.scale_fn_path == "math:sqrt"
-    with pytest.raises(ValueError, match="never imports code.*'math:sqrt'"):
+    plan = _plan(scale_fn="helpers:sqrt_scale")
+    assert plan.custom_scale_fn and plan.scale_fn_path == "helpers:sqrt_scale"
+    with pytest.raises(ValueError, match="recorded as 'helpers:sqrt_scale'.*never imports code"):
         reconcile(plan, CycleSettings())
-    resumed, messages = reconcile(plan, CycleSettings(scale_fn="math:sqrt"))
+    resumed, messages = reconcile(plan, CycleSettings(scale_fn="helpers:sqrt_scale"))
     assert resumed == plan and messages == []

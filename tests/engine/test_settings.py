@@ -70,6 +70,6 @@ def test_replace_validates_again_and_the_settings_are_frozen() -> None:
 
 
 def test_a_scale_fn_path_is_imported_and_a_lambda_has_no_path() -> None:
-    settings = CycleSettings(scale_fn="math:sqrt", mode="triangular")
-    assert settings.scale_fn(4.0) == 2.0 and settings.scale_fn_path == "math:sqrt"
+    settings = CycleSettings(scale_fn="helpers:sqrt_scale", mode="triangular")
+    assert settings.scale_fn(4.0) == 2.0 and settings.scale_fn_path == "helpers:sqrt_scale"
     assert CycleSettings(scale_fn=lambda x: 1.0).scale_fn_path is None
