@@ -195,6 +195,12 @@ class CyclicLearningRate(*callback_bases()):  # a Callback of lightning.pytorch 
         return list(self._steps)
 
     @property
+    def counted_steps(self) -> list[int]:
+        """Like :attr:`steps`, without waiting for a fused optimizer's skip flag still on the device (a skipped
+        step may be in it until the next step takes it back): for readers at every step."""
+        return self._writer.counted if self._writer is not None else list(self._steps)
+
+    @property
     def base_lr(self) -> Union[float, list[float], None]:
         """The resolved lower bound (one float when all param groups share it; lowered by the guard's back-offs,
         if any), else the given one."""

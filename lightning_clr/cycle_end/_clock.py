@@ -86,7 +86,12 @@ class CycleEndClock:
         validates = bool(trainer.enable_validation)
         if (moment == "step" and validates) or (moment == "validation" and not validates):
             return None
-        cycles = self.finished()
+        clr = self._clr
+        if clr is None or clr.plan is None or not clr.counted_steps:
+            return None
+        if clr.counted_steps[0] // clr.plan.cycle_length <= self.judged:
+            return None  # no cycle can have ended: decided without waiting for a skip flag (no device sync)
+        cycles = self.finished()  # exact (it may wait for the last step's skip flag)
         if cycles <= self.judged:
             return None
         self.judged = cycles
