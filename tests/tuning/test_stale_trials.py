@@ -61,16 +61,6 @@ def test_a_worker_with_a_short_heartbeat_does_not_fail_a_slower_workers_live_tri
         (t.number, t.state, t.user_attrs.get("error")) for t in trials]
 
 
-@pytest.fixture
-def pg_study_name() -> Any:
-    name = f"lightning_clr_test_{uuid.uuid4().hex[:12]}"
-    yield name
-    try:
-        optuna.delete_study(study_name=name, storage=database_url(PG_URL))
-    except KeyError:
-        pass
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 @needs_pg

@@ -26,16 +26,6 @@ from tuning_helpers import (
 from lightning_clr.tuning._storage import database_url  # direct Optuna calls: the driver the tuner would use
 
 
-@pytest.fixture
-def pg_study_name() -> Any:
-    name = f"lightning_clr_test_{uuid.uuid4().hex[:12]}"
-    yield name
-    try:
-        optuna.delete_study(study_name=name, storage=database_url(PG_URL))
-    except KeyError:
-        pass
-
-
 # ---------------------------------------------------------------------------------------------- storages
 def test_journal_storage_resumes_a_study(tmp_path: Path) -> None:
     storage = str(tmp_path / "study.journal")
