@@ -305,8 +305,8 @@ def stored_bounds(study: Any) -> Optional[tuple[tuple[float, ...], tuple[float, 
     otherwise one :class:`StorageError` line names the attribute and its value, before any trial trains with it.
     """
     attrs = study.user_attrs
-    if BOUND_KEYS[0] not in attrs:
-        return None
+    if any(key not in attrs for key in BOUND_KEYS):
+        return None  # not (yet) stored: the two attributes are written one after the other
     base, high = (_stored_lrs(study, key, attrs.get(key)) for key in BOUND_KEYS)
     if len(base) != len(high):
         raise _bad_attr(study, BOUND_KEYS[1], attrs[BOUND_KEYS[1]], f"one value per param group ({len(base)})")
