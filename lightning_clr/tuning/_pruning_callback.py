@@ -33,6 +33,7 @@ from lightning_clr._compat import callback_bases
 from lightning_clr._lightning import destroy_dist_connection
 from lightning_clr._validation import ArgumentError, int_in
 from lightning_clr.callback import CyclicLearningRate
+from lightning_clr.cycle_end._clock import find_cyclic_lr
 from lightning_clr.schedule import whole_cycle_epochs
 
 __all__ = ["CyclePruningCallback", "suggest_cycle"]
@@ -101,12 +102,8 @@ def _study_bounds(trial: Any, clr: CyclicLearningRate) -> None:
 
 
 def find_clr(trainer: pl.Trainer) -> CyclicLearningRate:
-    found = [c for c in trainer.callbacks if isinstance(c, CyclicLearningRate)]
-    if len(found) != 1:
-        raise ValueError(
-            f"CyclePruningCallback needs exactly one CyclicLearningRate in the Trainer's callbacks, found {len(found)}"
-        )
-    return found[0]
+    """The trial's one :class:`~lightning_clr.CyclicLearningRate` (a clear error otherwise)."""
+    return find_cyclic_lr(trainer, "CyclePruningCallback")
 
 
 class CyclePruningCallback(*callback_bases()):  # a Callback of either Lightning package

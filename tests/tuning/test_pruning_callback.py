@@ -172,7 +172,7 @@ def test_without_a_cyclic_learning_rate_the_callback_says_so() -> None:
     trial = optuna.create_study().ask()
     trainer = pl.Trainer(accelerator="cpu", max_epochs=1, callbacks=[CyclePruningCallback(trial)], logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
-    with pytest.raises(ValueError, match="exactly one CyclicLearningRate"):
+    with pytest.raises(ValueError, match="CyclePruningCallback judges at the cycle ends .*needs exactly one"):
         trainer.fit(Net(), datamodule=DM())
 
 
