@@ -111,10 +111,16 @@ def test_metric_state_keys_are_what_an_update_changes() -> None:
     metric = MulticlassAccuracy(num_classes=2)
     keys = seam.metric_state_keys(metric)
     assert set(seam.METRIC_STATE) <= set(keys) and len(keys) > len(seam.METRIC_STATE)
-    before = {k: vars(metric).get(k) for k in keys}
+    before = {k: _copy(vars(metric).get(k)) for k in keys}  # copies: an update may add into the same tensor
     metric.update(torch.tensor([0, 1]), torch.tensor([0, 0]))
     changed = [k for k in keys if not _same(vars(metric).get(k), before[k])]
     assert "_update_count" in changed and len(changed) >= 2  # the counter and a declared state
+
+
+def _copy(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    return list(value) if isinstance(value, list) else value
 
 
 def _same(a: Any, b: Any) -> bool:

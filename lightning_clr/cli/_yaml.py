@@ -66,14 +66,23 @@ def check_yaml(text: str) -> None:
 
 def guarded_yaml_load(stream: str) -> Any:
     """jsonargparse's YAML loader, after :func:`check_yaml`."""
-    from jsonargparse import get_loader
-
     if isinstance(stream, str):
         try:
             check_yaml(stream)
         except YamlLimitError as err:  # one line and exit 2: jsonargparse would retry it as a plain string
             fail(f"YAML input refused: {err}")
-    return get_loader("yaml")(stream)
+    return _yaml_loader()(stream)
+
+
+def _yaml_loader() -> Any:
+    """jsonargparse's own YAML loader: ``get_loader`` since 4.28, its ``loaders`` table at the 4.27 floor."""
+    try:
+        from jsonargparse import get_loader
+    except ImportError:
+        from jsonargparse._loaders_dumpers import loaders
+
+        return loaders["yaml"]
+    return get_loader("yaml")
 
 
 def register() -> str:

@@ -262,7 +262,8 @@ def _lost(study: Any, trial: Any, err: Optional[BaseException] = None) -> bool:
     this process or the storage stalled). One warning, and the worker goes on with its next trial."""
     seen, lost = err, False
     while seen is not None and not lost:  # rank 0 writes to the finished trial; other ranks get its message
-        lost = isinstance(seen, optuna.exceptions.UpdateFinishedTrialError) or "UpdateFinishedTrialError" in str(seen)
+        finished = getattr(optuna.exceptions, "UpdateFinishedTrialError", ())  # Optuna >= 4.1; the floor has none
+        lost = isinstance(seen, finished) or "UpdateFinishedTrialError" in str(seen)
         seen = seen.__cause__ or seen.__context__
     if trial is not None and not lost:
         lost = finished_elsewhere(study._storage, trial._trial_id)

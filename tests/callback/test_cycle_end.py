@@ -272,8 +272,9 @@ def test_ddp_ranks_stop_at_the_same_cycle_end_and_rank_zero_writes(tmp_path: Pat
         assert (report["stopped_cycle"], report["stopped_step"], report["global_step"]) == (2, 2 * cycle, 2 * cycle)
         assert report["cycles_judged"] == [2, 2]
         assert report["dirpath"] == str(tmp_path / "ckpt_rank0")  # rank 0's folder, on every rank
-    assert reports[1]["stopping_reason"] == "PATIENCE_EXHAUSTED"
-    assert reports[0]["stopping_reason"] == "NOT_STOPPED"  # rank 0 stopped on rank 1's word
+    if reports[1]["stopping_reason"] is not None:  # EarlyStopping.stopping_reason: newer than the Lightning floor
+        assert reports[1]["stopping_reason"] == "PATIENCE_EXHAUSTED"
+        assert reports[0]["stopping_reason"] == "NOT_STOPPED"  # rank 0 stopped on rank 1's word
     assert saved(tmp_path / "ckpt_rank0") == [(1, cycle), (2, 2 * cycle)]
     assert not (tmp_path / "ckpt_rank1").exists()
     assert reports[0]["best_k_models"] == reports[1]["best_k_models"] == sorted(

@@ -35,8 +35,8 @@ def test_deep_nesting_and_huge_documents_are_refused() -> None:
 
 
 def test_ordinary_documents_load_as_before() -> None:
-    from jsonargparse import get_loader
+    from lightning_clr.cli._yaml import _yaml_loader
 
     text = EXAMPLE.read_text()
-    assert guarded_yaml_load(text) == get_loader("yaml")(text)
+    assert guarded_yaml_load(text) == _yaml_loader()(text)
     assert guarded_yaml_load("base: &b 0.1\nmax_lr: *b") == {"base": 0.1, "max_lr": 0.1}

@@ -54,7 +54,8 @@ class Report(Callback):
             "cycle_length": plan.cycle_length if plan else None,
             "stopped_cycle": self.stop.stopped_cycle,
             "stopped_step": self.stop.stopped_step,
-            "stopping_reason": self.stop.stopping_reason.name,
+            # EarlyStopping.stopping_reason is newer than the Lightning floor
+            "stopping_reason": getattr(getattr(self.stop, "stopping_reason", None), "name", None),
             "cycles_judged": [self.ckpt.cycles_judged, self.stop.cycles_judged],
             "dirpath": str(self.ckpt.dirpath),
             "best_k_models": sorted(Path(p).name for p in self.ckpt.best_k_models),
