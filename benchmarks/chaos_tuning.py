@@ -175,6 +175,7 @@ def chaos(run: Run, db: str) -> None:
 def checks(run: Run) -> dict[str, Any]:
     from optuna.trial import TrialState
 
+    from lightning_clr.tuning._reconnect import TWIN_ERROR
     from lightning_clr.tuning._result import result_of
 
     study = run.study()
@@ -197,7 +198,8 @@ def checks(run: Run) -> dict[str, Any]:
     outcome = {
         "trials": len(trials),
         "states": {s.name: sum(t.state == s for t in trials) for s in TrialState if any(t.state == s for t in trials)},
-        "errors": {t.number: t.user_attrs["error"][:160] for t in trials if "error" in t.user_attrs},
+        "errors": {t.number: t.user_attrs["error"][:160] for t in trials if t.user_attrs.get("error")},
+        "twins_voided": [t.number for t in trials if str(t.user_attrs.get("error") or "").startswith(TWIN_ERROR)],
         "exit_status": exits,
         "last_lines": {name: _last_line(run.out / f"{name}.log") for name in run.procs},
         "bound_pairs": sorted(pairs),

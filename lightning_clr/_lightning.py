@@ -56,7 +56,7 @@ _STEP_HOOKS = ("_optimizer_step_pre_hooks", "_optimizer_step_post_hooks")  # tor
 
 
 class PrivateMemberError(RuntimeError):
-    """A private member of Lightning, torch or torchmetrics that lightning_clr relies on is missing.
+    """A private member of Lightning, torch, torchmetrics or Optuna that lightning_clr relies on is missing.
 
     Example:
         >>> str(PrivateMemberError("trainer._signal_connector"))[:60]
@@ -73,7 +73,7 @@ class PrivateMemberError(RuntimeError):
 
 def _versions() -> str:
     found = []
-    for name in ("torch", "lightning", "pytorch_lightning", "torchmetrics"):
+    for name in ("torch", "lightning", "pytorch_lightning", "torchmetrics", "optuna"):
         try:
             found.append(f"{name} {importlib.import_module(name).__version__}")
         except ImportError:

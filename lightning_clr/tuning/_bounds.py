@@ -27,6 +27,7 @@ import optuna
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lightning_clr.range_test._rules import DEFAULT_BASE_DIVISOR
+from lightning_clr.tuning._optuna import storage_of
 from lightning_clr.tuning._storage import stored_bounds
 
 __all__ = ["KEYS", "WAIT_S", "claim", "combine", "release", "shared_bounds", "store_bounds"]
@@ -70,7 +71,7 @@ def store_bounds(study: Any, base: tuple[float, ...], high: tuple[float, ...], r
 
 def claim(study: Any) -> bool:
     """Claim the study's range test; ``True`` for exactly one of the workers that try at once."""
-    storage = study._storage
+    storage = storage_of(study)
     try:
         claim_id = storage.create_new_study([optuna.study.StudyDirection.MINIMIZE], _claim_name(study))
     except optuna.exceptions.DuplicatedStudyError:
@@ -84,7 +85,7 @@ def claim(study: Any) -> bool:
 
 def release(study: Any) -> None:
     """Delete the claim (after the bounds are stored, or when this worker's range test failed)."""
-    storage = study._storage
+    storage = storage_of(study)
     try:
         storage.delete_study(storage.get_study_id_from_name(_claim_name(study)))
     except KeyError:  # released already
@@ -92,7 +93,7 @@ def release(study: Any) -> None:
 
 
 def _owner(study: Any) -> str:
-    storage = study._storage
+    storage = storage_of(study)
     try:
         return str(storage.get_study_user_attrs(storage.get_study_id_from_name(_claim_name(study))).get("owner"))
     except KeyError:

@@ -22,6 +22,7 @@ from typing import Any, Iterator, Literal, Optional, Union
 
 from lightning_clr._validation import ArgumentError, boolean, choice, float_in, int_in
 from lightning_clr.schedule import MODES
+from lightning_clr.tuning._optuna import import_optuna
 
 __all__ = ["OutputConfig", "SearchSpace", "StudyConfig"]
 
@@ -120,6 +121,9 @@ class StudyConfig:
         grace_period: A RUNNING trial whose last heartbeat is older than this is marked FAIL by the next worker
             (after a second look, in case the storage stalled). Each trial is judged by the grace period of the
             worker that runs it. Default: ``4 * heartbeat_interval``; at most 30 days.
+        storage_patience: Seconds a worker waits out a database server that refuses or cuts its connections (a
+            restart, a failover) before it stops with ``StorageError``; ``0``: it stops at once. Retried writes
+            are never applied twice. A server that never answered (a wrong URL) is not waited for.
 
     Example:
         >>> StudyConfig(storage="postgresql://postgres@127.0.0.1/test", study_name="clr", pruner="cycle_median")
@@ -136,6 +140,7 @@ class StudyConfig:
     seed: int = 0
     heartbeat_interval: float = 10.0
     grace_period: Optional[float] = None
+    storage_patience: float = 120.0
 
     def __post_init__(self) -> None:
         with _group("study"):
@@ -156,6 +161,7 @@ class StudyConfig:
             grace = float_in("grace_period", self.grace_period, 0.0, MAX_GRACE_PERIOD, low_open=True)
             if grace <= beat:
                 raise ArgumentError("grace_period", grace, f"None or a number > heartbeat_interval ({beat})")
+        float_in("storage_patience", self.storage_patience, 0.0, MAX_GRACE_PERIOD)
 
     @property
     def grace(self) -> float:
@@ -211,7 +217,7 @@ def _optuna_or_name(name: str, value: Any, names: tuple[str, ...], base: str) ->
     if isinstance(value, str):
         choice(name, value, names)
         return
-    import optuna
+    optuna = import_optuna()
 
     cls = optuna.samplers.BaseSampler if base == "BaseSampler" else optuna.pruners.BasePruner
     if not isinstance(value, cls):

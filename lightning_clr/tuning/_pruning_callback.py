@@ -35,6 +35,7 @@ from lightning_clr._validation import ArgumentError, int_in
 from lightning_clr.callback import CyclicLearningRate
 from lightning_clr.cycle_end._clock import find_cyclic_lr
 from lightning_clr.schedule import whole_cycle_epochs
+from lightning_clr.tuning._optuna import import_optuna, storage_of, trial_id_of
 
 __all__ = ["CyclePruningCallback", "suggest_cycle"]
 
@@ -88,11 +89,11 @@ def _study_bounds(trial: Any, clr: CyclicLearningRate) -> None:
     from lightning_clr.tuning._bounds import combine, shared_bounds
     from lightning_clr.tuning._storage import storage_errors
 
-    with storage_errors(trial.study._storage):
+    with storage_errors(storage_of(trial.study)):
         stored, claimed = shared_bounds(trial.study, "suggest_cycle")
         if stored is None:
             if claimed:
-                trial.study._storage.set_trial_system_attr(trial._trial_id, CLAIM_KEY, True)
+                storage_of(trial.study).set_trial_system_attr(trial_id_of(trial), CLAIM_KEY, True)
             return
     s = clr.settings
     base, high = combine(stored, s.base_lr, s.max_lr)
@@ -144,9 +145,9 @@ class CyclePruningCallback(*callback_bases()):  # a Callback of either Lightning
         self._monitor_check = "before the first validation"  # -> "pending" -> "done"
         self._ref: Optional[tuple[Any, Any, int, str]] = None  # (storage, pruner, trial id, study name): for a spawn
         if trial is not None:
-            storage = trial.study._storage
+            storage = storage_of(trial.study)
             in_memory = type(storage).__name__ == "InMemoryStorage"
-            self._ref = (None if in_memory else storage, trial.study.pruner, trial._trial_id, trial.study.study_name)
+            self._ref = (None if in_memory else storage, trial.study.pruner, trial_id_of(trial), trial.study.study_name)
 
     def __getstate__(self) -> dict[str, Any]:  # ddp_spawn: the child re-opens the trial from the storage
         state = self.__dict__.copy()
@@ -161,7 +162,7 @@ class CyclePruningCallback(*callback_bases()):  # a Callback of either Lightning
     # ------------------------------------------------------------------ rank 0 and Optuna
     def _trial(self) -> Any:
         if self.trial is None and self._ref is not None:
-            import optuna
+            optuna = import_optuna()
 
             storage, pruner, trial_id, name = self._ref
             study = optuna.load_study(study_name=name, storage=storage, pruner=pruner)
@@ -203,7 +204,7 @@ class CyclePruningCallback(*callback_bases()):  # a Callback of either Lightning
             return None
         trial.report(value, step=epoch)
         if epoch < trainer.fit_loop.max_epochs and trial.should_prune():
-            trial.study._storage.set_trial_system_attr(trial._trial_id, PRUNED_KEY, epoch)
+            storage_of(trial.study).set_trial_system_attr(trial_id_of(trial), PRUNED_KEY, epoch)
             return "stop"
         return None
 
@@ -230,7 +231,7 @@ class CyclePruningCallback(*callback_bases()):  # a Callback of either Lightning
         """Rank 0: whether this trial claimed the study's range test (``suggest_cycle`` marked it)."""
         try:  # rank 0 alone, after the broadcast: a storage fault here is met again, broadcast, at a cycle end
             trial = self._trial()
-            return trial is not None and bool(trial.study._storage.get_trial(trial._trial_id).system_attrs.get(
+            return trial is not None and bool(storage_of(trial.study).get_trial(trial_id_of(trial)).system_attrs.get(
                 CLAIM_KEY))
         except Exception:
             return False
@@ -305,11 +306,11 @@ class CyclePruningCallback(*callback_bases()):  # a Callback of either Lightning
 
     def check_pruned(self) -> None:
         """Raise ``optuna.TrialPruned`` if the pruner ended the fit (call it after ``trainer.fit``)."""
-        import optuna
+        optuna = import_optuna()
 
         epoch = self.pruned_at_epoch
         if epoch is None and self.trial is not None:  # after ddp_spawn, the decision is in the storage
-            frozen = self.trial.study._storage.get_trial(self.trial._trial_id)
+            frozen = storage_of(self.trial.study).get_trial(trial_id_of(self.trial))
             epoch = frozen.system_attrs.get(PRUNED_KEY)
         if epoch is not None:
             raise optuna.TrialPruned(f"pruned at epoch {epoch}, a cycle end")

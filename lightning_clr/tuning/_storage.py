@@ -28,6 +28,8 @@ import optuna
 from optuna.trial import TrialState
 
 from lightning_clr._validation import ArgumentError, learning_rate, short_repr
+from lightning_clr.tuning._optuna import storage_of, trial_id_of
+from lightning_clr.tuning._reconnect import reconnecting
 
 HEARTBEAT_KEY = "lightning_clr:heartbeat"
 # What the trial's own worker declared when it started the trial: a trial is judged stale against these, not
@@ -36,6 +38,7 @@ INTERVAL_KEY = "lightning_clr:heartbeat_interval"
 GRACE_KEY = "lightning_clr:grace_period"
 RECHECK_CAP = 60.0  # seconds a sweep waits at most for a seemingly dead trial's next heartbeat
 TABLE_CREATION_TRIES = 6
+DEFAULT_PATIENCE = 120.0  # seconds a database's lost connection is waited out (StudyConfig.storage_patience)
 STALE_PREFIX = "stale:"  # the start of the `error` a sweep writes before it fails a trial
 
 # SQLAlchemy 2.1's default driver of each URL scheme, then the others it knows, as (dialect+driver, module).
@@ -83,8 +86,9 @@ def _optuna_major() -> int:
         return 5
 
 
-def make_storage(spec: Any) -> Any:
-    """``None`` → in memory; a string with ``://`` → an RDB URL; any other string → a journal file path;
+def make_storage(spec: Any, patience: float = DEFAULT_PATIENCE) -> Any:
+    """``None`` → in memory; a string with ``://`` → an RDB URL (a server's waits out a lost connection for up to
+    ``patience`` seconds, see :mod:`lightning_clr.tuning._reconnect`); any other string → a journal file path;
     an Optuna storage object as it is."""
     if spec is None:
         return optuna.storages.InMemoryStorage()
@@ -93,7 +97,8 @@ def make_storage(spec: Any) -> Any:
     if not isinstance(spec, str) or not spec:
         raise ValueError(f"`storage` must be None, a journal file path or a database URL, got {spec!r}")
     if "://" in spec:
-        return _rdb_storage(spec)
+        storage = _rdb_storage(spec)
+        return storage if spec.startswith("sqlite") else reconnecting(storage, patience, storage_name(spec))
     with storage_errors(spec):
         return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(spec))
 
@@ -105,7 +110,8 @@ def _rdb_storage(url: str) -> Any:
     for attempt in range(1, TABLE_CREATION_TRIES + 1):
         try:
             with storage_errors(url):
-                return optuna.storages.RDBStorage(database_url(url))
+                # pre-ping: a pooled connection that the server cut (a restart) is replaced before it is used
+                return optuna.storages.RDBStorage(database_url(url), engine_kwargs={"pool_pre_ping": True})
         except StorageError as err:
             if attempt == TABLE_CREATION_TRIES or not _concurrent_creation(err):
                 if attempt > 1:
@@ -187,7 +193,7 @@ class Heartbeat:
     workers judge the trial stale against these, whatever their own settings.
 
     Example:
-        >>> with Heartbeat(study._storage, trial._trial_id, interval=10.0, grace=40.0):  # doctest: +SKIP
+        >>> with Heartbeat(storage_of(study), trial_id_of(trial), interval=10.0, grace=40.0):  # doctest: +SKIP
         ...     trainer.fit(model)
     """
 
@@ -239,11 +245,11 @@ def fail_stale_trials(study: Any, grace_period: float, recheck: bool = True) -> 
     failed = []
     for trial_id, (number, _, _, silent) in sorted(suspects.items()):
         try:
-            study._storage.set_trial_user_attr(
+            storage_of(study).set_trial_user_attr(
                 trial_id, "error", f"{STALE_PREFIX} no heartbeat for {silent:.0f} s (> its worker's grace period);"
                 " its worker probably died",
             )
-            if study._storage.set_trial_state_values(trial_id, TrialState.FAIL):
+            if storage_of(study).set_trial_state_values(trial_id, TrialState.FAIL):
                 failed.append(number)
         except Exception:  # finished or failed by someone else meanwhile
             continue
@@ -263,7 +269,7 @@ def _stale(study: Any, grace_period: float) -> dict[int, tuple[int, Any, float, 
         grace = _declared(attrs.get(GRACE_KEY), grace_period)
         interval = _declared(attrs.get(INTERVAL_KEY), grace / 4.0)
         if now - float(last) > grace:
-            out[trial._trial_id] = (trial.number, last, interval, now - float(last))
+            out[trial_id_of(trial)] = (trial.number, last, interval, now - float(last))
     return out
 
 
@@ -281,7 +287,7 @@ def void_stale_error(trial: Any, frozen: Any) -> Any:
     failed the trial (that worker stopped in between): the trial is alive. Returns the trial as stored now."""
     if str(frozen.user_attrs.get("error") or "").startswith(STALE_PREFIX) and not frozen.state.is_finished():
         trial.set_user_attr("error", None)
-        return trial.study._storage.get_trial(trial._trial_id)
+        return storage_of(trial.study).get_trial(trial_id_of(trial))
     return frozen
 
 
@@ -335,6 +341,6 @@ def _stored_lr(study: Any, key: str, value: Any) -> float:
 
 def _bad_attr(study: Any, key: str, value: Any, requirement: str) -> StorageError:
     return StorageError(
-        f"study {study.study_name!r} in storage {storage_name(study._storage)!r}: its user attribute {key!r} must"
+        f"study {study.study_name!r} in storage {storage_name(storage_of(study))!r}: its user attribute {key!r} must"
         f" be {requirement}, got {short_repr(value)}; fix it (study.set_user_attr) or use a new study_name"
     )

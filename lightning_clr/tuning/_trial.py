@@ -24,6 +24,7 @@ from lightning_clr.callback import CyclicLearningRate
 from lightning_clr.tuning._bounds import combine, release, shared_bounds, store_bounds
 from lightning_clr.tuning._config import TuneRun
 from lightning_clr.tuning._env import distributed
+from lightning_clr.tuning._optuna import storage_of, trial_id_of
 from lightning_clr.tuning._pruning_callback import CyclePruningCallback, find_clr
 from lightning_clr.tuning._storage import (
     Heartbeat,
@@ -83,7 +84,7 @@ class TrialCallback(CyclePruningCallback):
                 f"tune_cycle_length: the monitored metric {self.monitor!r} was not logged by epoch {epoch};"
                 f" logged: {sorted(trainer.callback_metrics)}"
             )
-        with storage_errors(trial.study._storage):
+        with storage_errors(storage_of(trial.study)):
             self._save_history(trial)
             if not self.cycle_ends:  # the first cycle end: what the budget-fitted cycle trained with
                 clr = find_clr(trainer)
@@ -103,7 +104,7 @@ class TrialCallback(CyclePruningCallback):
         if trainer.global_rank != 0 or self.plan is None or last in self.cycle_ends:
             return
         trial, plan = self._trial(), find_clr(trainer).plan
-        with storage_errors(trial.study._storage):
+        with storage_errors(storage_of(trial.study)):
             self._save_history(trial)
             trial.set_user_attr("stopped_at_epoch", last)
             if plan is not None and plan.steps_per_epoch:
@@ -153,7 +154,7 @@ def find_bounds(study: Any, run: TuneRun, make_trainer: Callable[..., pl.Trainer
     study's one range test (claimed through the storage: one per study, whoever starts first; all ranks)."""
     known, claimed = None, False
     if study is not None:
-        with storage_errors(study._storage):
+        with storage_errors(storage_of(study)):
             stored, claimed = shared_bounds(study, "tune_cycle_length")
         if stored is not None:
             known = _combine(run, stored)
@@ -168,7 +169,7 @@ def find_bounds(study: Any, run: TuneRun, make_trainer: Callable[..., pl.Trainer
         trainer.fit(model, datamodule=dm)
     finally:
         if claimed:
-            with storage_errors(study._storage):
+            with storage_errors(storage_of(study)):
                 release(study)  # stored, or failed: either way the next worker need not wait
     if study is None:
         return (None, None)
@@ -220,7 +221,7 @@ def run_trial(
     trial = plan = None
     seed = run.study.seed + index
     if study is not None:
-        with storage_errors(study._storage):
+        with storage_errors(storage_of(study)):
             trial, plan = ask(study, space, bounds, run)
         seed = plan.seed
     pl.seed_everything(seed, verbose=False)
@@ -231,7 +232,7 @@ def run_trial(
     trainer = make_trainer([cb, clr], max_epochs=run.max_epochs, version=version)
     try:
         if trial is not None and run.study.storage is not None:
-            with Heartbeat(study._storage, trial._trial_id, run.study.heartbeat_interval, run.study.grace):
+            with Heartbeat(storage_of(study), trial_id_of(trial), run.study.heartbeat_interval, run.study.grace):
                 trainer.fit(model, datamodule=dm)
         else:
             trainer.fit(model, datamodule=dm)
@@ -242,7 +243,7 @@ def run_trial(
         if storage_fault is not None:  # nothing more can be written: the heartbeat sweep fails the trial
             raise StorageError(storage_fault) from err
         if trial is not None:
-            with storage_errors(study._storage):
+            with storage_errors(storage_of(study)):
                 trial.set_user_attr("error", f"{type(err).__name__}: {err}"[:2000])
                 study.tell(trial, state=TrialState.FAIL)
             rank_zero_warn(f"tune_cycle_length: trial {trial.number} failed with {type(err).__name__}: {err}")
@@ -253,7 +254,7 @@ def run_trial(
         return trainer.current_epoch
     if _lost(study, trial):
         return trainer.current_epoch
-    with storage_errors(study._storage):
+    with storage_errors(storage_of(study)):
         return _tell(study, trial, trainer, run, plan)
 
 
@@ -266,7 +267,7 @@ def _lost(study: Any, trial: Any, err: Optional[BaseException] = None) -> bool:
         lost = isinstance(seen, finished) or "UpdateFinishedTrialError" in str(seen)
         seen = seen.__cause__ or seen.__context__
     if trial is not None and not lost:
-        lost = finished_elsewhere(study._storage, trial._trial_id)
+        lost = finished_elsewhere(storage_of(study), trial_id_of(trial))
     if lost:
         which = f"trial {trial.number}" if trial is not None else "the trial"
         rank_zero_warn(f"tune_cycle_length: {which} was finished by another worker while it trained here (its"
@@ -288,7 +289,7 @@ def _storage_fault(err: BaseException) -> Optional[str]:
 
 
 def _tell(study: Any, trial: Any, trainer: pl.Trainer, run: TuneRun, plan: TrialPlan) -> int:
-    frozen = void_stale_error(trial, study._storage.get_trial(trial._trial_id))  # also what a spawned child wrote
+    frozen = void_stale_error(trial, storage_of(study).get_trial(trial_id_of(trial)))  # also what a spawned child wrote
     epochs = max((int(k) for k in frozen.user_attrs.get("history", {})), default=trainer.current_epoch)
     if "pruned_at_epoch" in frozen.user_attrs:
         study.tell(trial, state=TrialState.PRUNED)

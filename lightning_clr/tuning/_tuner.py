@@ -44,6 +44,7 @@ from lightning_clr.tuning._config import (
     optuna_space,
 )
 from lightning_clr.tuning._env import distributed, is_global_zero, spawns
+from lightning_clr.tuning._optuna import import_optuna, storage_of
 from lightning_clr.tuning._result import CycleTuningResult, result_of
 from lightning_clr.tuning._trial_plan import as_bounds
 
@@ -117,7 +118,7 @@ def tune_cycle_length(
 
 def _tune(run: TuneRun) -> CycleTuningResult:
     """Open the study, find the shared bounds, run the trials, write the outputs."""
-    optuna = _import_optuna()
+    optuna = import_optuna()
     from lightning_clr.tuning import _storage
     from lightning_clr.tuning._trial import find_bounds, run_trial
 
@@ -152,7 +153,7 @@ def _tune(run: TuneRun) -> CycleTuningResult:
             rank_zero_info(f"tune_cycle_length: timeout of {run.timeout:g} s reached after {i} trials.")
             break
         if the_study is not None and run.study.storage is not None:
-            with _storage.storage_errors(the_study._storage):
+            with _storage.storage_errors(storage_of(the_study)):
                 stale = _storage.fail_stale_trials(the_study, run.study.grace)
             if stale:
                 rank_zero_warn(f"tune_cycle_length: marked stale RUNNING trials {stale} as FAIL (no heartbeat).")
@@ -244,7 +245,7 @@ def _open_study(optuna: Any, run: TuneRun) -> Any:
         pruner = CycleHalvingPruner(min_resource=2 * run.search.min_half_cycle_epochs, n_startup_trials=0)
     elif pruner == "none":
         pruner = optuna.pruners.NopPruner()
-    storage = make_storage(cfg.storage)
+    storage = make_storage(cfg.storage, cfg.storage_patience)
     with storage_errors(storage):
         return optuna.create_study(storage=storage, study_name=cfg.study_name, direction=cfg.direction,
                                    sampler=sampler, pruner=pruner, load_if_exists=True)
@@ -346,16 +347,6 @@ def _fresh(callbacks: list[Any]) -> list[Any]:
     except Exception as err:  # a callback holding a lock, a file, a process...
         rank_zero_warn(f"tune_cycle_length: the trainer's callbacks cannot be copied ({err}); all trials share them.")
         return list(callbacks)
-
-
-def _import_optuna() -> Any:
-    try:
-        import optuna
-    except ImportError as err:
-        raise ImportError(
-            "tune_cycle_length needs optuna, an optional dependency: `pip install lightning-clr[tune]`"
-        ) from err
-    return optuna
 
 
 def _progress(total: int, enabled: bool) -> Any:

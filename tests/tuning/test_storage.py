@@ -190,7 +190,8 @@ def test_a_database_that_refuses_connections_is_one_line(tmp_path: Path, url: st
 @needs_pg
 @pytest.mark.timeout(180)
 def test_a_database_that_stops_accepting_connections_mid_trial(tmp_path: Path) -> None:
-    """Before: "invalid data in the commit, e.g. exceeding max length"; the real cause only in the chain."""
+    """Before: "invalid data in the commit, e.g. exceeding max length"; the real cause only in the chain. An outage
+    longer than ``storage_patience`` (here 2 s; tests/tuning/test_reconnect.py waits out shorter ones)."""
     import psycopg
 
     from lightning_clr.tuning import StorageError
@@ -210,7 +211,7 @@ def test_a_database_that_stops_accepting_connections_mid_trial(tmp_path: Path) -
         Net.built.clear()
         with pytest.raises(StorageError) as info:
             tune(tmp_path, model=CutOff, storage=url, study_name="cut", max_epochs=4, max_half_cycle_epochs=1,
-                 n_trials=2)
+                 n_trials=2, storage_patience=2.0)
         message = str(info.value)
         assert "\n" not in message and db in message, message
         assert "invalid data in the commit" not in message, message
