@@ -182,7 +182,8 @@ def checks(run: Run) -> dict[str, Any]:
     trials = study.get_trials(deepcopy=False)
     numbers = sorted(t.number for t in trials)
     exits = {name: p.returncode for name, p in run.procs.items()}
-    pairs = {(t.user_attrs.get("base_lr"), t.user_attrs.get("max_lr")) for t in trials if "base_lr" in t.user_attrs}
+    pairs = {json.dumps([t.user_attrs.get("base_lr"), t.user_attrs.get("max_lr")]) for t in trials
+             if "base_lr" in t.user_attrs}  # one value per param group
     own = []
     for t in trials:
         if t.state == TrialState.COMPLETE:
@@ -202,7 +203,7 @@ def checks(run: Run) -> dict[str, Any]:
         "twins_voided": [t.number for t in trials if str(t.user_attrs.get("error") or "").startswith(TWIN_ERROR)],
         "exit_status": exits,
         "last_lines": {name: _last_line(run.out / f"{name}.log") for name in run.procs},
-        "bound_pairs": sorted(pairs),
+        "bound_pairs": [json.loads(p) for p in sorted(pairs)],
         "best_value": result.best_value,
     }
     outcome["checks"] = {

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Literal, Optional
+from typing import Literal, Optional
 
 import lightning.pytorch as pl
 import torch
@@ -12,14 +12,14 @@ from lightning.pytorch.trainer.states import TrainerFn
 from typing_extensions import override
 
 from lightning_clr._validation import ArgumentError, boolean, choice, int_in
-from lightning_clr.cycle_end._clock import CycleEndClock, Moment
+from lightning_clr.cycle_end._clock import CycleEndClock, CycleEndHooks, Moment
 
 __all__ = ["CycleEndCheckpoint"]
 
 DEFAULT_FILENAME = "{cycle}-{epoch}-{step}"
 
 
-class CycleEndCheckpoint(ModelCheckpoint):
+class CycleEndCheckpoint(CycleEndHooks, ModelCheckpoint):
     """Save a checkpoint at every cycle end of :class:`~lightning_clr.CyclicLearningRate`, and keep the best
     ``save_top_k`` of them by ``monitor``.
 
@@ -46,6 +46,9 @@ class CycleEndCheckpoint(ModelCheckpoint):
         save_last: Also keep ``last.ckpt``, updated at each cycle end and at the end of the fit.
         save_weights_only: Save only the model's weights (no optimizer or callback state: no resume from them).
         verbose: Log each save.
+
+    Attributes:
+        cycles_judged: Cycle ends judged (and saved) in this fit, resumed ones included.
 
     The judged cycle ends are part of the callback's state, so a fit resumed from a checkpoint (this one's or
     any other) saves each cycle end once and ranks the new ones together with those saved before.
@@ -90,37 +93,13 @@ class CycleEndCheckpoint(ModelCheckpoint):
         )
         self._clock = CycleEndClock("CycleEndCheckpoint")
 
-    @property
-    def cycles_judged(self) -> int:
-        """Cycle ends judged (and saved) in this fit, resumed ones included."""
-        return self._clock.judged
-
-    @override
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage == "fit":
-            self._clock.attach(trainer)  # before anything else: no CyclicLearningRate raises here
-        super().setup(trainer, pl_module, stage)
-
-    # Lightning's triggers (every_n_epochs, every_n_train_steps, ...) are replaced by the cycle ends.
-    @override
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any, **kwargs: Any
-                           ) -> None:
-        self._save_at(trainer, "step")
-
-    @override
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        pass
-
-    @override
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._save_at(trainer, "validation")
-
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._save_at(trainer, "end")
+        self._at(trainer, "end")
         super().on_train_end(trainer, pl_module)  # save_last when nothing was saved
 
-    def _save_at(self, trainer: pl.Trainer, moment: Moment) -> None:
+    @override
+    def _at(self, trainer: pl.Trainer, moment: Moment) -> None:
         if trainer.fast_dev_run or trainer.state.fn != TrainerFn.FITTING:
             return
         if self._clock.due(trainer, moment) is None or self._last_global_step_saved == trainer.global_step:
@@ -134,14 +113,3 @@ class CycleEndCheckpoint(ModelCheckpoint):
         candidates = super()._monitor_candidates(trainer)
         candidates["cycle"] = torch.tensor(self._clock.judged)
         return candidates
-
-    # ------------------------------------------------------------------ checkpoint state
-    @override
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "cycles_judged": self._clock.judged}
-
-    @override
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if "cycles_judged" in state_dict:
-            self._clock.load(state_dict["cycles_judged"])
-        super().load_state_dict(state_dict)

@@ -24,11 +24,12 @@ from typing import Any, Literal, Optional
 
 import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_warn
+from typing_extensions import override
 
 from lightning_clr._validation import int_in
 from lightning_clr.callback import CyclicLearningRate
 
-__all__ = ["CycleEndClock", "Moment", "find_cyclic_lr"]
+__all__ = ["CycleEndClock", "CycleEndHooks", "Moment", "find_cyclic_lr"]
 
 Moment = Literal["step", "validation", "end"]
 
@@ -117,3 +118,56 @@ class CycleEndClock:
             self.judged = int_in("cycles_judged", value, 0)
         except ValueError as err:
             raise ValueError(f"The checkpoint's {self.who} state is invalid: {err}.") from None
+
+
+class CycleEndHooks:
+    """The Lightning hooks both cycle-end callbacks share, placed before their Lightning base class: the clock
+    attached in ``setup``; Lightning's own triggers (every batch, every epoch end, every validation) replaced by
+    :meth:`_at` with the moment; the cycles judged kept in the callback's checkpoint state.
+
+    A subclass sets ``self._clock`` and implements ``_at(trainer, moment)``; ``_on_fit_setup`` resets its own
+    per-fit state.
+    """
+
+    _clock: CycleEndClock
+
+    @property
+    def cycles_judged(self) -> int:
+        """Cycle ends judged in this fit, resumed ones included."""
+        return self._clock.judged
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            self._clock.attach(trainer)  # before anything else: no CyclicLearningRate raises here, before any step
+            self._on_fit_setup()
+        super().setup(trainer, pl_module, stage)  # type: ignore[misc]
+
+    def _on_fit_setup(self) -> None:
+        """Reset what one fit judged."""
+
+    @override
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any, **kwargs: Any
+                           ) -> None:
+        self._at(trainer, "step")
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        pass  # Lightning's per-epoch trigger is replaced by the cycle ends
+
+    @override
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._at(trainer, "validation")
+
+    def _at(self, trainer: pl.Trainer, moment: Moment) -> None:
+        raise NotImplementedError
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "cycles_judged": self._clock.judged}  # type: ignore[misc]
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if "cycles_judged" in state_dict:
+            self._clock.load(state_dict["cycles_judged"])
+        super().load_state_dict(state_dict)  # type: ignore[misc]

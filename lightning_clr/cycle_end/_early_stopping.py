@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional
+from typing import Literal, Optional
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import EarlyStopping
 from typing_extensions import override
 
 from lightning_clr._validation import ArgumentError, boolean, choice, finite_float, int_in
-from lightning_clr.cycle_end._clock import CycleEndClock, Moment
+from lightning_clr.cycle_end._clock import CycleEndClock, CycleEndHooks, Moment
 
 __all__ = ["CycleEndEarlyStopping"]
 
 
-class CycleEndEarlyStopping(EarlyStopping):
+class CycleEndEarlyStopping(CycleEndHooks, EarlyStopping):
     """Stop a fit when ``monitor`` stopped improving, judged only at the cycle ends of
     :class:`~lightning_clr.CyclicLearningRate`.
 
@@ -39,6 +39,7 @@ class CycleEndEarlyStopping(EarlyStopping):
     Attributes:
         stopped_cycle: The cycle (from 1) at whose end the fit was stopped, or ``None``.
         stopped_step: The optimizer step (first optimizer's) of that judgement, or ``None``.
+        cycles_judged: Cycle ends judged in this fit, resumed ones included.
 
     Its state (the best value, the cycles waited, the cycle ends judged) is saved in checkpoints, so a resumed
     fit goes on counting where it left off.
@@ -84,32 +85,12 @@ class CycleEndEarlyStopping(EarlyStopping):
         self.stopped_cycle: Optional[int] = None
         self.stopped_step: Optional[int] = None
 
-    @property
-    def cycles_judged(self) -> int:
-        """Cycle ends judged in this fit, resumed ones included."""
-        return self._clock.judged
+    @override
+    def _on_fit_setup(self) -> None:
+        self.stopped_cycle = self.stopped_step = None
 
     @override
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage == "fit":
-            self._clock.attach(trainer)  # no CyclicLearningRate raises here, before any step
-            self.stopped_cycle = self.stopped_step = None
-        super().setup(trainer, pl_module, stage)
-
-    @override
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any, **kwargs: Any
-                           ) -> None:
-        self._judge(trainer, "step")
-
-    @override
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        pass  # Lightning's per-epoch check is replaced by the cycle ends
-
-    @override
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._judge(trainer, "validation")
-
-    def _judge(self, trainer: pl.Trainer, moment: Moment) -> None:
+    def _at(self, trainer: pl.Trainer, moment: Moment) -> None:
         if self._should_skip_check(trainer):
             return
         cycle = self._clock.due(trainer, moment)
@@ -119,14 +100,3 @@ class CycleEndEarlyStopping(EarlyStopping):
         self._run_early_stopping_check(trainer)  # every rank at the same cycle end: its collective matches up
         if trainer.should_stop and not before:
             self.stopped_cycle, self.stopped_step = cycle, self._clock.step()
-
-    # ------------------------------------------------------------------ checkpoint state
-    @override
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "cycles_judged": self._clock.judged}
-
-    @override
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if "cycles_judged" in state_dict:
-            self._clock.load(state_dict["cycles_judged"])
-        super().load_state_dict(state_dict)

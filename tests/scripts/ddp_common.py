@@ -12,8 +12,9 @@ import json
 import math
 import os
 import random
+import traceback
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import lightning.pytorch as pl
 import numpy as np
@@ -293,4 +294,22 @@ def rank_from_env() -> int:
     for key in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
         if key in os.environ:
             return int(os.environ[key])
+    return 0
+
+
+def run_rank(out: str, body: Callable[[], None], details: Callable[[], dict[str, Any]] = dict) -> int:
+    """One rank of a DDP test script: ``body()``, then 0; if it raises, a JSON report of the error (with
+    ``details()``) in ``out`` and 3. The gloo group is destroyed either way: Lightning destroys NCCL groups only,
+    and a gloo group left alive at interpreter exit sometimes aborts a finished rank (SIGABRT, "terminate called
+    without an active exception"; torch 2.13)."""
+    try:
+        body()
+    except Exception as err:  # noqa: BLE001 - reported to the test, which asserts on it
+        rank = rank_from_env()
+        write_json(out, rank, {"global_rank": rank, "error_type": type(err).__name__, "error": str(err),
+                               "traceback": traceback.format_exc(), **details()})
+        return 3
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
     return 0

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import traceback
 import warnings
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # ddp_common
 
 import lightning.pytorch as pl  # noqa: E402
 import torch  # noqa: E402
-from ddp_common import DDPModel, rank_from_env, regression_data, write_json  # noqa: E402
+from ddp_common import DDPModel, rank_from_env, regression_data, run_rank, write_json  # noqa: E402
 from lightning.pytorch.callbacks import Callback  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
@@ -73,7 +72,8 @@ def run(argv: list[str]) -> int:
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     torch.set_num_threads(1)
     rank = rank_from_env()
-    try:
+
+    def body() -> None:
         pl.seed_everything(0, workers=True)
         clr = CyclicLearningRate(base_lr=0.01, max_lr=0.08, half_cycle_epochs=1, final_lr_ratio=1.0)
         ckpt = CycleEndCheckpoint(dirpath=str(Path(opts.out) / f"ckpt_rank{rank}"), monitor="val_loss")
@@ -84,14 +84,8 @@ def run(argv: list[str]) -> int:
             num_sanity_val_steps=0, callbacks=[clr, ckpt, stop, Report(opts.out, ckpt, stop, clr)],
         )
         trainer.fit(ValidatedModel(batch_size=32))
-    except Exception as err:  # noqa: BLE001 - reported to the test
-        write_json(opts.out, rank, {"global_rank": rank, "error": f"{type(err).__name__}: {err}",
-                                    "traceback": traceback.format_exc()})
-        return 3
-    finally:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
-    return 0
+
+    return run_rank(opts.out, body)
 
 
 if __name__ == "__main__":

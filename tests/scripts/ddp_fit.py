@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-import traceback
 import warnings
 from pathlib import Path
 from typing import Any, Optional
@@ -25,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # ddp_common, also in 
 
 import lightning.pytorch as pl  # noqa: E402
 import torch  # noqa: E402
-from ddp_common import CollectiveCounter, DDPModel, Fingerprint, RankReport, rank_from_env, write_json  # noqa: E402
+from ddp_common import CollectiveCounter, DDPModel, Fingerprint, RankReport, rank_from_env, run_rank  # noqa: E402,E501
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint  # noqa: E402
 
 from lightning_clr import CyclicLearningRate, RangeTestConfig  # noqa: E402
@@ -120,26 +119,14 @@ def run(opts: argparse.Namespace) -> int:
     Path(opts.out).mkdir(parents=True, exist_ok=True)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     torch.set_num_threads(1)  # 2 ranks on a shared 2-core machine
-    model: Optional[DDPModel] = None
-    try:
+    built: list[DDPModel] = []
+
+    def body() -> None:
         trainer, model, _ = build(opts)
+        built.append(model)
         trainer.fit(model, ckpt_path=opts.resume)
-    except Exception as err:  # noqa: BLE001 - reported to the test, which asserts on it
-        rank = rank_from_env()
-        write_json(opts.out, rank, {
-            "global_rank": rank,
-            "error_type": type(err).__name__,
-            "error": str(err),
-            "traceback": traceback.format_exc(),
-            "training_step_calls": model.training_step_calls if model is not None else None,
-        })
-        return 3
-    finally:
-        # Lightning destroys NCCL groups only; a gloo group left alive at interpreter exit sometimes aborts a
-        # finished rank (SIGABRT, "terminate called without an active exception"; torch 2.13).
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
-    return 0
+
+    return run_rank(opts.out, body, lambda: {"training_step_calls": built[0].training_step_calls if built else None})
 
 
 if __name__ == "__main__":

@@ -206,22 +206,10 @@ def check_ranks(out: Path, n_trials: int) -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_own_objective_under_ddp(tmp_path: Path) -> None:
-    run_worker(tmp_path, "ddp")
-    check_ranks(tmp_path, 3)
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(300)
-def test_own_objective_under_torchrun(tmp_path: Path) -> None:
-    run_worker(tmp_path, "ddp", torchrun=True)
-    check_ranks(tmp_path, 3)
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(300)
-def test_own_objective_under_ddp_spawn(tmp_path: Path) -> None:
-    run_worker(tmp_path, "ddp_spawn")
+@pytest.mark.parametrize(("strategy", "torchrun"), [("ddp", False), ("ddp", True), ("ddp_spawn", False)],
+                         ids=["ddp", "torchrun", "ddp_spawn"])
+def test_own_objective_under_ddp(tmp_path: Path, strategy: str, torchrun: bool) -> None:
+    run_worker(tmp_path, strategy, torchrun=torchrun)
     check_ranks(tmp_path, 3)
 
 
