@@ -158,7 +158,8 @@ def chaos(run: Run, db: str) -> None:
     time.sleep(5.0)
     _admin(a.admin_url, f'ALTER DATABASE "{db}" ALLOW_CONNECTIONS false',
            f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}'")
-    run.note(f"database refuses connections (backends terminated) for {a.outage_s:g} s")
+    alive = sorted(name for name, proc in run.procs.items() if proc.poll() is None)
+    run.note(f"database refuses connections (backends terminated) for {a.outage_s:g} s; workers running: {alive}")
     time.sleep(a.outage_s)
     _admin(a.admin_url, f'ALTER DATABASE "{db}" ALLOW_CONNECTIONS true')
     run.note("database accepts connections again")

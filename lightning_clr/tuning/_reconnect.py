@@ -115,11 +115,10 @@ class ReconnectingStorage(BaseStorage):
         not idempotent) runs before each retry that follows a failure and may return the call's result."""
         deadline, wait, failed = None, _FIRST_WAIT, False
         while True:
-            if failed and after_cut is not None:
-                found = after_cut()
+            try:
+                found = after_cut() if failed and after_cut is not None else None  # may meet the outage too
                 if found is not None:
                     return self._up(found)
-            try:
                 return self._up(getattr(self._backend, method)(*args))
             except Exception as err:
                 if not (self._answered and self.patience > 0 and transient(err)):

@@ -70,6 +70,7 @@ class CuttingProxy:
         self.armed = threading.Event()
         self.statement = b""
         self.cuts = 0
+        self.on_cut: Any = None  # called once the connection is cut
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -100,6 +101,8 @@ class CuttingProxy:
                     muted.set()
                     time.sleep(0.5)  # the server commits; then the connection dies
                     self.cuts += 1
+                    if self.on_cut is not None:
+                        self.on_cut()
                     break
         except OSError:
             pass
@@ -167,6 +170,24 @@ def test_a_cut_commit_is_not_applied_twice(own_db: str) -> None:
     assert proxy.cuts == 2
     assert storage.get_trial(running[0]._trial_id).state == TrialState.COMPLETE
     assert study.trials[trial.number].value == 0.5
+
+
+def test_a_cut_creation_followed_by_an_outage_is_looked_up_once_the_server_is_back(own_db: str) -> None:
+    """The lookup of the cut creation's trial meets the outage too: it waits as well (Optuna's own 5 retries of
+    the creation fail within the 15 s outage, then the wrapper's lookup runs while the server still refuses)."""
+    proxy = CuttingProxy()
+    storage = make_storage(_url(own_db, proxy.port), patience=60.0)
+    study = optuna.create_study(storage=storage, study_name="s")
+    study.tell(study.ask(), 0.0)
+    down: list[threading.Thread] = []
+    proxy.on_cut = lambda: down.append(outage(own_db, 15.0))
+    proxy.arm(b"INSERT INTO trials ")
+    trial = study.ask()
+    down[0].join()
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    assert [t.number for t in running] == [trial.number]
+    assert all(t.user_attrs["error"].startswith(TWIN_ERROR) for t in study.get_trials(deepcopy=False)
+               if t.state == TrialState.FAIL)
 
 
 def test_only_lost_connections_are_retried() -> None:
