@@ -231,7 +231,8 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="shorter stall and outage, shorter trials")
     p.add_argument("--admin-url", default="postgresql://postgres@127.0.0.1:5432/test")
     p.add_argument("--out", default=None, help="JSON of the outcome")
-    p.add_argument("--n-trials", type=int, default=5, help="trials per worker (4 workers and a restarted one)")
+    p.add_argument("--n-trials", type=int, default=14, help="trials per worker (4 workers and a restarted one):"
+                   " enough that every worker is still tuning when the database goes away")
     p.add_argument("--max-epochs", type=int, default=8)
     p.add_argument("--sleep", type=float, default=0.25, help="seconds per training step")
     p.add_argument("--stop-s", type=float, default=60.0)
