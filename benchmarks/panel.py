@@ -17,7 +17,8 @@ Recipes, every one with the same steps, data order and initial weights per seed:
   warmup_cosine  (charlm only) linear warm-up over 5% of the steps to 1e-3, cosine down to 1e-4 (nanoGPT's habit)
   clr_auto       ``CyclicLearningRate()`` with every default; the optimizer carries the task's LR
   clr[k=v,...]   variants: ``final`` (final_lr_ratio), ``mode``, ``half`` (half_cycle_epochs), ``div``
-                 (RangeTestConfig.base_divisor), ``rule``, ``max`` (fixed bounds max/4..max, no range test)
+                 (RangeTestConfig.base_divisor), ``rule``, ``max`` (fixed bounds max/4..max, no range test),
+                 ``opt`` (``sgd``, ``adam``, ``adamw``: the callback on that optimizer instead of the task's)
   oracle         the best constant LR of the task's grid by median final metric; its cost is reported
 
 Raw results go to ``benchmarks/results/panel_<task>.json``; ``--report`` writes the tables into
@@ -32,6 +33,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import re
 import sys
@@ -64,6 +66,9 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 DEFAULT_RECIPES = [*PEERS, "clr_auto", "clr[final=1]", "clr[final=0.01]", "clr[mode=triangular2]", "oracle"]
 VARIANT = re.compile(r"^clr\[(.*)\]$")
+# clr[opt=...]: the callback on another optimizer than the task's, which carries its usual LR (the range test
+# replaces it): what a user of SGD who would otherwise switch to Prodigy (an Adam) can do with the callback
+OPT_DEFAULT_LR = {"sgd": 0.01, "adam": 1e-3, "adamw": 1e-3}
 
 
 class PanelModule(pl.LightningModule):
@@ -127,7 +132,9 @@ def clr_callback(recipe: str) -> Any:
     from lightning_clr import CyclicLearningRate, RangeTestConfig
 
     v = parse_variant(recipe)
-    unknown = set(v) - {"final", "mode", "half", "div", "rule", "max"}
+    unknown = set(v) - {"final", "mode", "half", "div", "rule", "max", "opt"}
+    if v.get("opt", "adam") not in OPT_DEFAULT_LR:
+        raise SystemExit(f"--recipes {recipe!r}: opt must be one of {sorted(OPT_DEFAULT_LR)}")
     if unknown:
         raise SystemExit(f"--recipes {recipe!r}: unknown keys {sorted(unknown)}")
     kwargs: dict[str, Any] = {}
@@ -201,7 +208,13 @@ class Panel:
             model, out["lr"] = self.model(seed, 1e-3, "warmup_cosine"), 1e-3
         elif recipe == "clr_auto" or VARIANT.match(recipe):
             extra.append(clr_callback(recipe))
-            model = self.model(seed, self.task.model_lr)
+            opt = parse_variant(recipe).get("opt")
+            if opt is None:
+                model = self.model(seed, self.task.model_lr)
+            else:  # the callback on another optimizer than the task's (Adam: the family Prodigy belongs to)
+                pl.seed_everything(seed, verbose=False)
+                other = dataclasses.replace(self.task, optimizer=opt)
+                model = PanelModule(other, OPT_DEFAULT_LR[opt], None, self.total_steps, seed)
         else:
             raise ValueError(recipe)
         tracker = MetricTracker(self.task, self.eval_every)
