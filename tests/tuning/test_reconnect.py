@@ -21,7 +21,7 @@ from lightning_clr.tuning import StorageError
 from lightning_clr.tuning._reconnect import TOKEN_KEY, TWIN_ERROR, ReconnectingStorage, transient
 from lightning_clr.tuning._storage import make_storage, storage_errors
 
-pytestmark = [needs_pg, pytest.mark.xdist_group("pg_outage")]
+pytestmark = needs_pg
 
 
 def _admin(*statements: str) -> None:
