@@ -267,7 +267,12 @@ def _with_token(template: FrozenTrial, token: str) -> FrozenTrial:
 
 
 def reconnecting(backend: Any, patience: float, name: str) -> Any:
-    """``backend`` wrapped in a :class:`ReconnectingStorage` (a database's), or as it is (``patience`` 0)."""
-    return ReconnectingStorage(backend, patience, name) if patience > 0 else backend
+    """``backend``, just built (so its server answered: Optuna's RDBStorage connects to create its tables), wrapped
+    in a :class:`ReconnectingStorage`; as it is when ``patience`` is 0."""
+    if patience <= 0:
+        return backend
+    storage = ReconnectingStorage(backend, patience, name)
+    storage._answered = True
+    return storage
 
 

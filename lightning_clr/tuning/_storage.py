@@ -98,7 +98,9 @@ def make_storage(spec: Any, patience: float = DEFAULT_PATIENCE) -> Any:
         raise ValueError(f"`storage` must be None, a journal file path or a database URL, got {spec!r}")
     if "://" in spec:
         storage = _rdb_storage(spec)
-        return storage if spec.startswith("sqlite") else reconnecting(storage, patience, storage_name(spec))
+        if spec.startswith("sqlite"):  # a local file: no server to wait for
+            return storage
+        return reconnecting(storage, patience, f"storage {storage_name(spec)!r}")
     with storage_errors(spec):
         return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(spec))
 

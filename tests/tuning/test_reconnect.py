@@ -131,6 +131,16 @@ def test_an_outage_is_waited_out_and_the_study_goes_on(own_db: str) -> None:
                                                               (1, TrialState.COMPLETE, 2.0)]
 
 
+def test_a_storage_just_built_waits_out_an_outage_at_its_first_call(own_db: str) -> None:
+    """Building it connected (Optuna creates its tables), so the server is known to exist: not a wrong URL."""
+    storage = make_storage(_url(own_db), patience=60.0)
+    down = outage(own_db, 3.0)
+    study = optuna.create_study(storage=storage, study_name="s")  # during the outage
+    down.join()
+    study.tell(study.ask(), 1.0)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE]
+
+
 def test_an_outage_longer_than_the_patience_is_one_storage_error(own_db: str) -> None:
     storage = make_storage(_url(own_db), patience=1.0)
     study = optuna.create_study(storage=storage, study_name="s")
