@@ -26,8 +26,14 @@ DEFAULT_HALF_CYCLE_EPOCHS = 2.0
 DEFAULT_FINAL_LR_RATIO = 0.1  # the automatic annealing tail: docs/benchmarks.md section 4 measures why
 
 
-def _bounds(name: str, value: Any) -> Optional[tuple[float, ...]]:
-    """``None``, one number, or a non-empty list of numbers (numpy and 0-d torch numbers accepted)."""
+def lr_bounds(name: str, value: Any) -> Optional[tuple[float, ...]]:
+    """``None``, one learning rate, or a non-empty list of them (one per param group; numpy and 0-d torch numbers
+    accepted), as a tuple; a bad one raises an :class:`ArgumentError` naming ``name`` (``name[i]`` in a list).
+
+    Example:
+        >>> lr_bounds("max_lr", [1e-3, 1e-2])
+        (0.001, 0.01)
+    """
     if value is None:
         return None
     values = list(value) if isinstance(value, (list, tuple)) else [value]
@@ -70,8 +76,8 @@ class CycleSettings:
 
     def __post_init__(self) -> None:
         put = object.__setattr__
-        put(self, "base_lr", _bounds("base_lr", self.base_lr))
-        put(self, "max_lr", _bounds("max_lr", self.max_lr))
+        put(self, "base_lr", lr_bounds("base_lr", self.base_lr))
+        put(self, "max_lr", lr_bounds("max_lr", self.max_lr))
         if self.base_lr is not None and self.max_lr is not None:
             base, high = self.base_lr, self.max_lr
             if len(base) != len(high) and 1 not in (len(base), len(high)):

@@ -35,7 +35,7 @@ from lightning_clr.tuning._storage import (
     stored_bounds,
     void_stale_error,
 )
-from lightning_clr.tuning._trial_plan import TrialPlan, as_bounds
+from lightning_clr.tuning._trial_plan import TrialPlan
 
 
 class TrialCallback(CyclePruningCallback):
@@ -180,7 +180,7 @@ def find_bounds(study: Any, run: TuneRun, make_trainer: Callable[..., pl.Trainer
 
 
 def _combine(run: TuneRun, stored: tuple) -> tuple:
-    return combine(stored, as_bounds("base_lr", run.base_lr), as_bounds("max_lr", run.max_lr))
+    return combine(stored, run.base_lr, run.max_lr)  # tuples already (the tuner's _validate)
 
 
 def _announce(bounds: tuple) -> tuple:

@@ -23,11 +23,11 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from lightning_clr._validation import ArgumentError, choice, int_in, positive_float
-from lightning_clr.engine._settings import DEFAULT_FINAL_LR_RATIO, CycleSettings
+from lightning_clr._validation import choice, int_in, positive_float
+from lightning_clr.engine._settings import DEFAULT_FINAL_LR_RATIO, CycleSettings, lr_bounds
 from lightning_clr.schedule import MODES
 
-__all__ = ["TrialPlan", "as_bounds", "scaled_max_lr"]
+__all__ = ["TrialPlan", "scaled_max_lr"]
 
 
 @dataclass(frozen=True)
@@ -59,8 +59,8 @@ class TrialPlan:
         int_in("epochs", self.epochs, 1)
         choice("mode", self.mode, MODES)
         put(self, "max_lr_scale", positive_float("max_lr_scale", self.max_lr_scale))
-        put(self, "base_lr", as_bounds("base_lr", self.base_lr))
-        put(self, "max_lr", as_bounds("max_lr", self.max_lr))
+        put(self, "base_lr", lr_bounds("base_lr", self.base_lr))
+        put(self, "max_lr", lr_bounds("max_lr", self.max_lr))
 
     @property
     def max_lr_trained(self) -> Optional[tuple[float, ...]]:
@@ -77,16 +77,6 @@ class TrialPlan:
 
     def replace(self, **changes: Any) -> TrialPlan:
         return dataclasses.replace(self, **changes)
-
-
-def as_bounds(name: str, value: Any) -> Optional[tuple[float, ...]]:
-    """``None``, one number or a list of numbers (one per param group) as a tuple of positive floats."""
-    if value is None:
-        return None
-    values = list(value) if isinstance(value, (list, tuple)) else [value]
-    if not values:
-        raise ArgumentError(name, value, "a number > 0 or a non-empty list of them (one per param group)")
-    return tuple(positive_float(name if len(values) == 1 else f"{name}[{i}]", v) for i, v in enumerate(values))
 
 
 def scaled_max_lr(

@@ -30,9 +30,9 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning_clr._compat import lightning_package
 from lightning_clr._outputs import atomic_write_text, writable_dir
 from lightning_clr._quiet import muted_banner
-from lightning_clr._validation import ArgumentError, boolean, int_in, learning_rate, positive_float
+from lightning_clr._validation import ArgumentError, boolean, int_in, positive_float
 from lightning_clr.callback import CyclicLearningRate
-from lightning_clr.engine._settings import CycleSettings
+from lightning_clr.engine._settings import CycleSettings, lr_bounds
 from lightning_clr.range_test import RangeTestConfig
 from lightning_clr.tuning._config import (
     OutputConfig,
@@ -46,7 +46,6 @@ from lightning_clr.tuning._config import (
 from lightning_clr.tuning._env import distributed, is_global_zero, spawns
 from lightning_clr.tuning._optuna import import_optuna, storage_of
 from lightning_clr.tuning._result import CycleTuningResult, result_of
-from lightning_clr.tuning._trial_plan import as_bounds
 
 __all__ = ["tune_cycle_length"]
 
@@ -184,10 +183,7 @@ def _validate(run: TuneRun) -> TuneRun:
         int_in("max_epochs", run.max_epochs, 1, MAX_EPOCHS, what="or None")
     if run.timeout is not None:
         positive_float("timeout", run.timeout)
-    base, high = as_bounds("base_lr", run.base_lr), as_bounds("max_lr", run.max_lr)
-    for name, values in (("base_lr", base), ("max_lr", high)):
-        for value in values or ():
-            learning_rate(name, value)
+    base, high = lr_bounds("base_lr", run.base_lr), lr_bounds("max_lr", run.max_lr)  # learning rates, by name
     if base is not None and high is not None:
         CycleSettings(base_lr=base, max_lr=high)  # one value or one per group, max_lr >= base_lr in each
         n = max(len(base), len(high))

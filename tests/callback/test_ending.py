@@ -20,7 +20,7 @@ from typing import Any
 import lightning.pytorch as pl
 import pytest
 import torch
-from helpers import LRRecorder, TinyModel, loader, trainer
+from helpers import LRRecorder, StopAt, TinyModel, loader, trainer
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from lightning_clr import CyclicLearningRate, RangeTestConfig, cyclic_lr
@@ -176,7 +176,7 @@ def test_a_run_the_callback_joined_resumes_again_bitwise(tmp_path):
     kwargs = dict(range_test=RangeTestConfig(save=False, progress_bar=False), half_cycle_epochs=1)
     _, full = resume(tmp_path / "full", ckpt, CyclicLearningRate(**kwargs), epochs=24)
     saver = ModelCheckpoint(dirpath=tmp_path / "b", every_n_train_steps=164, save_top_k=-1)
-    stop = StopAfter(164)
+    stop = StopAt(164)
     resume(tmp_path / "b", ckpt, CyclicLearningRate(**kwargs), 24, saver, stop)
     mid = next((tmp_path / "b").glob("*step=164.ckpt"))
     state = torch.load(mid, weights_only=True)["callbacks"]["CyclicLearningRate"]
@@ -186,15 +186,6 @@ def test_a_run_the_callback_joined_resumes_again_bitwise(tmp_path):
         _, second = resume(tmp_path / "c", mid, CyclicLearningRate(**kwargs), epochs=24)
     assert not [w for w in record if "length changed" in str(w.message)]  # the same run: the tail stays put
     assert second.lrs == full.lrs[36:]
-
-
-class StopAfter(Callback):
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
-        if trainer.global_step >= self.step:
-            trainer.should_stop = True
 
 
 # ------------------------------------------------------------------ 4. optimizers stepping at different rates
