@@ -11,6 +11,7 @@ Only imported once optuna is known to be installed.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any, Callable, Optional
 
@@ -220,22 +221,51 @@ def run_trial(
     """Run one trial on this rank; rank 0 (``study`` given) asks and tells. Returns the epochs trained."""
     trial = plan = None
     seed = run.study.seed + index
-    if study is not None:
-        with storage_errors(storage_of(study)):
-            trial, plan = ask(study, space, bounds, run)
-        seed = plan.seed
-    pl.seed_everything(seed, verbose=False)
-    model, dm = build()  # right after seeding: trial n's initial weights depend on seed + n only
-    clr = CyclicLearningRate(range_test=run.range_test)  # every rank: the plan's settings applied in setup
-    cb = TrialCallback(plan, trial, run.monitor)
-    version = f"trial_{plan.number}" if plan else f"trial_rank_{index}"
-    trainer = make_trainer([cb, clr], max_epochs=run.max_epochs, version=version)
+    with contextlib.ExitStack() as alive:
+        if study is not None:
+            trial, plan = _start(study, space, bounds, run, alive)
+            seed = plan.seed
+        pl.seed_everything(seed, verbose=False)
+        model, dm = build()  # right after seeding: trial n's initial weights depend on seed + n only
+        clr = CyclicLearningRate(range_test=run.range_test)  # every rank: the plan's settings applied in setup
+        cb = TrialCallback(plan, trial, run.monitor)
+        version = f"trial_{plan.number}" if plan else f"trial_rank_{index}"
+        trainer = make_trainer([cb, clr], max_epochs=run.max_epochs, version=version)
+        return _fit(study, trial, plan, run, trainer, model, dm)
+
+
+def _start(study: Any, space: dict[str, Any], bounds: tuple, run: TuneRun, alive: contextlib.ExitStack) -> tuple:
+    """Rank 0: ask for a trial and start its heartbeat at once (before the model and the trainer are built: a
+    trial is judged stale from its start). A trial another worker failed as stale before its first beat (this
+    process stalled in between) stays FAIL, and a new one is asked: every rank still trains one trial."""
+    for _ in range(_ASKS - 1):
+        try:
+            return _ask_and_beat(study, space, bounds, run, alive)
+        except Exception as err:
+            if not _finished_error(err):
+                raise
+            rank_zero_warn("tune_cycle_length: a trial was finished by another worker before it started here (its"
+                           " heartbeat looked stale: this process or the storage stalled); asking for another.")
+    return _ask_and_beat(study, space, bounds, run, alive)
+
+
+def _ask_and_beat(study: Any, space: dict[str, Any], bounds: tuple, run: TuneRun, alive: contextlib.ExitStack) -> tuple:
+    with storage_errors(storage_of(study)):
+        trial, plan = ask(study, space, bounds, run)
+        if run.study.storage is not None:
+            beating = Heartbeat(storage_of(study), trial_id_of(trial), run.study.heartbeat_interval, run.study.grace)
+            alive.enter_context(beating)
+    return trial, plan
+
+
+_ASKS = 3  # a worker stalled that often between asking and its first beat has a problem a retry will not fix
+
+
+def _fit(study: Any, trial: Any, plan: Optional[TrialPlan], run: TuneRun, trainer: pl.Trainer, model: Any,
+         dm: Any) -> int:
+    """Train the trial on this rank; rank 0 tells its result. Returns the epochs trained."""
     try:
-        if trial is not None and run.study.storage is not None:
-            with Heartbeat(storage_of(study), trial_id_of(trial), run.study.heartbeat_interval, run.study.grace):
-                trainer.fit(model, datamodule=dm)
-        else:
-            trainer.fit(model, datamodule=dm)
+        trainer.fit(model, datamodule=dm)
     except Exception as err:
         if _lost(study, trial, err):
             return trainer.current_epoch
@@ -261,11 +291,7 @@ def run_trial(
 def _lost(study: Any, trial: Any, err: Optional[BaseException] = None) -> bool:
     """Whether another worker finished this trial while it trained here (its stale-trial sweep saw no heartbeat:
     this process or the storage stalled). One warning, and the worker goes on with its next trial."""
-    seen, lost = err, False
-    while seen is not None and not lost:  # rank 0 writes to the finished trial; other ranks get its message
-        finished = getattr(optuna.exceptions, "UpdateFinishedTrialError", ())  # Optuna >= 4.1; the floor has none
-        lost = isinstance(seen, finished) or "UpdateFinishedTrialError" in str(seen)
-        seen = seen.__cause__ or seen.__context__
+    lost = err is not None and _finished_error(err)
     if trial is not None and not lost:
         lost = finished_elsewhere(storage_of(study), trial_id_of(trial))
     if lost:
@@ -273,6 +299,20 @@ def _lost(study: Any, trial: Any, err: Optional[BaseException] = None) -> bool:
         rank_zero_warn(f"tune_cycle_length: {which} was finished by another worker while it trained here (its"
                        " heartbeat looked stale: this process or the storage stalled); going on with the next trial.")
     return lost
+
+
+def _finished_error(err: BaseException) -> bool:
+    """Whether ``err`` (or what it was raised from) is Optuna refusing to update a finished trial: its
+    ``UpdateFinishedTrialError`` (Optuna >= 4.1; a ``RuntimeError`` with the same message before), on this rank
+    or broadcast from rank 0 in another rank's message."""
+    seen: Optional[BaseException] = err
+    while seen is not None:
+        if "UpdateFinishedTrialError" in type(seen).__name__ or "UpdateFinishedTrialError" in str(seen) or (
+            "has already finished and can not be updated" in str(seen)
+        ):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _storage_fault(err: BaseException) -> Optional[str]:

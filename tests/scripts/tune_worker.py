@@ -16,12 +16,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import optuna
 import torch
 from lightning.pytorch.callbacks import Callback
 from torch import nn
@@ -47,6 +49,8 @@ class Model(pl.LightningModule):
         return self.net(x)
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        if STOP_AT == ["fit"] and self.current_epoch == 1:  # the first trial is well under way
+            stop_here()
         if self.sleep:
             time.sleep(self.sleep)
         x, y = batch
@@ -59,6 +63,26 @@ class Model(pl.LightningModule):
 
     def configure_optimizers(self) -> Any:
         return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+STOP_AT: list[str] = []  # `--stop-at`: where this worker stops itself (SIGSTOP), once
+
+
+def stop_here() -> None:
+    STOP_AT.clear()
+    os.kill(os.getpid(), signal.SIGSTOP)
+
+
+def stop_in_ask() -> None:
+    """Stop inside ``study.ask``: the trial exists (RUNNING) but has no parameter yet, nor any heartbeat."""
+    original = optuna.storages.RDBStorage.set_trial_param
+
+    def stopping(self: Any, *args: Any) -> Any:
+        optuna.storages.RDBStorage.set_trial_param = original
+        stop_here()
+        return original(self, *args)
+
+    optuna.storages.RDBStorage.set_trial_param = stopping
 
 
 class Record(Callback):
@@ -166,6 +190,8 @@ def main() -> None:
     p.add_argument("--monitor", default="val_loss")
     p.add_argument("--pruner", default="cycle_median")
     p.add_argument("--no-bounds", action="store_true", help="no base_lr/max_lr: the study's one range test")
+    p.add_argument("--stop-at", choices=["ask", "fit"], default=None,
+                   help="SIGSTOP this worker once: inside its first ask, or in epoch 1 of its first trial")
     p.add_argument("--start-at", type=float, default=None, help="wait until this time.time() before tuning")
     args = p.parse_args()
     os.makedirs(args.out, exist_ok=True)
@@ -173,6 +199,9 @@ def main() -> None:
         time.sleep(max(0.0, args.start_at - time.time()))
     if args.mode == "naive":
         return naive(args)
+    if args.stop_at == "ask":
+        stop_in_ask()
+    STOP_AT[:] = [args.stop_at] if args.stop_at else []
     if args.no_bounds:
         count_range_tests(args.out)
     result = tune_cycle_length(

@@ -61,21 +61,34 @@ def test_a_worker_with_a_short_heartbeat_does_not_fail_a_slower_workers_live_tri
         (t.number, t.state, t.user_attrs.get("error")) for t in trials]
 
 
+def _wait_stopped(proc: Any, timeout: float = 120) -> None:
+    """Until the worker has stopped itself (``--stop-at``): state ``T`` in ``/proc/PID/stat``."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, proc.communicate()[0][-3000:]
+        if Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T":
+            return
+        time.sleep(0.2)
+    raise AssertionError("the worker never stopped itself")
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 @needs_pg
+@pytest.mark.parametrize("stop_at", ["fit", "ask"])
 def test_a_stopped_worker_comes_back_and_goes_on_without_counting_its_trial_twice(
-    tmp_path: Path, pg_study_name: str
+    tmp_path: Path, pg_study_name: str, stop_at: str
 ) -> None:
-    """Worker A is SIGSTOPped mid-trial, longer than its grace period: worker B fails A's trial as stale. On
-    SIGCONT, A finds its trial finished by someone else, warns once and runs its next trial; the failed trial
-    stays FAIL (A never reports or tells it again), nothing is left RUNNING and no trial is duplicated."""
+    """Worker A stops (SIGSTOP) longer than its grace period, in epoch 1 of its first trial (``fit``) or inside
+    ``study.ask`` after the trial was created, before it has a parameter or a heartbeat (``ask``: CI found this
+    one, A died with UpdateFinishedTrialError). Worker B fails A's trial as stale. On SIGCONT, A warns once and
+    goes on: after ``fit`` with its next trial, after ``ask`` with a new trial in place of the lost one. The failed
+    trial stays FAIL (A never writes to it again), nothing is left RUNNING and no trial is duplicated."""
     load = lambda: optuna.load_study(study_name=pg_study_name, storage=database_url(PG_URL))  # noqa: E731
     common = ["--storage", PG_URL, "--study-name", pg_study_name, "--no-warm-start", "--max-half", "1",
               "--heartbeat", "0.5", "--grace", "2"]
-    a = worker(tmp_path / "a", *common, "--n-trials", "2", "--sleep", "0.2", "--max-epochs", "8", wait=False)
-    _wait_running(a, load)
-    os.kill(a.pid, signal.SIGSTOP)
+    a = worker(tmp_path / "a", *common, "--n-trials", "2", "--max-epochs", "4", "--stop-at", stop_at, wait=False)
+    _wait_stopped(a)
     try:
         b = worker(tmp_path / "b", *common, "--n-trials", "1")  # sweeps before its trial: A's is stale
     finally:
@@ -83,9 +96,12 @@ def test_a_stopped_worker_comes_back_and_goes_on_without_counting_its_trial_twic
     assert "marked stale RUNNING trials [0]" in b.stdout + b.stderr
     out, _ = a.communicate(timeout=240)
     assert a.returncode == 0, out[-4000:]
-    assert out.count("was finished by another worker") == 1, out[-4000:]
+    lost = {"fit": "was finished by another worker while it trained here",
+            "ask": "was finished by another worker before it started here"}
+    assert [out.count(lost["fit"]), out.count(lost["ask"])] == ([1, 0] if stop_at == "fit" else [0, 1]), out[-4000:]
     trials = sorted(load().trials, key=lambda t: t.number)
-    assert [t.number for t in trials] == [0, 1, 2]
+    # fit: A trained trials 0 (lost) and 2, B trial 1; ask: A asked again, so it trained 2 and 3 besides
+    assert [t.number for t in trials] == ([0, 1, 2] if stop_at == "fit" else [0, 1, 2, 3])
     assert trials[0].state == TrialState.FAIL and "stale" in trials[0].user_attrs["error"]
     assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials[1:])
     mine = worker_results(tmp_path / "a")[0]["trials"]
