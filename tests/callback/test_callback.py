@@ -18,7 +18,15 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.plugins import MixedPrecision
 from lightning.pytorch.strategies import SingleDeviceStrategy
 
-from lightning_clr import ArgumentError, CyclePlan, CyclicLearningRate, RangeTestConfig, cyclic_lr, cyclic_momentum
+from lightning_clr import (
+    ArgumentError,
+    CyclePlan,
+    CyclicLearningRate,
+    DivergenceGuard,
+    RangeTestConfig,
+    cyclic_lr,
+    cyclic_momentum,
+)
 from lightning_clr.engine._settings import DEFAULT_FINAL_LR_RATIO
 
 
@@ -431,7 +439,9 @@ def test_final_lr_ratio_needs_a_known_run_length():
 def test_the_default_tail_is_left_out_when_the_run_length_is_unknown(caplog):
     rec = LRRecorder()
     config = RangeTestConfig(num_steps=10, save=False, progress_bar=False)
-    clr = CyclicLearningRate(max_lr=0.1, step_size_up=3, range_test=config)  # base_lr automatic: the default tail
+    # base_lr automatic: the default tail. The guard off: 0.1 is too high for some initial weights, and the guard's
+    # lowered bounds (right, but not this test's subject) broke the comparison below (seen under `-n 3`)
+    clr = CyclicLearningRate(max_lr=0.1, step_size_up=3, range_test=config, guard=DivergenceGuard(enabled=False))
     t = trainer(callbacks=[clr, rec], max_epochs=-1, max_time={"seconds": 2})
     with caplog.at_level(logging.INFO):
         t.fit(TinyModel(), torch.utils.data.DataLoader(_Stream(), batch_size=8))
