@@ -117,7 +117,7 @@ class CycleSettings:
         if not isinstance(self.range_test, RangeTestConfig):
             raise ArgumentError("range_test", self.range_test, "a RangeTestConfig")
         if not isinstance(self.guard, DivergenceGuard):
-            raise ArgumentError("guard", self.guard, "a DivergenceGuard")
+            raise ArgumentError("guard", self.guard, "a DivergenceGuard (DivergenceGuard(enabled=False) turns it off)")
 
     @property
     def scale_fn_path(self) -> Optional[str]:

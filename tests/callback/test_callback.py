@@ -357,6 +357,7 @@ def test_fast_dev_run_without_bounds_uses_explicit_fallback_bounds(caplog):
         (dict(base_momentum=-0.5), r"`base_momentum`.*-0\.5"),
         (dict(half_cycle_epochs=0), r"`half_cycle_epochs`.*got 0"),
         (dict(scale_fn="not_a_module_xyz:f"), r"`scale_fn`.*not_a_module_xyz"),
+        (dict(guard=False), r"`guard` must be a DivergenceGuard \(DivergenceGuard\(enabled=False\) turns it off\)"),
     ],
 )
 def test_bad_arguments_raise_in_init_naming_argument_and_value(kwargs, match):
