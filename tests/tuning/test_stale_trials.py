@@ -126,11 +126,11 @@ def fresh_database() -> Any:
 @pytest.mark.timeout(300)
 @needs_pg
 def test_four_workers_starting_together_on_an_empty_database(tmp_path: Path, fresh_database: str) -> None:
-    """Four real workers create Optuna's tables at the same instant (a shared start time); before the fix most
-    of them died with StorageError: UniqueViolation. All four must finish their trial."""
-    start = f"{time.time() + 25:.3f}"  # after every worker has imported torch and Lightning
+    """Four real workers create Optuna's tables at the same instant (once all four have imported torch and
+    Lightning); before the fix most of them died with StorageError: UniqueViolation. All four must finish their
+    trial."""
     args = ["--storage", fresh_database, "--study-name", "together", "--n-trials", "1", "--max-epochs", "2",
-            "--max-half", "1", "--no-warm-start", "--start-at", start]
+            "--max-half", "1", "--no-warm-start", "--start-with", str(tmp_path / "barrier"), "4"]
     procs = [worker(tmp_path / f"w{i}", *args, "--seed", str(i), wait=False) for i in range(4)]
     outs = [p.communicate(timeout=240)[0] for p in procs]
     for p, out in zip(procs, outs):
