@@ -120,11 +120,17 @@ def test_killed_worker_trial_is_failed_by_the_next_worker_postgresql(tmp_path: P
                                                                                 storage=database_url(PG_URL)))
 
 
+BUILD_SECONDS = 15.0  # the slow worker's first trial model, in the `build` case: the sweep falls inside it
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_a_live_trial_past_the_grace_period_is_not_failed_by_another_workers_sweep(tmp_path: Path) -> None:
+@pytest.mark.parametrize("where", ["fit", "build"])
+def test_a_live_trial_past_the_grace_period_is_not_failed_by_another_workers_sweep(tmp_path: Path, where: str) -> None:
     """Issue 11's blind spot: a tuner that never wrote its heartbeat would pass the kill tests (the dead
-    worker's trial is old either way) but would have its live trials failed by every other worker."""
+    worker's trial is old either way) but would have its live trials failed by every other worker. The sweep
+    falls while the slow worker trains (``fit``) or while it builds its trial's model (``build``: the heartbeat
+    used to start only with the fit, so a model that took longer than the grace period to build was failed)."""
     storage = str(tmp_path / "live.journal")
 
     def load() -> Any:
@@ -133,7 +139,9 @@ def test_a_live_trial_past_the_grace_period_is_not_failed_by_another_workers_swe
 
     args = ["--storage", storage, "--study-name", "live", "--heartbeat", "0.5", "--grace", "2", "--no-warm-start",
             "--n-trials", "1"]
-    slow = worker(tmp_path / "slow", *args, "--sleep", "0.2", "--max-epochs", "24", "--max-half", "1", wait=False)
+    slow_args = {"fit": ["--sleep", "0.2", "--max-epochs", "24"],
+                 "build": ["--build-sleep", str(BUILD_SECONDS), "--max-epochs", "2"]}[where]
+    slow = worker(tmp_path / "slow", *args, *slow_args, "--max-half", "1", wait=False)
     deadline = time.time() + 120
     running: list = []
     while time.time() < deadline and not running:
@@ -154,6 +162,9 @@ def test_a_live_trial_past_the_grace_period_is_not_failed_by_another_workers_swe
     assert first.state == TrialState.COMPLETE and "error" not in first.user_attrs, first.user_attrs
     assert second.state == TrialState.COMPLETE
     assert (first.datetime_complete - first.datetime_start).total_seconds() > 2 * 2  # it really outlived grace
+    assert second.datetime_start < first.datetime_complete  # the sweep (just before it) saw the first RUNNING
+    if where == "build":  # and saw it while its model was still being built
+        assert (second.datetime_start - first.datetime_start).total_seconds() < BUILD_SECONDS
 
 
 # ---------------------------------------------------------------------------------------------- storage faults
