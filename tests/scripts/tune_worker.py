@@ -36,10 +36,10 @@ from lightning_clr.tuning import OutputConfig, SearchSpace, StudyConfig  # noqa:
 
 
 class Model(pl.LightningModule):
-    def __init__(self, sleep: float = 0.0, bad_from_fit: int = -1, build_sleep: float = 0.0) -> None:
+    def __init__(self, sleep: float = 0.0, bad_from_fit: int = -1, build_until: str = "") -> None:
         super().__init__()
-        if Model.fits == 1:  # the first trial's model (the tuner's monitor probe builds one before): a slow build
-            time.sleep(build_sleep)
+        if Model.fits == 1 and build_until:  # the first trial's model (the monitor probe builds one before)
+            wait_for(Path(build_until))  # a slow build: it ends when the test says so
         self.sleep = sleep
         self.bad = bad_from_fit >= 0 and Model.fits >= bad_from_fit  # this trial's model scores badly
         Model.fits += 1
@@ -85,6 +85,14 @@ def stop_in_ask() -> None:
         return original(self, *args)
 
     optuna.storages.RDBStorage.set_trial_param = stopping
+
+
+def wait_for(path: Path, timeout: float = 200.0) -> None:
+    deadline = time.time() + timeout
+    while not path.exists():
+        if time.time() > deadline:
+            raise SystemExit(f"wait_for: {path} never appeared")
+        time.sleep(0.05)
 
 
 def start_together(barrier: Path, n: int) -> None:
@@ -195,7 +203,7 @@ def main() -> None:
     p.add_argument("--max-half", type=int, default=2)
     p.add_argument("--sleep", type=float, default=0.0)
     p.add_argument("--bad-from-fit", type=int, default=-1)
-    p.add_argument("--build-sleep", type=float, default=0.0, help="seconds the first trial's model takes to build")
+    p.add_argument("--build-until", default="", help="the first trial's model is built once this file exists")
     p.add_argument("--heartbeat", type=float, default=10.0)
     p.add_argument("--grace", type=float, default=None)
     p.add_argument("--seed", type=int, default=0)
@@ -223,7 +231,7 @@ def main() -> None:
     result = tune_cycle_length(
         Model,
         DataModule,
-        model_kwargs={"sleep": args.sleep, "bad_from_fit": args.bad_from_fit, "build_sleep": args.build_sleep},
+        model_kwargs={"sleep": args.sleep, "bad_from_fit": args.bad_from_fit, "build_until": args.build_until},
         trainer_kwargs={
             "accelerator": "cpu", "devices": args.devices, "strategy": args.strategy,
             "callbacks": [Record(args.out)],
