@@ -82,16 +82,20 @@ class ReconnectingStorage(BaseStorage):
         backend: The storage to wrap (an ``optuna.storages.RDBStorage``).
         patience: Seconds a call keeps retrying a lost or refused connection; ``0`` disables it.
         name: How messages name the storage (no password).
+        answered: Whether its server has answered already (a built ``RDBStorage`` has: it connected to create its
+            tables). Until it answers, a refused connection is a wrong URL, raised at once, not an outage.
 
     Example:
         >>> storage = ReconnectingStorage(optuna.storages.RDBStorage(url), patience=120.0)  # doctest: +SKIP
     """
 
-    def __init__(self, backend: BaseStorage, patience: float = 120.0, name: str = "the study's storage") -> None:
+    def __init__(
+        self, backend: BaseStorage, patience: float = 120.0, name: str = "the study's storage", answered: bool = False
+    ) -> None:
         self._backend = backend
         self.patience = float(patience)
         self.name = name
-        self._answered = False  # a storage that never answered is a wrong URL, not an outage
+        self._answered = answered  # a storage that never answered is a wrong URL, not an outage
         self._lock = threading.Lock()
         self._down_since: Optional[float] = None
 
@@ -269,10 +273,6 @@ def _with_token(template: FrozenTrial, token: str) -> FrozenTrial:
 def reconnecting(backend: Any, patience: float, name: str) -> Any:
     """``backend``, just built (so its server answered: Optuna's RDBStorage connects to create its tables), wrapped
     in a :class:`ReconnectingStorage`; as it is when ``patience`` is 0."""
-    if patience <= 0:
-        return backend
-    storage = ReconnectingStorage(backend, patience, name)
-    storage._answered = True
-    return storage
+    return ReconnectingStorage(backend, patience, name, answered=True) if patience > 0 else backend
 
 

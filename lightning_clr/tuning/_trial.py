@@ -307,9 +307,8 @@ def _finished_error(err: BaseException) -> bool:
     or broadcast from rank 0 in another rank's message."""
     seen: Optional[BaseException] = err
     while seen is not None:
-        if "UpdateFinishedTrialError" in type(seen).__name__ or "UpdateFinishedTrialError" in str(seen) or (
-            "has already finished and can not be updated" in str(seen)
-        ):
+        text = f"{type(seen).__name__}: {seen}"
+        if "UpdateFinishedTrialError" in text or "has already finished and can not be updated" in text:
             return True
         seen = seen.__cause__ or seen.__context__
     return False

@@ -20,7 +20,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import lightning.pytorch as pl
 import optuna
@@ -39,7 +39,7 @@ class Model(pl.LightningModule):
     def __init__(self, sleep: float = 0.0, bad_from_fit: int = -1, build_until: str = "") -> None:
         super().__init__()
         if Model.fits == 1 and build_until:  # the first trial's model (the monitor probe builds one before)
-            wait_for(Path(build_until))  # a slow build: it ends when the test says so
+            wait_until(Path(build_until).exists, build_until)  # a slow build: it ends when the test says so
         self.sleep = sleep
         self.bad = bad_from_fit >= 0 and Model.fits >= bad_from_fit  # this trial's model scores badly
         Model.fits += 1
@@ -87,12 +87,12 @@ def stop_in_ask() -> None:
     optuna.storages.RDBStorage.set_trial_param = stopping
 
 
-def wait_for(path: Path, timeout: float = 200.0) -> None:
+def wait_until(done: Callable[[], bool], what: str, timeout: float = 200.0, every: float = 0.05) -> None:
     deadline = time.time() + timeout
-    while not path.exists():
+    while not done():
         if time.time() > deadline:
-            raise SystemExit(f"wait_for: {path} never appeared")
-        time.sleep(0.05)
+            raise SystemExit(f"tune_worker: gave up waiting for {what}")
+        time.sleep(every)
 
 
 def start_together(barrier: Path, n: int) -> None:
@@ -100,11 +100,7 @@ def start_together(barrier: Path, n: int) -> None:
     one another, however long each took to start."""
     barrier.mkdir(parents=True, exist_ok=True)
     (barrier / f"ready_{os.getpid()}").touch()
-    deadline = time.time() + 200
-    while len(list(barrier.iterdir())) < n:
-        if time.time() > deadline:
-            raise SystemExit(f"start_together: only {len(list(barrier.iterdir()))} of {n} workers came")
-        time.sleep(0.005)
+    wait_until(lambda: len(list(barrier.iterdir())) >= n, f"{n} workers in {barrier}", every=0.005)
 
 
 class Record(Callback):
