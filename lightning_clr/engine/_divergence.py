@@ -29,7 +29,7 @@ from typing import Any, Optional
 
 from lightning_clr._validation import ArgumentError, boolean, float_in, int_in
 from lightning_clr.range_test._reading import INSTABILITY_FACTOR, INSTABILITY_SIGMAS, NOISE_SIGMAS, RISE_BACK
-from lightning_clr.range_test._smoothing import noise_sigma
+from lightning_clr.range_test._smoothing import noise_sigma, noise_sigma_of
 
 __all__ = ["DivergenceGuard", "DivergenceRule"]
 
@@ -130,10 +130,13 @@ class DivergenceRule:
         if self.space is None:
             self.space = "log" if min(values) > 0 else "linear"
             self.scale = _median([abs(v) for v in values]) or 1.0
-        level = _median([self._z(v) for v in values])
+        zs = [math.log(max(v, _TINY)) for v in values] if self.space == "log" else [v / self.scale for v in values]
+        level = _median(zs)
+        # the noise in noise_space's units: the same logs when every loss is > 0 (and not clamped to _TINY)
+        sigma = noise_sigma_of(zs) if self.space == "log" and min(values) > _TINY else noise_sigma(values)
         if self.start is None or self.best is None:
             self.start = self.best = level
-            self.sigma = noise_sigma(values)
+            self.sigma = sigma
             self.calm = True
             return None
         ratio = math.log(self.threshold) if self.space == "log" else self.threshold - 1.0
@@ -146,7 +149,7 @@ class DivergenceRule:
                     f" drop {self._back(self.start):.3g} -> {self._back(self.best):.3g})")
         self.calm = self._calm(values[-1])
         self.best = min(self.best, level)
-        self.sigma = noise_sigma(values)
+        self.sigma = sigma
         return None
 
     def _calm(self, value: float) -> bool:

@@ -123,12 +123,16 @@ class GoodState:
 
 
 def _loss_of(outputs: Any) -> Optional[torch.Tensor]:
-    """The loss the step computed: ``outputs["loss"]`` (Lightning's batch output) or a tensor; else ``None``."""
-    loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
-    if isinstance(loss, torch.Tensor) and loss.numel() == 1:
-        loss = loss.detach() if loss.requires_grad else loss
-        return loss if loss.dim() == 0 else loss.reshape(())
-    return None
+    """The loss the step computed: ``outputs["loss"]`` (Lightning's batch output) or a tensor; else ``None``.
+    Called once per step: the common case (a dict holding a 0-d tensor) takes the fewest calls."""
+    loss = outputs.get("loss") if type(outputs) is dict or isinstance(outputs, Mapping) else outputs
+    if not isinstance(loss, torch.Tensor):
+        return None
+    if loss.requires_grad:
+        loss = loss.detach()
+    if loss.dim() == 0:
+        return loss
+    return loss.reshape(()) if loss.numel() == 1 else None
 
 
 class Guard:
@@ -139,10 +143,11 @@ class Guard:
         self.config = config
         self.plan = plan
         self.rule = DivergenceRule(config.threshold)
-        self._losses: list[Any] = []
+        self._losses: list[torch.Tensor] = []  # this window's losses, 0-d tensors (from _loss_of)
+        self._pending: list[float] = []  # this window's losses read from a checkpoint
         if state:  # checked when the checkpoint was loaded (check_state)
             self.rule.load(state["rule"])
-            self._losses = [float(v) for v in state["pending"]]
+            self._pending = [float(v) for v in state["pending"]]
         self._good: Optional[GoodState] = None
         self._good_levels = self.rule.state()
         self._next_check = 0
@@ -188,9 +193,8 @@ class Guard:
     def decide(self, step: int, world_size: int = 1) -> Optional[str]:
         """Read the window (averaged over the ranks: one all_reduce), judge it and start the next one; return
         why it diverged, or ``None``. Every rank judges the same numbers, so every rank decides alike."""
-        pending = [v for v in self._losses if not isinstance(v, torch.Tensor)]
-        tensors = [v for v in self._losses if isinstance(v, torch.Tensor)]  # 0-d, from _loss_of
-        self._losses = []
+        pending, tensors = self._pending, self._losses
+        self._pending, self._losses = [], []
         self._next_check = self._following(step)
         values = pending
         if tensors:
@@ -228,10 +232,9 @@ class Guard:
 
     def state(self) -> dict[str, Any]:
         """The rule's levels and the losses of the window in progress (read now: a checkpoint is a rare event)."""
-        pending = [float(v) for v in self._losses if not isinstance(v, torch.Tensor)]
-        tensors = [v for v in self._losses if isinstance(v, torch.Tensor)]
-        if tensors:
-            pending += torch.stack(tensors).float().tolist()
+        pending = list(self._pending)
+        if self._losses:
+            pending += torch.stack(self._losses).float().tolist()
         return {"rule": self.rule.state(), "pending": pending}
 
     def release(self) -> None:

@@ -66,7 +66,11 @@ def noise_sigma(values: Sequence[float]) -> float:
         >>> round(noise_sigma([1.0, 3.0] * 10), 2)  # every batch 3x off the last
         1.33
     """
-    z, _ = noise_space(values)
+    return noise_sigma_of(noise_space(values)[0])
+
+
+def noise_sigma_of(z: Sequence[float]) -> float:
+    """:func:`noise_sigma` of values already in their noise space (:func:`noise_space`'s first result)."""
     second = sorted(abs(z[i + 1] - 2 * z[i] + z[i - 1]) for i in range(1, len(z) - 1))
     if not second:
         return 0.0
