@@ -43,9 +43,11 @@ def _claim_name(study: Any) -> str:
     return f"lightning_clr:range_test:{study.study_name}"
 
 
-def combine(stored: Bounds, base: Optional[tuple[float, ...]], high: Optional[tuple[float, ...]]) -> Bounds:
+def combine(stored: Bounds, base: Optional[tuple[float, ...]], high: Optional[tuple[float, ...]],
+            who: str = "tune_cycle_length") -> Bounds:
     """The given bounds where given, the study's for the others, per param group, with ``max_lr > base_lr``
-    (a study's bound on the wrong side of a given one is replaced by the range test's default ratio)."""
+    (a study's bound on the wrong side of a given one is replaced by the range test's default ratio, with a
+    warning naming both, as the callback does when its own range test lands there)."""
     given_base = base is not None
     base, high = base or stored[0], high or stored[1]
     if len(base) != len(high) and 1 not in (len(base), len(high)):
@@ -53,9 +55,25 @@ def combine(stored: Bounds, base: Optional[tuple[float, ...]], high: Optional[tu
                            f" param groups than the given {list(base)}, {list(high)}")
     n = max(len(base), len(high))
     base, high = base * (n // len(base)), high * (n // len(high))
+    wrong = [k for k in range(n) if high[k] <= base[k]]
     if given_base:
-        return base, tuple(h if h > b else b * DEFAULT_BASE_DIVISOR for b, h in zip(base, high))
-    return tuple(b if h > b else h / DEFAULT_BASE_DIVISOR for b, h in zip(base, high)), high
+        kept = tuple(h if h > b else b * DEFAULT_BASE_DIVISOR for b, h in zip(base, high))
+        _warn_replaced(who, wrong, ("max_lr", high), ("base_lr", base), kept, f"{DEFAULT_BASE_DIVISOR:g} x base_lr")
+        return base, kept
+    kept = tuple(b if h > b else h / DEFAULT_BASE_DIVISOR for b, h in zip(base, high))
+    _warn_replaced(who, wrong, ("base_lr", base), ("max_lr", high), kept, f"max_lr / {DEFAULT_BASE_DIVISOR:g}")
+    return kept, high
+
+
+def _warn_replaced(who: str, groups: list[int], stored: tuple[str, tuple[float, ...]],
+                   given: tuple[str, tuple[float, ...]], kept: tuple[float, ...], rule: str) -> None:
+    (key, stored_lrs), (given_key, given_lrs) = stored, given
+    if groups:
+        rank_zero_warn(
+            f"{who}: the study's {key} {[stored_lrs[k] for k in groups]} is on the wrong side of the given"
+            f" {given_key} {[given_lrs[k] for k in groups]} (param group(s) {groups}); using {key} = {rule}:"
+            f" {[kept[k] for k in groups]}."
+        )
 
 
 def store_bounds(study: Any, base: tuple[float, ...], high: tuple[float, ...], result: Any = None) -> None:

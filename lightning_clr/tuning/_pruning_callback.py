@@ -96,7 +96,7 @@ def _study_bounds(trial: Any, clr: CyclicLearningRate) -> None:
                 storage_of(trial.study).set_trial_system_attr(trial_id_of(trial), CLAIM_KEY, True)
             return
     s = clr.settings
-    base, high = combine(stored, s.base_lr, s.max_lr)
+    base, high = combine(stored, s.base_lr, s.max_lr, "suggest_cycle")
     clr.apply(s.replace(base_lr=base, max_lr=high))
     rank_zero_info(f"suggest_cycle: trial {trial.number} reuses the study's LR bounds base_lr={clr.base_lr},"
                    f" max_lr={clr.max_lr} (its one range test: no new one).")

@@ -101,3 +101,24 @@ def test_a_huge_learning_rate_for_the_tuner_is_refused(tmp_path: Path, name: str
     with pytest.raises(ArgumentError) as info:
         tune(tmp_path, n_trials=1, **{name: 1e308})
     assert info.value.argument == name and not (tmp_path / "tuning").exists()
+
+
+@pytest.mark.parametrize(
+    ("given", "stored", "key", "used"),
+    [({"base_lr": 0.1, "max_lr": None}, (0.01, 0.04), "max_lr", 0.4),  # stored max below the given base
+     ({"base_lr": None, "max_lr": 0.005}, (0.01, 0.04), "base_lr", 0.00125)],  # stored base above the given max
+)
+def test_a_stored_bound_on_the_wrong_side_of_a_given_one_is_replaced_with_a_warning(
+    tmp_path: Path, given: dict, stored: tuple, key: str, used: float
+) -> None:
+    """Each stored bound is valid alone; against the bound the user gave, it is on the wrong side. The study's
+    value is replaced by the range test's default ratio, as before, but no longer silently."""
+    storage = str(tmp_path / "side.journal")
+    _study_with(storage, *stored)
+    other = "base_lr" if key == "max_lr" else "max_lr"
+    with pytest.warns(UserWarning, match=rf"the study's {key} \[{stored[key == 'max_lr']}\] is on the wrong side of"
+                      rf" the given {other} \[{given[other]}\].*using {key} = .*\[{used}\]"):
+        result = tune(tmp_path, n_trials=1, storage=storage, study_name="bad", **given)
+    (trial,) = result.study.trials
+    assert trial.state == optuna.trial.TrialState.COMPLETE
+    assert result.trials()[0]["max_lr"] == pytest.approx(0.4 if key == "max_lr" else 0.005)
