@@ -289,3 +289,43 @@ def test_the_heartbeat_keeps_a_running_trial_alive_and_its_absence_fails_it(tmp_
     assert storage.get_trial(live._trial_id).system_attrs[HEARTBEAT_KEY] == stopped  # the thread has ended
     assert fail_stale_trials(study, grace_period=1.0) == [live.number]
     assert "no heartbeat" in storage.get_trial(live._trial_id).user_attrs["error"]
+
+
+def test_a_stall_that_every_worker_shares_does_not_fail_a_live_trial(tmp_path: Path) -> None:
+    """A journal lock left behind (as a SIGKILLed worker leaves it) stalls every writer: the live trial's
+    heartbeat cannot be written for longer than its grace period. A sweep taken during the stall sees a silent
+    trial; its second look, after the lock is gone, sees the heartbeat move again, so the trial stays RUNNING.
+    Without the second look (``recheck=False``) the same stall fails the live trial."""
+    import threading
+
+    from optuna.storages.journal import JournalFileSymlinkLock
+
+    from lightning_clr.tuning._storage import Heartbeat, fail_stale_trials, make_storage
+
+    path = str(tmp_path / "stall.journal")
+    study = optuna.create_study(storage=make_storage(path), study_name="stall")
+    judge = optuna.load_study(storage=make_storage(path), study_name="stall")  # another worker's own storage
+
+    def stall(seconds: float) -> threading.Thread:
+        lock = JournalFileSymlinkLock(path)  # the journal's own lock file: every writer waits for it
+        assert lock.acquire()
+
+        def hold() -> None:
+            time.sleep(seconds)
+            lock.release()
+
+        thread = threading.Thread(target=hold)
+        thread.start()
+        return thread
+
+    for recheck, failed in ((True, False), (False, True)):
+        live = study.ask()
+        with Heartbeat(study._storage, live._trial_id, interval=0.5, grace=1.0):
+            held = stall(1.8)  # the heartbeat's writes wait behind the lock from now on
+            time.sleep(1.4)  # silent for longer than the trial's grace period (1 s); the second look comes 2 s on
+            assert fail_stale_trials(judge, grace_period=1.0, recheck=recheck) == ([live.number] if failed else [])
+            held.join()
+            state = study._storage.get_trial(live._trial_id).state
+        assert state == (TrialState.FAIL if failed else TrialState.RUNNING)
+        if not failed:
+            study.tell(live, 1.0)
