@@ -161,3 +161,24 @@ def test_a_sweep_that_never_failed_the_trial_leaves_no_error_behind(tmp_path: Pa
     (trial,) = result.study.trials
     assert trial.state == TrialState.COMPLETE and not trial.user_attrs.get("error"), trial.user_attrs
     assert result.trials()[0]["error"] is None
+
+
+@needs_pg
+def test_table_creation_that_keeps_failing_gives_up_after_its_tries_in_one_line(fresh_database: str) -> None:
+    """The retry is bounded: a database where creating Optuna's tables always meets an object of the same name
+    (here an index named as Optuna's, on another table: a real DuplicateTable on every try, since the failed
+    creation rolls back) gives one StorageError line saying how many tries it took, not a loop."""
+    import psycopg
+
+    from lightning_clr.tuning._storage import TABLE_CREATION_TRIES, StorageError, make_storage
+
+    with psycopg.connect(fresh_database, autocommit=True) as db:
+        db.execute("CREATE TABLE decoy (x integer)")
+        db.execute("CREATE INDEX ix_studies_study_name ON decoy (x)")  # Optuna's name for its studies index
+    started = time.monotonic()
+    with pytest.raises(StorageError) as info:
+        make_storage(fresh_database)
+    message = str(info.value)
+    assert "\n" not in message and f"creating Optuna's tables, {TABLE_CREATION_TRIES} tries" in message, message
+    assert "ix_studies_study_name" in message and "already exists" in message, message
+    assert time.monotonic() - started < 60  # bounded: a few short waits between the tries
