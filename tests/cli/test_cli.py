@@ -590,6 +590,7 @@ def test_inputs_that_broke_the_one_line_promise(tmp_path: Path, names: list[str]
         assert done.returncode == 2 and len(errors) == 1, (name, done.returncode, done.stderr[-2000:])
         assert errors[0].startswith(f"lightning-clr: error: {flag}"), (name, errors[0][:300])
         assert text in errors[0] and len(errors[0]) <= 650, (name, errors[0][:300])
+        assert "x" * 201 not in errors[0], (name, errors[0][:300])  # a value is echoed up to 200 characters
         assert "Traceback" not in done.stderr and len(done.stderr) < 2000, (name, done.stderr[-2000:])
         assert not steps.exists(), f"{name}: a training step ran before the error"
 

@@ -4,6 +4,7 @@ PostgreSQL database all get their tables (item 5). Real worker processes, real s
 
 from __future__ import annotations
 
+import datetime
 import os
 import signal
 import time
@@ -59,6 +60,12 @@ def test_a_worker_with_a_short_heartbeat_does_not_fail_a_slower_workers_live_tri
     assert sorted(t.number for t in trials) == [0, 1, 2]
     assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials), [
         (t.number, t.state, t.user_attrs.get("error")) for t in trials]
+    # B swept (just before its trial) while A's first trial was RUNNING and silent for more than B's grace
+    # (A's one beat is at its start): had A finished before B started, the test would prove nothing
+    first = min(trials, key=lambda t: t.number)
+    silent_from, done = first.datetime_start + datetime.timedelta(seconds=2), first.datetime_complete
+    assert any(silent_from < t.datetime_start < done for t in trials if t is not first), [
+        (t.number, t.datetime_start, t.datetime_complete) for t in trials]
 
 
 def _wait_stopped(proc: Any, timeout: float = 120) -> None:

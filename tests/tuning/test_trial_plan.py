@@ -169,11 +169,15 @@ def test_stale_claim_is_taken_over_after_the_wait(tmp_path: Path, monkeypatch: p
 
 # ---------------------------------------------------------------------------------------------- four workers
 def _four_workers(tmp_path: Path, storage: str, name: str) -> optuna.Study:
-    args = ["--storage", storage, "--study-name", name, "--n-trials", "1", "--no-bounds", "--pruner", "none"]
+    args = ["--storage", storage, "--study-name", name, "--n-trials", "1", "--no-bounds", "--pruner", "none",
+            "--start-with", str(tmp_path / "barrier"), "4",  # all four released at once, once all are ready
+            "--sleep", "0.2"]  # a range test of 2.4 s: the others open the storage while it runs (PostgreSQL: ~1 s)
     procs = [worker(tmp_path / f"w{i}", *args, "--seed", str(i), wait=False) for i in range(4)]
-    for p in procs:
-        out, _ = p.communicate(timeout=300)
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    for p, out in zip(procs, outs):
         assert p.returncode == 0, out[-4000:]
+    waited = sum("waiting for its bounds" in out for out in outs)
+    assert waited >= 2, outs  # they really met the claim (started apart, each could have found stored bounds)
     tests = [line for path in sorted(tmp_path.glob("w*/range_tests.jsonl")) for line in path.read_text().splitlines()]
     assert len(tests) == 1, tests  # one range test in the whole study
     study_storage = database_url(storage) if "://" in storage else optuna.storages.JournalStorage(
