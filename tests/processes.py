@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 import random
 import socket
+import sys
+import time
 from pathlib import Path
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,3 +49,19 @@ def clean_env(**extra: str) -> dict[str, str]:
     env.update(OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     env.update(extra)
     return env
+
+
+def wait_until(done: Callable[[], bool], what: str, timeout: float = 200.0, every: float = 0.05) -> None:
+    deadline = time.time() + timeout
+    while not done():
+        if time.time() > deadline:
+            raise SystemExit(f"{Path(sys.argv[0]).name}: gave up waiting for {what}")
+        time.sleep(every)
+
+
+def start_together(barrier: Path, n: int) -> None:
+    """Return once ``n`` workers (this one included, torch and Lightning imported) are ready: within about 5 ms of
+    one another, however long each took to start."""
+    barrier.mkdir(parents=True, exist_ok=True)
+    (barrier / f"ready_{os.getpid()}").touch()
+    wait_until(lambda: len(list(barrier.iterdir())) >= n, f"{n} workers in {barrier}", every=0.005)

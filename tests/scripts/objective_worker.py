@@ -5,10 +5,13 @@ Launchers: ``--strategy ddp`` (Lightning re-runs this script for rank 1) and tor
 rank 0 runs ``study.optimize``; the other ranks call the objective with ``trial=None`` once per trial.
 ``--strategy ddp_spawn``: the objective runs in the parent only; the study must be on disk (journal).
 Every rank appends one JSON line per fit to ``OUT/rank{global_rank}.jsonl``; rank 0 of the job writes
-``OUT/study.json``.
+``OUT/study.json``. Several single-process workers can share one study (``--storage``, ``--devices 1``,
+``--start-with``).
 
 Example:
     python tests/scripts/objective_worker.py --out /tmp/o --strategy ddp
+    python tests/scripts/objective_worker.py --out /tmp/w0 --devices 1 --strategy auto --storage /tmp/s.journal \
+        --no-bounds --n-trials 1 --start-with /tmp/barrier 4
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,14 +32,17 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/helpers, also in spawned children
 from helpers import SameTaskData  # noqa: E402
+from processes import start_together  # noqa: E402
 
 from lightning_clr import CyclePruningCallback, CyclicLearningRate, RangeTestConfig, suggest_cycle  # noqa: E402
+from lightning_clr.tuning._storage import make_storage  # noqa: E402  (journal path or URL, as the tuner takes it)
 
 
 class Model(pl.LightningModule):
-    def __init__(self, bad: bool) -> None:
+    def __init__(self, bad: bool, sleep: float = 0.0) -> None:
         super().__init__()
         self.bad = bad
+        self.sleep = sleep
         self.net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -43,6 +50,8 @@ class Model(pl.LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x, y = batch
+        if self.sleep:
+            time.sleep(self.sleep)
         return nn.functional.mse_loss(self(x), y)
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
@@ -87,8 +96,16 @@ def main() -> None:
     p.add_argument("--strategy", default="ddp")
     p.add_argument("--n-trials", type=int, default=3)
     p.add_argument("--no-bounds", action="store_true", help="no base_lr/max_lr: the study's one range test")
+    p.add_argument("--devices", type=int, default=2)
+    p.add_argument("--storage", default=None, help="a journal path or a database URL (default: OUT/study.journal)")
+    p.add_argument("--study-name", default="own")
+    p.add_argument("--sleep", type=float, default=0.0, help="seconds per training step (a slower range test)")
+    p.add_argument("--start-with", nargs=2, default=None, metavar=("DIR", "N"),
+                   help="start with N-1 other workers: each writes a file in DIR, all start once N are there")
     args = p.parse_args()
     os.makedirs(args.out, exist_ok=True)
+    if args.start_with is not None:
+        start_together(Path(args.start_with[0]), int(args.start_with[1]))
     fits = [0]
     bounds: dict[str, Any] = dict(base_lr=0.01, max_lr=0.05)
     if args.no_bounds:  # every range test any rank runs appends a line
@@ -100,25 +117,24 @@ def main() -> None:
         clr = suggest_cycle(trial, min_half_cycle_epochs=1, max_half_cycle_epochs=2, **bounds)
         pruning = CyclePruningCallback(trial, monitor="val_loss")
         trainer = pl.Trainer(
-            accelerator="cpu", devices=2, strategy=args.strategy, max_epochs=8, logger=False,
+            accelerator="cpu", devices=args.devices, strategy=args.strategy, max_epochs=8, logger=False,
             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
             callbacks=[clr, pruning, Record(args.out)],
         )
-        model = Model(bad=fits[0] >= 2)  # the third trial scores plainly worse: pruned at a cycle end
+        model = Model(bad=fits[0] >= 2, sleep=args.sleep)  # the third trial scores plainly worse: pruned at a cycle end
         fits[0] += 1
         trainer.fit(model, datamodule=SameTaskData(n=64, batch_size=16))
         pruning.check_pruned()
         return float(trainer.callback_metrics["val_loss"])
 
     rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
-    storage = optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(os.path.join(args.out, "study.journal"))
-    )
+    storage = make_storage(args.storage or os.path.join(args.out, "study.journal"))
     if rank == 0:  # the only process that talks to Optuna
-        study = optuna.create_study(study_name="own", storage=storage, load_if_exists=True,
+        study = optuna.create_study(study_name=args.study_name, storage=storage, load_if_exists=True,
                                     pruner=optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0))
-        for h in (2, 1, 1):
-            study.enqueue_trial({"half_cycle_epochs": h})
+        if args.storage is None:  # the study of this job alone: its three trials' half-cycles are known
+            for h in (2, 1, 1):
+                study.enqueue_trial({"half_cycle_epochs": h})
         study.optimize(objective, n_trials=args.n_trials)
         trials = [{"number": t.number, "state": t.state.name, "params": t.params,
                    "intermediate": {str(k): v for k, v in t.intermediate_values.items()}} for t in study.trials]

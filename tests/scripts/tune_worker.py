@@ -20,7 +20,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import lightning.pytorch as pl
 import optuna
@@ -30,6 +30,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/helpers, also in spawned children
 from helpers import SameTaskData as DataModule  # noqa: E402
+from processes import start_together, wait_until  # noqa: E402
 
 from lightning_clr import CyclicLearningRate, RangeTestConfig, tune_cycle_length  # noqa: E402
 from lightning_clr.tuning import OutputConfig, SearchSpace, StudyConfig  # noqa: E402
@@ -85,22 +86,6 @@ def stop_in_ask() -> None:
         return original(self, *args)
 
     optuna.storages.RDBStorage.set_trial_param = stopping
-
-
-def wait_until(done: Callable[[], bool], what: str, timeout: float = 200.0, every: float = 0.05) -> None:
-    deadline = time.time() + timeout
-    while not done():
-        if time.time() > deadline:
-            raise SystemExit(f"tune_worker: gave up waiting for {what}")
-        time.sleep(every)
-
-
-def start_together(barrier: Path, n: int) -> None:
-    """Return once ``n`` workers (this one included, torch and Lightning imported) are ready: within about 5 ms of
-    one another, however long each took to start."""
-    barrier.mkdir(parents=True, exist_ok=True)
-    (barrier / f"ready_{os.getpid()}").touch()
-    wait_until(lambda: len(list(barrier.iterdir())) >= n, f"{n} workers in {barrier}", every=0.005)
 
 
 class Record(Callback):

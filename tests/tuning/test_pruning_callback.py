@@ -18,6 +18,7 @@ from helpers import SameTaskData
 from optuna.trial import TrialState
 from processes import clean_env, free_port
 from torch import nn
+from tuning_helpers import PG_URL, needs_pg
 
 from lightning_clr import CyclePruningCallback, CyclicLearningRate, suggest_cycle
 from lightning_clr._validation import ArgumentError
@@ -224,3 +225,34 @@ def test_own_objective_under_ddp_without_bounds_runs_one_range_test(tmp_path: Pa
     assert len(lines) == 2 and len({json.loads(line)["pid"] for line in lines}) == 2  # the first trial, both ranks
     rows = [json.loads(line) for p in tmp_path.glob("rank*.jsonl") for line in p.read_text().splitlines()]
     assert len({(json.dumps(r["base_lr"]), json.dumps(r["max_lr"])) for r in rows}) == 1  # one pair, every fit
+
+
+def _four_own_objectives(tmp_path: Path, storage: str, name: str) -> None:
+    """Four single-process workers of a hand-written objective (``suggest_cycle`` without bounds), released at
+    once on one study: one range test in the whole study, one bound pair in every fit, the others waited."""
+    args = ["--strategy", "auto", "--devices", "1", "--n-trials", "1", "--no-bounds", "--storage", storage,
+            "--study-name", name, "--sleep", "0.2", "--start-with", str(tmp_path / "barrier"), "4"]
+    procs = [subprocess.Popen([sys.executable, str(WORKER), "--out", str(tmp_path / f"w{i}"), *args], env=clean_env(),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(4)]
+    outs = [p.communicate(timeout=280)[0] for p in procs]
+    for p, out in zip(procs, outs):
+        assert p.returncode == 0, out[-4000:]
+    tests = [line for path in tmp_path.glob("w*/range_tests.jsonl") for line in path.read_text().splitlines()]
+    assert len(tests) == 1, (tests, outs)  # before: a range test in every trial, silently
+    assert sum("suggest_cycle: worker" in out and "waiting for its bounds" in out for out in outs) >= 2, outs
+    assert sum("reuses the study's LR bounds" in out for out in outs) == 3, outs  # the line that says so
+    rows = [json.loads(line) for p in tmp_path.glob("w*/rank0.jsonl") for line in p.read_text().splitlines()]
+    assert len(rows) == 4 and len({(json.dumps(r["base_lr"]), json.dumps(r["max_lr"])) for r in rows}) == 1, rows
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_four_own_objectives_on_a_journal_share_one_range_test(tmp_path: Path) -> None:
+    _four_own_objectives(tmp_path, str(tmp_path / "shared.journal"), "own4")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@needs_pg
+def test_four_own_objectives_on_postgresql_share_one_range_test(tmp_path: Path, pg_study_name: str) -> None:
+    _four_own_objectives(tmp_path, PG_URL, pg_study_name)
