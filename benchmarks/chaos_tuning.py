@@ -3,7 +3,8 @@ SIGKILLed (and restarted), one is SIGSTOPped, and then the database refuses conn
 
 Checked at the end, from the study itself and the workers' own records:
 
-- no trial lost or duplicated (trial numbers 0..n-1, each once; every worker's finished trial is in the study);
+- no trial lost or duplicated (trial numbers 0..n-1, each once; every trial a worker started to train is in
+  the study, no trial was trained by two workers, every finished trial's worker recorded it);
 - no trial left RUNNING;
 - no worker ended badly other than the killed one (exit status 0);
 - one bound pair in the study (every trial trained with the same base_lr and max_lr);
@@ -42,8 +43,29 @@ def run_worker(args: argparse.Namespace) -> None:
     from torch import nn
     from torch.utils.data import DataLoader, TensorDataset
 
-    from lightning_clr import tune_cycle_length
+    from lightning_clr import CyclePruningCallback, tune_cycle_length
     from lightning_clr.tuning import OutputConfig, SearchSpace, StudyConfig
+
+    class Record(pl.Callback):
+        """This worker's own record of the trials it trains: one line when a trial's fit starts, one when it ends
+        (with the last val_loss it saw), in ``OUT/trials.jsonl``; the driver reads it to act mid-trial and checks
+        it against the study."""
+
+        def _write(self, trainer: pl.Trainer, event: str) -> None:
+            pruning = next((c for c in trainer.callbacks if isinstance(c, CyclePruningCallback)), None)
+            if pruning is None:  # the study's range test: a fit of its own, no trial
+                return
+            row = {"event": event, "number": pruning.trial.number, "time": time.time()}
+            if event == "end" and "val_loss" in trainer.callback_metrics:
+                row["val_loss"] = float(trainer.callback_metrics["val_loss"])
+            with open(Path(args.out, "trials.jsonl"), "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+        def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+            self._write(trainer, "start")
+
+        def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+            self._write(trainer, "end")
 
     class Data(pl.LightningDataModule):
         def _set(self, seed: int, n: int) -> TensorDataset:
@@ -76,7 +98,8 @@ def run_worker(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(1)
     result = tune_cycle_length(
-        Net, Data, n_trials=args.n_trials, max_epochs=args.max_epochs, trainer_kwargs={"accelerator": "cpu"},
+        Net, Data, n_trials=args.n_trials, max_epochs=args.max_epochs,
+        trainer_kwargs={"accelerator": "cpu", "callbacks": [Record()]},
         search=SearchSpace(min_half_cycle_epochs=1, max_half_cycle_epochs=3, warm_start=False),
         study=StudyConfig(storage=args.url, study_name=STUDY, heartbeat_interval=1.0, grace_period=5.0,
                           seed=args.seed),
@@ -86,6 +109,18 @@ def run_worker(args: argparse.Namespace) -> None:
     Path(args.out, "result.json").write_text(json.dumps(mine))
 
 
+def records(out: Path) -> list[dict[str, Any]]:
+    """A worker's lines of ``trials.jsonl`` (a line cut by a SIGKILL is dropped)."""
+    path = out / "trials.jsonl"
+    rows = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            pass
+    return rows
+
+
 # ---------------------------------------------------------------------------------------------- the run
 class Run:
     def __init__(self, args: argparse.Namespace, url: str, out: Path) -> None:
@@ -93,6 +128,7 @@ class Run:
         self.procs: dict[str, subprocess.Popen] = {}
         self.timeline: list[tuple[float, str]] = []
         self.start = time.time()
+        self.acted: dict[str, Any] = {}
 
     def note(self, text: str) -> None:
         self.timeline.append((round(time.time() - self.start, 1), text))
@@ -125,10 +161,16 @@ class Run:
             time.sleep(1.0)
         raise TimeoutError(f"waited {timeout:.0f} s for {what}")
 
-    def running(self) -> int:
-        from optuna.trial import TrialState
+    def in_trial(self, name: str) -> Any:
+        """The number of the trial worker ``name`` is training now (its fit started, not ended), else None."""
+        rows = records(self.out / name)
+        return rows[-1]["number"] if rows and rows[-1]["event"] == "start" else None
 
-        return len(self.study().get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+    def wait_in_trial(self, name: str, seconds: float) -> int:
+        """Until worker ``name`` has been training a trial for ``seconds``: that trial's number."""
+        self.wait_for(f"{name} in a trial", lambda: self.in_trial(name) is not None
+                      and time.time() - records(self.out / name)[-1]["time"] >= seconds)
+        return self.in_trial(name)
 
 
 def _admin(admin_url: str, *statements: str) -> None:
@@ -143,15 +185,15 @@ def chaos(run: Run, db: str) -> None:
     a = run.args
     for i in range(4):
         run.spawn(f"w{i}", seed=i)
-    run.wait_for("trials running", lambda: run.running() >= 2)
-    time.sleep(3.0)
+    killed = run.wait_in_trial("w0", 3.0)
     os.kill(run.procs["w0"].pid, signal.SIGKILL)
     run.procs["w0"].wait()
-    run.note("SIGKILLed w0 mid-trial")
+    run.note(f"SIGKILLed w0 in the middle of its trial {killed}")
     run.spawn("w0b", seed=10)  # what a supervisor (a SLURM requeue) does
-    run.wait_for("w1 in a trial", lambda: run.running() >= 2)
+    stopped = run.wait_in_trial("w1", 1.0)
     os.kill(run.procs["w1"].pid, signal.SIGSTOP)
-    run.note(f"SIGSTOPped w1 for {a.stop_s:g} s")
+    run.note(f"SIGSTOPped w1 in the middle of its trial {stopped} for {a.stop_s:g} s")
+    run.acted = {"killed": ["w0", killed], "stopped": ["w1", stopped]}
     time.sleep(a.stop_s)
     os.kill(run.procs["w1"].pid, signal.SIGCONT)
     run.note("SIGCONT w1")
@@ -197,6 +239,13 @@ def checks(run: Run) -> dict[str, Any]:
         if t.state == TrialState.COMPLETE:
             means.setdefault(tuple(sorted(t.params.items())), []).append(t.value)
     best_mean = min((sum(v) / len(v) for v in means.values()), default=None)
+    owners: dict[int, list[str]] = {}  # trial number -> the workers that started to train it
+    for name in run.procs:
+        for row in records(run.out / name):
+            if row["event"] == "start":
+                owners.setdefault(row["number"], []).append(name)
+    finished = [t.number for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    by_number = {t.number: t for t in trials}
     outcome = {
         "trials": len(trials),
         "states": {s.name: sum(t.state == s for t in trials) for s in TrialState if any(t.state == s for t in trials)},
@@ -206,9 +255,17 @@ def checks(run: Run) -> dict[str, Any]:
         "last_lines": {name: _last_line(run.out / f"{name}.log") for name in run.procs},
         "bound_pairs": [json.loads(p) for p in sorted(pairs)],
         "best_value": result.best_value,
+        "acted_on": {what: {"worker": name, "trial": number, "state": by_number[number].state.name,
+                            "error": (by_number[number].user_attrs.get("error") or "")[:160]}
+                     for what, (name, number) in run.acted.items() if number in by_number},
+        "trials_per_worker": {name: sorted(n for n, who in owners.items() if name in who) for name in run.procs},
+        "log_lines": {name: _counts(run.out / f"{name}.log") for name in run.procs},
     }
     outcome["checks"] = {
-        "no_trial_lost_or_duplicated": numbers == list(range(len(numbers))),
+        "no_trial_lost_or_duplicated": numbers == list(range(len(numbers)))
+        and all(n in by_number for n in owners)  # every trial a worker trained is in the study
+        and all(len(who) == 1 for who in owners.values())  # none trained by two workers
+        and all(n in owners for n in finished),  # every finished trial was trained by a worker that says so
         "none_left_running": all(t.state != TrialState.RUNNING for t in trials),
         "no_crash_but_the_killed_one": all(code == 0 for name, code in exits.items() if name != "w0"),
         "one_bound_pair": len(pairs) == 1,
@@ -216,6 +273,16 @@ def checks(run: Run) -> dict[str, Any]:
         "at_least_16_trials": len(trials) >= 16,
     }
     return outcome
+
+
+LINES = {"lost_connection": "lost its connection", "answers_again": "answers again after",
+         "finished_by_another_worker": "was finished by another worker"}
+
+
+def _counts(path: Path) -> dict[str, int]:
+    """How often each of the tuner's fault lines (``LINES``) is in a worker's log."""
+    text = path.read_text(errors="replace") if path.exists() else ""
+    return {key: text.count(line) for key, line in LINES.items()}
 
 
 def _last_line(path: Path) -> str:
