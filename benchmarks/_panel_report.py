@@ -143,8 +143,9 @@ def task_table(data: dict[str, Any]) -> str:
     if agg["oracle_cost"]:
         c = agg["oracle_cost"]
         grid = ", ".join(f"{g:g}" for g in cfg["grid"])
+        seeds = rec["oracle"]["n"] if "oracle" in rec else len(cfg["seeds"])  # the grid's seeds, not the task's
         lines += ["", f"Oracle grid {grid}: {c['runs']} runs, {c['steps']:,} optimizer steps, {c['seconds'] / 60:.1f} "
-                      f"min of fits ({c['runs'] // max(1, len(cfg['seeds']))} times one recipe's budget)."]
+                      f"min of fits ({c['runs'] // max(1, seeds)} times one recipe's budget)."]
     return "\n".join(lines)
 
 
