@@ -247,12 +247,9 @@ def _four_own_objectives(tmp_path: Path, storage: str, name: str) -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_four_own_objectives_on_a_journal_share_one_range_test(tmp_path: Path) -> None:
-    _four_own_objectives(tmp_path, str(tmp_path / "shared.journal"), "own4")
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(300)
-@needs_pg
-def test_four_own_objectives_on_postgresql_share_one_range_test(tmp_path: Path, pg_study_name: str) -> None:
-    _four_own_objectives(tmp_path, PG_URL, pg_study_name)
+@pytest.mark.parametrize("where", ["journal", pytest.param("postgresql", marks=needs_pg)])
+def test_four_own_objectives_share_one_range_test(tmp_path: Path, where: str, request: pytest.FixtureRequest) -> None:
+    if where == "journal":
+        _four_own_objectives(tmp_path, str(tmp_path / "shared.journal"), "own4")
+    else:  # a fresh study name on the test database, deleted afterwards
+        _four_own_objectives(tmp_path, PG_URL, request.getfixturevalue("pg_study_name"))
