@@ -16,7 +16,8 @@ Recipes, every one with the same steps, data order and initial weights per seed:
   prodigy        Prodigy (lr=1.0) with cosine annealing over the run; prodigy_bc: with use_bias_correction=True
   warmup_cosine  (charlm only) linear warm-up over 5% of the steps to 1e-3, cosine down to 1e-4 (nanoGPT's habit)
   clr_auto       ``CyclicLearningRate()`` with every default; the optimizer carries the task's LR
-  clr[k=v,...]   variants: ``final`` (final_lr_ratio), ``mode``, ``half`` (half_cycle_epochs), ``div``
+  clr[k=v,...]   variants: ``final`` (final_lr_ratio), ``mode``, ``half`` (half_cycle_epochs), ``up``/``down``
+                 (step_size_up/step_size_down, optimizer steps), ``div``
                  (RangeTestConfig.base_divisor), ``rule``, ``max`` (fixed bounds max/4..max, no range test),
                  ``opt`` (``sgd``, ``adam``, ``adamw``: the callback on that optimizer instead of the task's)
   oracle         the best constant LR of the task's grid by median final metric; its cost is reported
@@ -132,7 +133,7 @@ def clr_callback(recipe: str) -> Any:
     from lightning_clr import CyclicLearningRate, RangeTestConfig
 
     v = parse_variant(recipe)
-    unknown = set(v) - {"final", "mode", "half", "div", "rule", "max", "opt"}
+    unknown = set(v) - {"final", "mode", "half", "div", "rule", "max", "opt", "up", "down"}
     if v.get("opt", "adam") not in OPT_DEFAULT_LR:
         raise SystemExit(f"--recipes {recipe!r}: opt must be one of {sorted(OPT_DEFAULT_LR)}")
     if unknown:
@@ -143,8 +144,9 @@ def clr_callback(recipe: str) -> Any:
     rt = {k: conv(v[key]) for key, k, conv in (("div", "base_divisor", float), ("rule", "rule", str)) if key in v}
     if rt:
         kwargs["range_test"] = RangeTestConfig(**rt)
-    for key, k, conv in (("final", "final_lr_ratio", float), ("mode", "mode", str), ("half", "half_cycle_epochs",
-                                                                                       float)):
+    for key, k, conv in (("final", "final_lr_ratio", float), ("mode", "mode", str),
+                         ("half", "half_cycle_epochs", float), ("up", "step_size_up", int),
+                         ("down", "step_size_down", int)):
         if key in v:
             kwargs[k] = conv(v[key])
     return CyclicLearningRate(**kwargs)
