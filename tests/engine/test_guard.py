@@ -73,6 +73,18 @@ def test_a_rise_within_the_noise_of_the_passed_windows_is_not_a_divergence():
     assert clean.check([1.8] * 10) is not None  # the same rise on a clean curve is a divergence
 
 
+@pytest.mark.parametrize("window", [[2.3, 0.7, 1.9, 0.2, 3.3, 1e-31, 0.5], [1.0, -0.5, 2.0, 0.1, 0.3], [0.4] * 6])
+def test_the_rules_noise_is_the_range_tests_noise_of_the_same_losses(window):
+    """The rule reuses the logs it takes for the level when it can (every loss > 0 and not clamped); the noise
+    it keeps must still be exactly noise_sigma of the raw losses, in whichever space that reads them."""
+    from lightning_clr.range_test._smoothing import noise_sigma
+
+    rule = DivergenceRule()
+    rule.check([1.0] * 4)  # log space from here on (the first window's losses are all > 0)
+    assert rule.check(window) is None
+    assert rule.sigma == noise_sigma(window)
+
+
 def test_losses_below_zero_are_judged_in_linear_units():
     rule = DivergenceRule(threshold=4.0)
     rule.check([-1.0, -1.1, -0.9])
