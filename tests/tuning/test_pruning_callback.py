@@ -239,7 +239,7 @@ def _four_own_objectives(tmp_path: Path, storage: str, name: str) -> None:
         assert p.returncode == 0, out[-4000:]
     tests = [line for path in tmp_path.glob("w*/range_tests.jsonl") for line in path.read_text().splitlines()]
     assert len(tests) == 1, (tests, outs)  # before: a range test in every trial, silently
-    assert sum("suggest_cycle: worker" in out and "waiting for its bounds" in out for out in outs) >= 2, outs
+    assert sum("suggest_cycle: worker" in out and "waiting for its bounds" in out for out in outs) >= 1, outs
     assert sum("reuses the study's LR bounds" in out for out in outs) == 3, outs  # the line that says so
     rows = [json.loads(line) for p in tmp_path.glob("w*/rank0.jsonl") for line in p.read_text().splitlines()]
     assert len(rows) == 4 and len({(json.dumps(r["base_lr"]), json.dumps(r["max_lr"])) for r in rows}) == 1, rows
