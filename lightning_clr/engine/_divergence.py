@@ -129,7 +129,8 @@ class DivergenceRule:
             return f"a non-finite training loss ({bad})"
         if self.space is None:
             self.space = "log" if min(values) > 0 else "linear"
-            self.scale = _median([abs(v) for v in values]) or 1.0
+            magnitude = _median([abs(v) for v in values])
+            self.scale = magnitude if magnitude > _TINY else 1.0  # 0 or a denormal would make every z infinite
         zs = [math.log(max(v, _TINY)) for v in values] if self.space == "log" else [v / self.scale for v in values]
         level = _median(zs)
         # the noise in noise_space's units: the same logs when every loss is > 0 (and not clamped to _TINY)

@@ -51,7 +51,7 @@ def noise_space(values: Sequence[float]) -> tuple[list[float], Callable[[float],
     if vals and min(vals) > 0:
         return [math.log(v) for v in vals], math.exp
     mags = sorted(abs(v) for v in vals)
-    scale = mags[len(mags) // 2] if mags and mags[len(mags) // 2] > 0 else 1.0
+    scale = mags[len(mags) // 2] if mags and mags[len(mags) // 2] > 1e-30 else 1.0  # 0 or a denormal: no scale
     return [v / scale for v in vals], lambda v: v * scale
 
 

@@ -73,7 +73,8 @@ def test_a_rise_within_the_noise_of_the_passed_windows_is_not_a_divergence():
     assert clean.check([1.8] * 10) is not None  # the same rise on a clean curve is a divergence
 
 
-@pytest.mark.parametrize("window", [[2.3, 0.7, 1.9, 0.2, 3.3, 1e-31, 0.5], [1.0, -0.5, 2.0, 0.1, 0.3], [0.4] * 6])
+@pytest.mark.parametrize("window", [[2.3, 0.7, 1.9, 0.2, 3.3, 0.5], [2.3, 0.7, 1.9, 0.2, 3.3, 1e-31, 0.5],
+                                    [1.0, -0.5, 2.0, 0.1, 0.3], [0.4] * 6])
 def test_the_rules_noise_is_the_range_tests_noise_of_the_same_losses(window):
     """The rule reuses the logs it takes for the level when it can (every loss > 0 and not clamped); the noise
     it keeps must still be exactly noise_sigma of the raw losses, in whichever space that reads them."""
@@ -83,6 +84,16 @@ def test_the_rules_noise_is_the_range_tests_noise_of_the_same_losses(window):
     rule.check([1.0] * 4)  # log space from here on (the first window's losses are all > 0)
     assert rule.check(window) is None
     assert rule.sigma == noise_sigma(window)
+
+
+def test_a_window_whose_median_magnitude_is_a_denormal_keeps_a_finite_state_that_loads():
+    """Found in review: losses of mostly 0 with a denormal median made the scale 5e-324, every level infinite and
+    the noise NaN, so the checkpoint's guard state was refused on resume and no state was ever calm again."""
+    rule = DivergenceRule()
+    assert rule.check([2.28, 5e-324, 0.0, 0.26, 0.46, 0.0, 0.0]) is None
+    assert rule.scale == 1.0 and all(math.isfinite(v) for v in (rule.start, rule.best, rule.sigma))
+    assert rule.check([0.3, 0.0, 0.2, 0.1, 0.0, 0.4, 0.2]) is None and rule.calm
+    DivergenceRule().load(rule.state())  # a resume reads it back
 
 
 def test_losses_below_zero_are_judged_in_linear_units():
