@@ -161,16 +161,20 @@ class Run:
             time.sleep(1.0)
         raise TimeoutError(f"waited {timeout:.0f} s for {what}")
 
-    def in_trial(self, name: str) -> Any:
-        """The number of the trial worker ``name`` is training now (its fit started, not ended), else None."""
-        rows = records(self.out / name)
-        return rows[-1]["number"] if rows and rows[-1]["event"] == "start" else None
-
     def wait_in_trial(self, name: str, seconds: float) -> int:
-        """Until worker ``name`` has been training a trial for ``seconds``: that trial's number."""
-        self.wait_for(f"{name} in a trial", lambda: self.in_trial(name) is not None
-                      and time.time() - records(self.out / name)[-1]["time"] >= seconds)
-        return self.in_trial(name)
+        """Until worker ``name`` has been training a trial (its fit started, not ended) for ``seconds``: that
+        trial's number, as the check that passed read it."""
+        seen: list[int] = []
+
+        def training() -> bool:
+            rows = records(self.out / name)
+            if rows and rows[-1]["event"] == "start" and time.time() - rows[-1]["time"] >= seconds:
+                seen.append(rows[-1]["number"])
+                return True
+            return False
+
+        self.wait_for(f"{name} in a trial", training)
+        return seen[-1]
 
 
 def _admin(admin_url: str, *statements: str) -> None:

@@ -323,7 +323,10 @@ def test_a_stall_that_every_worker_shares_does_not_fail_a_live_trial(tmp_path: P
         with Heartbeat(study._storage, live._trial_id, interval=0.5, grace=1.0):
             held = stall(1.8)  # the heartbeat's writes wait behind the lock from now on
             time.sleep(1.4)  # silent for longer than the trial's grace period (1 s); the second look comes 2 s on
+            started = time.monotonic()
             assert fail_stale_trials(judge, grace_period=1.0, recheck=recheck) == ([live.number] if failed else [])
+            if recheck:  # the first look did suspect it: only a suspect makes the sweep wait for a second look
+                assert time.monotonic() - started >= 2.0
             held.join()
             state = study._storage.get_trial(live._trial_id).state
         assert state == (TrialState.FAIL if failed else TrialState.RUNNING)
