@@ -111,6 +111,16 @@ def _fmt(v: Optional[float], hb: bool) -> str:
     return f"{v:.4f}" if hb else f"{v:.4g}"
 
 
+def _merged(data: dict[str, Any]) -> list[str]:
+    """A line on the runs the last ``--merge`` added (the run line describes the first file's machine)."""
+    added = (data.get("merged") or [])[1:]
+    if not added:
+        return []
+    return ["Runs added by the last merge: " + "; ".join(
+        f"seeds {p['seeds']}, {(p.get('wall_seconds') or 0) / 60:.1f} min wall, load average {p['load_average'][0]:.1f}"
+        for p in added) + " (the line above is the first file's)."]
+
+
 def task_table(data: dict[str, Any]) -> str:
     cfg, agg = data["config"], aggregate(data)
     rec, hb = agg["recipes"], cfg["higher_better"]
@@ -121,7 +131,8 @@ def task_table(data: dict[str, Any]) -> str:
              f"{cfg['metric']} ({'higher' if hb else 'lower'} is better) every {cfg['eval_every']} steps.",
              f"Run: `{data['command']}`, {data['wall_seconds'] / 60:.1f} min wall on {m['cpu']} "
              f"({m['cores']} shared cores, {m['torch_threads']} torch thread, load average "
-             f"{m['load_average'][0]:.1f} at start), commit {m.get('git_commit')}.", *data.get("notes", []), ""]
+             f"{m['load_average'][0]:.1f} at start), commit {m.get('git_commit')}.", *_merged(data),
+             *data.get("notes", []), ""]
     head = ["recipe", f"{cfg['metric']} median [min–max]"] + [f"steps to {t} (incl. setup)" for t in cfg["targets"]]
     head += ["setup steps", "fit s", "LR / bounds (per seed)"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
