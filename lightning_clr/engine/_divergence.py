@@ -29,12 +29,12 @@ from typing import Any, Optional
 
 from lightning_clr._validation import ArgumentError, boolean, float_in, int_in
 from lightning_clr.range_test._reading import INSTABILITY_FACTOR, INSTABILITY_SIGMAS, NOISE_SIGMAS, RISE_BACK
+from lightning_clr.range_test._smoothing import TINY as _TINY
 from lightning_clr.range_test._smoothing import noise_sigma, noise_sigma_of
 
 __all__ = ["DivergenceGuard", "DivergenceRule"]
 
 MEDIAN_ERROR = 1.25  # a median's standard error is ~1.25 x a mean's (as in _reading.read_curve)
-_TINY = 1e-30  # a loss of 0 in log space
 
 
 @dataclass(frozen=True)

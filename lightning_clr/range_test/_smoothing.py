@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 from typing import Callable, Optional, Sequence
 
-__all__ = ["BiasCorrectedEMA", "DivergenceCheck", "noise_sigma", "noise_space", "robust_smooth", "smooth"]
+__all__ = ["TINY", "BiasCorrectedEMA", "DivergenceCheck", "noise_sigma", "noise_sigma_of", "noise_space",
+           "robust_smooth", "smooth"]
 
 
 class BiasCorrectedEMA:
@@ -38,6 +39,9 @@ class BiasCorrectedEMA:
         return self.avg / (1.0 - self.beta**self.count)
 
 
+TINY = 1e-30  # below this a loss or a scale counts as 0 (log space clamps to it; no scale is smaller)
+
+
 def smooth(values: Sequence[float], smoothing: float) -> list[float]:
     """Bias-corrected EMA of a whole sequence (see :class:`BiasCorrectedEMA`)."""
     ema = BiasCorrectedEMA(smoothing)
@@ -51,7 +55,7 @@ def noise_space(values: Sequence[float]) -> tuple[list[float], Callable[[float],
     if vals and min(vals) > 0:
         return [math.log(v) for v in vals], math.exp
     mags = sorted(abs(v) for v in vals)
-    scale = mags[len(mags) // 2] if mags and mags[len(mags) // 2] > 1e-30 else 1.0  # 0 or a denormal: no scale
+    scale = mags[len(mags) // 2] if mags and mags[len(mags) // 2] > TINY else 1.0  # 0 or a denormal: no scale
     return [v / scale for v in vals], lambda v: v * scale
 
 
